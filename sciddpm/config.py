@@ -1,0 +1,57 @@
+"""Hydra composition of sciddpm's configs, shared by the command line and the Python API.
+
+The configs ship inside the package (``sciddpm/configs``; the repository's top-level ``configs/``
+is a link to it), so an installed sciddpm composes exactly what a source checkout does. Only
+``compose`` is used: nothing here calls ``hydra.utils.instantiate``, and configs name registry
+entries, never import paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+GROUPS = ("data", "model", "diffusion", "sampler", "trainer", "experiment")
+
+
+class ConfigError(ValueError):
+    """An override Hydra could not apply; the message carries Hydra's explanation."""
+
+
+def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The resolved config for ``overrides`` (Hydra syntax: ``trainer=quick``, ``seed=3``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"{error}\n(config groups live in {CONFIG_DIR})") from None
+
+
+def options(group: str) -> list[str]:
+    """The presets available in one config group, e.g. ``options("trainer")``."""
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """Accept a composed config (mapping) or a list of overrides, return a plain dict."""
+    if config is None:
+        return compose()
+    if isinstance(config, Mapping):
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True)
+        return dict(config)
+    if isinstance(config, str):
+        return compose([config])
+    return compose(config)

@@ -1,0 +1,130 @@
+"""Name -> builder registries: the one way sciddpm turns a short name from a config into an object.
+
+Configs and run directories hold ``{name, kwargs}``, never dotted import paths, so nothing read
+from disk can choose what code runs (DESIGN.md house rule 7). A registry checks the keyword
+arguments against the builder's signature before calling it, so a typo in a config fails with
+the list of accepted arguments instead of deep inside a constructor. Third-party packages add
+entries through the entry-point groups ``sciddpm.backbones``, ``sciddpm.adapters`` and
+``sciddpm.samplers``; those are loaded lazily, the first time a name is missing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from importlib import metadata
+from typing import Any, Callable, TypeVar
+
+Builder = TypeVar("Builder", bound=Callable[..., Any])
+
+
+class UnknownNameError(KeyError):
+    """A name that no registry entry answers to; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; show the sentence as written
+        return str(self.args[0])
+
+
+class Registry:
+    """Maps names to builders (classes or functions) of one kind, e.g. backbones."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._builders: dict[str, Callable[..., Any]] = {}
+        self._plugins_loaded = False
+
+    def register(self, name: str) -> Callable[[Builder], Builder]:
+        """Decorator: ``@REG.register("unet2d")`` above a class or function."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def decorate(builder: Builder) -> Builder:
+            existing = self._builders.get(name)
+            if existing is not None and existing is not builder:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered to {existing.__module__}."
+                    f"{existing.__qualname__}; pick another name"
+                )
+            self._builders[name] = builder
+            return builder
+
+        return decorate
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted (plugins included)."""
+        self._load_plugins()
+        return sorted(self._builders)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder registered under ``name``; unknown names list the known ones."""
+        if name not in self._builders:
+            self._load_plugins()
+        try:
+            return self._builders[name]
+        except KeyError:
+            raise UnknownNameError(self._unknown_message(name)) from None
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Call the builder for ``name`` with ``kwargs``, after checking them against its signature."""
+        builder = self.get(name)
+        check_kwargs(builder, kwargs, what=f"{self.kind} {name!r}")
+        return builder(**kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def _unknown_message(self, name: str) -> str:
+        known = self.names()
+        message = f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(known) or '(none)'}"
+        close = difflib.get_close_matches(str(name), known, n=1)
+        if close:
+            message += f". Did you mean {close[0]!r}?"
+        return message
+
+    def _load_plugins(self) -> None:
+        # Entry points are the one sanctioned way for other packages to add names: the user
+        # installed that package, so importing it is their choice, not the config's.
+        if self._plugins_loaded or self.entry_point_group is None:
+            return
+        self._plugins_loaded = True
+        for entry_point in metadata.entry_points(group=self.entry_point_group):
+            if entry_point.name not in self._builders:
+                self._builders[entry_point.name] = entry_point.load()
+
+
+def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str) -> None:
+    """Raise TypeError naming the bad and the accepted keyword arguments of ``builder``."""
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        accepted = None
+    else:
+        accepted = [
+            p.name
+            for p in parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"{what} got unknown argument(s) {', '.join(hints)}; "
+                f"it accepts: {', '.join(accepted)}"
+            )
+    missing = [
+        p.name
+        for p in parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if missing:
+        raise TypeError(f"{what} needs argument(s): {', '.join(missing)}")

@@ -1,0 +1,305 @@
+"""The training loop, in one file read top to bottom: set-up, resume, the step, EMA, checkpoints.
+
+One process or many under ``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Determinism is by
+construction rather than by saving RNG states: the data order is a function of (seed, epoch)
+(``sciddpm.data.batches``) and every step reseeds its noise from (seed, step, rank), so a run
+killed at any moment and resumed from its last complete checkpoint ends with exactly the weights
+of an uninterrupted run (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+
+from sciddpm.assembly import build_denoiser
+from sciddpm.config import as_config
+from sciddpm.data import DataSpec, build_adapter
+from sciddpm.data.batches import training_batches
+from sciddpm.runs import RunDir, RunError
+
+log = logging.getLogger("sciddpm.training")
+
+# Config sections that define what the model *is*: a resumed run must not change them.
+_IDENTITY_KEYS = ("data", "model", "diffusion", "seed")
+
+
+def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
+    """Train (or resume) the run described by ``config``; returns the run directory.
+
+    ``config`` is a composed config or a list of Hydra overrides, e.g.
+    ``sciddpm.train(["data=audio", "trainer=quick"])``.
+    """
+    cfg = as_config(config)
+    trainer = cfg["trainer"]
+    rank, world, local_rank = _init_distributed(trainer)
+    try:
+        return _train(cfg, trainer, rank, world, local_rank)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:
+    device = _pick_device(trainer["device"], local_rank)
+    seed = int(cfg["seed"])
+    if trainer["batch_size"] % world:
+        raise ValueError(
+            f"trainer.batch_size={trainer['batch_size']} is the global batch and must divide "
+            f"evenly over {world} ranks; use a multiple of {world}"
+        )
+    batch_per_rank = trainer["batch_size"] // world
+
+    # --- the run directory: rank 0 decides, everyone follows ------------------------------------
+    run = RunDir(_broadcast(_run_path(cfg) if rank == 0 else None, rank, world))
+
+    # --- data: rank 0 builds any embedded data first, the others then read it -------------------
+    adapter = build_adapter(cfg["data"]["name"], **dict(cfg["data"].get("kwargs") or {}))
+    if rank == 0:
+        spec = adapter.spec()
+    _barrier(world)
+    if rank != 0:
+        spec = adapter.spec()
+    if rank == 0:
+        for note in spec.notes:
+            log.warning("data: %s", note)
+
+    start_step = _prepare_run_dir(run, cfg, spec, rank, world)
+
+    # --- model, EMA, optimiser -------------------------------------------------------------------
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    denoiser = build_denoiser(cfg, spec).to(device)
+    ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
+                                  weight_decay=trainer["weight_decay"])
+    if start_step:
+        model_state, ema_state, train_state = run.load_checkpoint(start_step)
+        denoiser.net.load_state_dict(model_state)
+        ema = {k: v.to(device) for k, v in ema_state.items()}
+        optimizer.load_state_dict(train_state["optimizer"])
+        if rank == 0:
+            log.info("resuming %s from step %d", run.path, start_step)
+    ema = {k: v.to(device) for k, v in ema.items()}
+
+    loss_module = _LossModule(denoiser)
+    if trainer.get("compile"):
+        loss_module = torch.compile(loss_module)
+    if world > 1:
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    dataset = adapter.dataset("train")
+    batches = training_batches(dataset, batch_per_rank, seed=seed, rank=rank, world=world,
+                               start_step=start_step, num_workers=trainer["num_workers"])
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" and trainer.get("bf16", True) else contextlib.nullcontext())
+    total_steps = int(trainer["steps"])
+    progress = _progress(rank, start_step, total_steps, run.path.name)
+    board = _tensorboard(run.path) if rank == 0 else None
+    window_loss = torch.zeros((), device=device)  # summed on device: no host sync per step
+    window_steps, window_start = 0, time.perf_counter()
+
+    # --- the loop --------------------------------------------------------------------------------
+    for step in range(start_step, total_steps):
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        # Noise and dropout depend only on (seed, step, rank): no RNG state to save for resume.
+        step_seed = (seed * 1_000_003 + step) * 8191 + rank
+        torch.manual_seed(step_seed)
+        generator = torch.Generator(device).manual_seed(step_seed)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, trainer)
+
+        with autocast:
+            loss = loss_module(batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), trainer["grad_clip"])
+        optimizer.step()
+        _update_ema(ema, denoiser.net, _ema_decay(step, trainer["ema_decay"]))
+
+        window_loss += loss.detach().float()
+        window_steps += 1
+        done = step + 1
+        if done % trainer["log_every"] == 0 or done == total_steps:
+            mean_loss = _all_mean(window_loss.item() / window_steps, world, device)
+            elapsed = time.perf_counter() - window_start
+            record = {"step": done, "loss": mean_loss, "lr": _learning_rate(step, trainer),
+                      "grad_norm": float(grad_norm),
+                      "samples_per_s": window_steps * batch_per_rank * world / elapsed,
+                      "time": time.time()}
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"training loss became {mean_loss} at step {done}; lower trainer.lr or check "
+                    f"the data for NaN/Inf (run: {run.path})")
+            if rank == 0:
+                run.append_metrics(record)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{record['samples_per_s']:.0f}")
+                if board is not None:
+                    for key in ("loss", "lr", "grad_norm", "samples_per_s"):
+                        board.add_scalar(f"train/{key}", record[key], done)
+            window_loss.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+        progress.update(1)
+        if done % trainer["checkpoint_every"] == 0 or done == total_steps:
+            if rank == 0:
+                run.save_checkpoint(done, denoiser.net.state_dict(), ema,
+                                    {"step": done, "optimizer": optimizer.state_dict()})
+            _barrier(world)
+    progress.close()
+    if board is not None:
+        board.close()
+    if rank == 0:
+        log.info("finished %d steps; run directory %s", total_steps, run.path)
+    return run.path
+
+
+class _LossModule(torch.nn.Module):
+    """The training objective as a module, so DDP sees a forward pass to synchronise on."""
+
+    def __init__(self, denoiser: torch.nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        return self.denoiser.loss(batch["x"], batch.get("cond"), mask=batch.get("mask"),
+                                  generator=generator)
+
+
+# ------------------------------------------------------------------------------- run-dir decisions
+def _run_path(cfg: dict) -> str:
+    name = cfg.get("name") or cfg["model"].get("preset") or cfg["data"]["name"]
+    return str(Path(cfg["runs_dir"]) / name)
+
+
+def _prepare_run_dir(run: RunDir, cfg: dict, spec: DataSpec, rank: int, world: int) -> int:
+    """Create a fresh run or check that an existing one is the same model; returns the start step.
+
+    Rank 0 does the work; its verdict (a step or an error message) goes to every rank, so a
+    refused resume stops all ranks instead of leaving them waiting at a barrier.
+    """
+    verdict: int | str = 0
+    if rank == 0:
+        try:
+            verdict = _claim_run_dir(run, cfg, spec)
+        except RunError as error:
+            verdict = str(error)
+    verdict = _broadcast(verdict, rank, world)
+    if isinstance(verdict, str):
+        raise RunError(verdict)
+    return int(verdict)
+
+
+def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
+    start_step = 0
+    if (run.path / "config.yaml").exists():
+        previous = run.load_config()
+        for key in _IDENTITY_KEYS:
+            if previous.get(key) != cfg.get(key):
+                raise RunError(
+                    f"run directory {run.path} already holds a run with a different '{key}' "
+                    f"({previous.get(key)!r} there, {cfg.get(key)!r} now). Resume it with the "
+                    f"same settings, or start a new run with name=<new name>."
+                )
+        if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
+            raise RunError(
+                f"the data's statistics/schema differ from those saved in {run.path}: the data "
+                f"changed since the run started. Start a new run with name=<new name>.")
+        run.clean_staging()
+        steps = run.checkpoint_steps()
+        start_step = steps[-1] if steps else 0
+        run.truncate_metrics(start_step)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(cfg)
+    run.save_data_spec(spec.to_dict())
+    return start_step
+
+
+# ----------------------------------------------------------------------------- small loop helpers
+def _learning_rate(step: int, trainer: Mapping[str, Any]) -> float:
+    warmup = max(1, int(trainer["warmup_steps"]))
+    return float(trainer["lr"]) * min(1.0, (step + 1) / warmup)
+
+
+def _ema_decay(step: int, decay: float) -> float:
+    # Warm-up so early EMA weights are not dominated by the random initialisation.
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float) -> None:
+    for name, value in net.state_dict().items():
+        if value.dtype.is_floating_point:
+            ema[name].lerp_(value, 1.0 - decay)
+        else:
+            ema[name].copy_(value)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.jsonl always has everything
+        return None
+    return SummaryWriter(log_dir=str(path / "tensorboard"))
+
+
+def _progress(rank: int, start: int, total: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train {name}", unit="step",
+                disable=rank != 0, dynamic_ncols=True)
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    return device
+
+
+# ---------------------------------------------------------------------------------- distributed
+def _init_distributed(trainer: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        use_cuda = trainer["device"] != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=10))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _broadcast(value: Any, rank: int, world: int) -> Any:
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)  # between our own ranks only, never from disk
+    return box[0]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _all_mean(value: float, world: int, device: torch.device) -> float:
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / world

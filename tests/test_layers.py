@@ -1,0 +1,54 @@
+"""Imports go one way (DESIGN.md section 2): checked on the source, so a new module can't slip."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sciddpm"
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+# folder -> third-party roots and sciddpm modules it may import (itself always allowed)
+RULES = {
+    "diffusion": ({"torch", "numpy"}, {"sciddpm.registry"}),
+    "nn": ({"torch", "numpy"}, {"sciddpm.registry"}),
+    "metrics": ({"torch", "numpy", "xarray", "scipy"}, set()),
+    "data": ({"torch", "numpy", "xarray", "scipy", "zarr", "matplotlib", "soundfile", "torchaudio",
+              "h5py", "gcsfs", "fsspec", "yaml"}, {"sciddpm.registry", "sciddpm.metrics"}),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            names.add("<relative>")
+    return names
+
+
+@pytest.mark.parametrize("folder", sorted(RULES))
+def test_layer_imports(folder):
+    third_party, own = RULES[folder]
+    files = sorted((PACKAGE / folder).glob("*.py"))
+    assert files, f"sciddpm/{folder} has no modules"
+    for path in files:
+        for name in _imports(path):
+            root = name.split(".")[0]
+            if root in STDLIB:
+                continue
+            if root == "sciddpm":
+                allowed = name.startswith(f"sciddpm.{folder}") or any(
+                    name == m or name.startswith(m + ".") for m in own)
+                assert allowed, f"{path.relative_to(PACKAGE.parent)} imports {name} (not allowed for {folder}/)"
+            else:
+                assert root in third_party, f"{path.relative_to(PACKAGE.parent)} imports {name}"
+
+
+def test_sampling_never_imports_training():
+    for module in ("api.py", "assembly.py"):
+        assert not any(n.startswith("sciddpm.training") for n in _imports(PACKAGE / module)), module

@@ -1,0 +1,87 @@
+"""Run directories: atomic checkpoints, keep-two, and refusal of anything that could run code."""
+
+import pickle
+
+import pytest
+import torch
+import yaml
+
+from sciddpm.runs import RunDir, RunError, assert_safe_config, resolve_run
+
+
+def _state(value: float) -> dict:
+    return {"w": torch.full((3, 2), value), "b": torch.arange(4.0) + value}
+
+
+def test_checkpoints_keep_last_two_and_publish_weights(tmp_path):
+    run = RunDir(tmp_path / "r")
+    for step in (10, 20, 30):
+        run.save_checkpoint(step, _state(step), _state(-step), {"step": step, "optimizer": {"lr": 1e-3}})
+    assert run.checkpoint_steps() == [20, 30]
+    model, ema, step = run.load_weights()
+    assert step == 30 and torch.equal(model["w"], _state(30)["w"]) and torch.equal(ema["b"], _state(-30)["b"])
+    _, _, state = run.load_checkpoint(20)
+    assert state["step"] == 20
+
+
+def test_half_written_checkpoint_is_ignored_and_cleaned(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.save_checkpoint(5, _state(1), _state(1), {"step": 5})
+    staging = tmp_path / "r" / "checkpoints" / ".step_00000010.abc"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"partial")
+    incomplete = tmp_path / "r" / "checkpoints" / "step_00000015"  # no train_state.pt
+    incomplete.mkdir()
+    assert run.checkpoint_steps() == [5]
+    run.clean_staging()
+    assert not staging.exists()
+
+
+def test_config_with_target_is_refused_at_any_depth(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"backbone": "unet1d", "kwargs": {"act": {"_target_": "os.system", "command": "touch pwned"}}}}))
+    with pytest.raises(RunError, match=r"_target_.*model.kwargs.act"):
+        run.load_config()
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(RunError, match="_target_"):
+        assert_safe_config({"a": [{"b": {"_target_": "x"}}]})
+
+
+def test_python_tags_in_yaml_are_refused(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text("model: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(RunError, match="not plain YAML"):
+        run.load_config()
+    assert not (tmp_path / "pwned").exists()
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned",))
+
+
+def test_pickled_weights_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(tmp_path / "r")
+    run.save_checkpoint(1, _state(0), _state(0), {"step": 1})
+    (run.path / "model.safetensors").write_bytes(pickle.dumps({"w": _Exploit()}))
+    with pytest.raises(RunError, match="not a valid safetensors file"):
+        run.load_weights()
+    state_path = run.path / "checkpoints" / "step_00000001" / "train_state.pt"
+    torch.save({"step": _Exploit()}, state_path)
+    with pytest.raises(RunError, match="refusing to load"):
+        run.load_checkpoint(1)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resolve_run_lists_available_runs(tmp_path):
+    for name in ("alpha", "beta"):
+        RunDir(tmp_path / name).save_config({"name": name})
+    with pytest.raises(RunError, match="Runs there: alpha, beta"):
+        resolve_run("gamma", tmp_path)
+    with pytest.raises(RunError, match="has not finished its first checkpoint"):
+        resolve_run("alpha", tmp_path)

@@ -1,0 +1,41 @@
+"""Power spectra against fields whose spectrum is known."""
+
+import numpy as np
+import pytest
+
+from sciddpm.metrics.spectra import log_spectral_distance, power_spectrum, spectral_slope
+
+
+def _power_law_field(shape, alpha, rng):
+    grids = np.meshgrid(*[np.fft.fftfreq(n, d=1.0 / n) for n in shape], indexing="ij")
+    k = np.sqrt(sum(g**2 for g in grids))
+    amplitude = np.where(k > 0, k, np.inf) ** (-alpha / 2)
+    noise = np.fft.fftn(rng.standard_normal(shape))
+    return np.real(np.fft.ifftn(noise * amplitude))
+
+
+@pytest.mark.parametrize("shape", [(4096,), (128, 128), (32, 32, 32)])
+def test_slope_of_power_law_fields(shape):
+    rng = np.random.default_rng(0)
+    alpha = 3.0
+    fields = np.stack([_power_law_field(shape, alpha, rng) for _ in range(4)])
+    k, p = power_spectrum(fields, dims=len(shape))
+    assert abs(spectral_slope(k, p, 2, k.max() / 2) + alpha) < 0.1
+
+
+def test_white_noise_is_flat_and_obeys_parseval():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 256, 256)) * 2.0
+    k, p = power_spectrum(x, dims=2)
+    # white noise of variance 4 spreads 4 evenly over 256*256 modes
+    assert np.allclose(p, 4.0 / 256**2, rtol=0.1)
+    assert abs(spectral_slope(k, p)) < 0.05
+    assert log_spectral_distance(p, p) == 0.0
+    assert log_spectral_distance(p, 10 * p) == pytest.approx(1.0)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        power_spectrum(np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError, match="dims"):
+        power_spectrum(np.zeros((4, 4)), dims=3)

@@ -1,0 +1,164 @@
+"""The engine end to end on tiny data: train -> run directory -> sample (CLI == API), resume after
+SIGKILL with identical weights, 2-process gloo DDP, and refusal of crafted run directories."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import sciddpm
+from sciddpm.cli import main
+from sciddpm.runs import RunDir, RunError, read_safetensors
+
+TINY = ["data=audio", "data.kwargs.tones_clips=64", "data.kwargs.clip_samples=256", "model=tiny1d",
+        "trainer=quick", "trainer.batch_size=8", "trainer.log_every=5", "trainer.device=cpu",
+        "trainer.warmup_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("SCIDDPM_CACHE")
+    os.environ["SCIDDPM_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SCIDDPM_CACHE")
+    else:
+        os.environ["SCIDDPM_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["train", *TINY, "trainer.steps=20", "trainer.checkpoint_every=10",
+                 f"runs_dir={runs}", "name=tiny"]) == 0
+    return runs
+
+
+def _env(cache):
+    return {**os.environ, "SCIDDPM_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_run_directory_contents(trained):
+    run = RunDir(trained / "tiny")
+    assert run.checkpoint_steps() == [10, 20]
+    assert [r["step"] for r in run.read_metrics()] == [5, 10, 15, 20]
+    assert all(np.isfinite(r["loss"]) for r in run.read_metrics())
+    model, ema, step = run.load_weights()
+    assert step == 20 and model.keys() == ema.keys()
+    assert any(not torch.equal(model[k], ema[k]) for k in model)  # EMA really averages
+    spec = run.load_data_spec()
+    assert spec["adapter"] == "audio" and spec["cond"]
+
+
+def test_cli_sample_equals_api_sample(trained, tmp_path, capsys):
+    out = tmp_path / "a440.nc"
+    assert main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "pitch=440", "--n", "4",
+                 "--steps", "4", "--seed", "3", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    from_cli = xr.open_dataset(out).load()
+    from_api = sciddpm.load("tiny", runs_dir=trained).sample(4, {"pitch": 440.0}, steps=4, seed=3)
+    assert from_cli.sizes["member"] == 4
+    np.testing.assert_array_equal(from_cli["waveform"].values, from_api["waveform"].values)
+    # same seed, different batch split -> same samples (deterministic sampler)
+    split = sciddpm.load("tiny", runs_dir=trained).sample(4, {"pitch": 440.0}, steps=4, seed=3, batch_size=3)
+    np.testing.assert_allclose(split["waveform"].values, from_api["waveform"].values, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_condition_exits_nonzero_listing_known_names(trained, capsys):
+    code = main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "nosuch=1"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "nosuch" in err and "pitch" in err and "Hz" in err
+
+
+def test_out_of_range_condition_warns_with_range(trained):
+    model = sciddpm.load("tiny", runs_dir=trained)
+    low, high = model.conditions["pitch"].min, model.conditions["pitch"].max
+    with pytest.warns(UserWarning, match="pitch"):
+        model.sample(1, {"pitch": high * 4}, steps=2)
+    assert low < high
+
+
+def test_ensemble_has_case_and_member(trained):
+    ens = sciddpm.load("tiny", runs_dir=trained).ensemble({"pitch": [220.0, 440.0]}, members=2, steps=2)
+    assert ens["waveform"].dims[:2] == ("case", "member")
+    np.testing.assert_array_equal(ens["pitch"].values, [220.0, 440.0])
+
+
+def test_resume_with_different_model_is_refused(trained):
+    with pytest.raises(RunError, match="different 'model'"):
+        sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
+
+
+def test_crafted_run_directory_is_refused(trained, tmp_path):
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(trained / "tiny", crafted)
+    config = (crafted / "config.yaml").read_text()
+    (crafted / "config.yaml").write_text(config.replace("backbone: unet1d",
+                                                        "backbone:\n    _target_: os.system\n    command: touch pwned"))
+    with pytest.raises(RunError, match="_target_"):
+        sciddpm.load(crafted)
+    shutil.copy(trained / "tiny" / "config.yaml", crafted / "config.yaml")
+    import pickle
+    (crafted / "model.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(RunError, match="safetensors"):
+        sciddpm.load(crafted)
+    assert not Path("pwned").exists()
+
+
+def _train_cmd(runs, name, steps):
+    return [sys.executable, "-m", "sciddpm", "train", *TINY, f"trainer.steps={steps}",
+            "trainer.checkpoint_every=10", f"runs_dir={runs}", f"name={name}"]
+
+
+def test_sigkill_then_resume_gives_identical_weights(cache, trained, tmp_path):
+    steps = 300
+    env = _env(cache)
+    subprocess.run(_train_cmd(tmp_path, "straight", steps), env=env, check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_train_cmd(tmp_path, "killed", steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(tmp_path / "killed")
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(s >= 30 for s in run.checkpoint_steps()):
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = max(run.checkpoint_steps())
+    assert proc.returncode == -signal.SIGKILL and killed_at < steps
+
+    subprocess.run(_train_cmd(tmp_path, "killed", steps), env=env, check=True, capture_output=True, timeout=300)
+    straight = read_safetensors(tmp_path / "straight" / "model.safetensors")
+    resumed = read_safetensors(tmp_path / "killed" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    logged = [r["step"] for r in run.read_metrics()]
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # no step logged twice
+
+
+def test_two_process_gloo_ddp_trains_and_checkpoints_once(cache, trained, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "sciddpm", "train", *TINY, "trainer.steps=20", "trainer.checkpoint_every=10",
+           f"runs_dir={tmp_path}", "name=ddp"]
+    result = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunDir(tmp_path / "ddp")
+    assert run.checkpoint_steps() == [10, 20]
+    assert [r["step"] for r in run.read_metrics()] == [5, 10, 15, 20]  # rank 0 alone logs
+    assert result.stdout.count("run directory:") == 2  # both ranks finish, on the same directory
+    assert len(set(line for line in result.stdout.splitlines() if "run directory:" in line)) == 1
+    model, _, step = run.load_weights()
+    assert step == 20 and all(torch.isfinite(v).all() for v in model.values())
