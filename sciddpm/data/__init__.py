@@ -1,0 +1,25 @@
+"""Data adapters: each modality's bridge between files, normalised tensors and labelled xarray.
+
+``base`` holds the contract (``Adapter``, ``DataSpec``, ``CondSchema``, ``Normaliser``) and the
+``ADAPTERS`` registry; importing this package registers the built-in adapters.
+"""
+
+from sciddpm.data.base import (
+    ADAPTERS,
+    Adapter,
+    CondSchema,
+    CondVar,
+    ConditionRangeWarning,
+    DataSpec,
+    Normaliser,
+    UnknownConditionError,
+    adapter_from_spec,
+    build_adapter,
+    register_adapter,
+)
+from sciddpm.data import audio  # noqa: E402,F401  (registers "audio")
+
+__all__ = [
+    "ADAPTERS", "Adapter", "CondSchema", "CondVar", "ConditionRangeWarning", "DataSpec", "Normaliser",
+    "UnknownConditionError", "adapter_from_spec", "build_adapter", "register_adapter",
+]

@@ -1,0 +1,221 @@
+"""Audio files in and out for the audio adapter: the folder + CSV and NSynth readers, probing,
+clip loading (mono mix-down, resampling, crop / zero-pad) and spectrograms.
+
+soundfile and torchaudio are optional (DESIGN.md house rule 12): they are imported inside the
+functions that use them, and a missing one raises ImportError naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_EXTRA = "pip install 'sciddpm[audio]'"
+_HEADER = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
+
+
+def soundfile():
+    try:
+        import soundfile as sf
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading and writing audio needs soundfile: {_EXTRA}") from err
+    return sf
+
+
+def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    try:
+        from torchaudio.functional import resample as _resample
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"resampling audio needs torchaudio: {_EXTRA}") from err
+    return _resample(torch.from_numpy(np.ascontiguousarray(x)), src, dst).numpy()
+
+
+def midi_to_hz(m):
+    """MIDI note number -> Hz, equal temperament with A4 = MIDI 69 = 440 Hz."""
+    return 440.0 * 2.0 ** ((np.asarray(m, dtype=np.float64) - 69.0) / 12.0)
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """What probing found about one file (soundfile.info): enough to load a clip from it."""
+
+    path: str
+    rate: int
+    frames: int
+    channels: int
+
+
+def probe(paths: list[Path], channels: int) -> list[AudioFile]:
+    """soundfile.info for every file; unreadable files are named with soundfile's reason."""
+    sf = soundfile()
+    out = []
+    for p in paths:
+        try:
+            info = sf.info(str(p))
+        except Exception as err:  # soundfile raises LibsndfileError / RuntimeError subclasses
+            raise ValueError(f"cannot read audio file {p}: {err}") from None
+        if channels == 2 and info.channels != 2:
+            raise ValueError(f"{p} has {info.channels} channel(s) but channels=2 (stereo) was asked for; "
+                             "use channels=1 to mix every file down to mono")
+        out.append(AudioFile(str(p), int(info.samplerate), int(info.frames), int(info.channels)))
+    return out
+
+
+def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float, channels: int) -> np.ndarray:
+    """``[channels, clip_samples]`` float32: mixed down, resampled, cropped from the offset, padded at the end."""
+    sf = soundfile()
+    start = round(offset_s * f.rate)
+    need = math.ceil(clip_samples * f.rate / sample_rate)
+    # Read a margin around the clip so the resampling filter sees real signal at both ends.
+    margin = 0 if f.rate == sample_rate else 32 * math.ceil(max(f.rate / sample_rate, 1.0))
+    lo, hi = max(0, start - margin), min(f.frames, start + need + margin)
+    data = np.zeros((0, f.channels), dtype=np.float32)
+    if hi > lo:
+        data = sf.read(f.path, start=lo, stop=hi, dtype="float32", always_2d=True)[0]
+    data = data.T  # [file channels, frames]
+    if channels == 1:
+        data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
+    skip = start - lo
+    if f.rate != sample_rate and data.shape[1]:
+        data = resample(data, f.rate, sample_rate)
+        skip = round(skip * sample_rate / f.rate)
+    clip = data[:, skip : skip + clip_samples]
+    if clip.shape[1] < clip_samples:  # short file: zero-pad at the end only
+        clip = np.pad(clip, ((0, 0), (0, clip_samples - clip.shape[1])))
+    return np.ascontiguousarray(clip, dtype=np.float32)
+
+
+def _number(text: str, column: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"non-numeric value {text!r} in column {column!r} for {where}; "
+                         "every column except 'filename' must hold numbers") from None
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite value {text!r} in column {column!r} for {where}")
+    return value
+
+
+def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str, str] | None = None,
+                features: Mapping[str, str] | None = None
+                ) -> tuple[list[Path], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Files, per-file condition values and condition descriptions from ``folder/metadata``.
+
+    Units come from headers like ``pitch[Hz]`` or from ``units`` for plain headers (both for one
+    column must agree); features default to "log" for ``pitch`` and "linear" otherwise.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"audio folder {folder} does not exist")
+    table = folder / metadata
+    if not table.is_file():
+        empty = not any(folder.iterdir())
+        raise FileNotFoundError(
+            f"{'audio folder ' + str(folder) + ' is empty' if empty else 'no metadata CSV ' + str(table)}; "
+            "put audio files there with a CSV whose header is 'filename,<param>[<unit>],...' "
+            "(e.g. filename,pitch[Hz])"
+        )
+    with open(table, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+    if not rows or "filename" not in [c.strip() for c in rows[0]]:
+        raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")
+    parsed = [_HEADER.match(c) for c in rows[0]]
+    names = [m.group(1) if m else c for m, c in zip(parsed, rows[0])]
+    head_units = {m.group(1): m.group(2) for m in parsed if m and m.group(2) is not None}
+    params = [n for n in names if n != "filename"]
+    if len(set(names)) != len(names) or not all(params):
+        raise ValueError(f"{table}: header columns must be distinct and named, got {rows[0]}")
+    units, features = dict(units or {}), dict(features or {})
+    for kw, given in (("units", units), ("features", features)):
+        unknown = sorted(set(given) - set(params))
+        if unknown:
+            raise ValueError(f"{kw}= names column(s) {unknown} that {table} does not have; its columns: {params}")
+    meta = {}
+    for name in params:
+        if name in units and name in head_units and units[name] != head_units[name]:
+            raise ValueError(f"column {name!r}: header says [{head_units[name]}] but units= says {units[name]!r}")
+        feature = features.get(name, "log" if name == "pitch" else "linear")
+        if feature not in ("log", "linear"):
+            raise ValueError(f"column {name!r}: audio folder features are 'log' or 'linear', got {feature!r}")
+        meta[name] = {"units": units.get(name, head_units.get(name, "")), "feature": feature,
+                      "description": f"{name} (column of {metadata})"}
+    files, values = [], {n: [] for n in params}
+    col = {n: names.index(n) for n in names}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(names):
+            raise ValueError(f"{table} line {line} has {len(row)} fields, the header has {len(names)}")
+        name = row[col["filename"]].strip()
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{table} line {line} names {name!r}, which is not in {folder}")
+        files.append(path)
+        for p in params:
+            values[p].append(_number(row[col[p]].strip(), p, f"{name!r} ({table.name} line {line})"))
+    if not files:
+        raise ValueError(f"{table} lists no files; add one row per audio file")
+    dupes = sorted({f.name for f in files if files.count(f) > 1})
+    if dupes:
+        raise ValueError(f"{table} lists {dupes[:5]} more than once")
+    return files, {k: np.asarray(v) for k, v in values.items()}, meta
+
+
+def read_nsynth(folder: Path, instrument_family: str | list | None = None, midi_range: Any = None
+                ) -> tuple[list[Path], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Notes of an NSynth split folder: ``examples.json`` + ``audio/<note_str>.wav``, pitch in Hz."""
+    folder = Path(folder)
+    table = folder / "examples.json"
+    if not table.is_file():
+        raise FileNotFoundError(f"no {table}; an NSynth folder holds examples.json and audio/<note_str>.wav")
+    try:
+        examples = json.loads(table.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot parse {table}: {err}") from None
+    if not isinstance(examples, dict) or not examples:
+        raise ValueError(f"{table} must be a non-empty JSON object note_str -> {{pitch, velocity, ...}}")
+    for note, ex in examples.items():
+        missing = [k for k in ("pitch", "velocity", "instrument_family_str") if not isinstance(ex, dict) or k not in ex]
+        if missing:
+            raise ValueError(f"{table}: note {note!r} lacks {missing}")
+    if instrument_family is not None:
+        wanted = [instrument_family] if isinstance(instrument_family, str) else list(instrument_family)
+        present = sorted({ex["instrument_family_str"] for ex in examples.values()})
+        unknown = sorted(set(wanted) - set(present))
+        if unknown:
+            raise ValueError(f"instrument_family {unknown} not in {table}; present: {', '.join(present)}")
+        examples = {k: ex for k, ex in examples.items() if ex["instrument_family_str"] in wanted}
+    if midi_range is not None:
+        if len(midi_range) != 2 or not midi_range[0] <= midi_range[1]:
+            raise ValueError(f"midi_range must be (lowest, highest) MIDI notes, got {midi_range!r}")
+        examples = {k: ex for k, ex in examples.items() if midi_range[0] <= ex["pitch"] <= midi_range[1]}
+    if not examples:
+        raise ValueError(f"no NSynth notes in {table} pass the filters instrument_family={instrument_family!r}, "
+                         f"midi_range={midi_range!r}")
+    notes = sorted(examples)
+    files = [folder / "audio" / f"{n}.wav" for n in notes]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} note(s) of {table} have no audio in {folder / 'audio'}, "
+                                f"e.g. {absent[:3]}")
+    midi = [_number(str(examples[n]["pitch"]), "pitch", f"note {n!r}") for n in notes]
+    velocity = [_number(str(examples[n]["velocity"]), "velocity", f"note {n!r}") for n in notes]
+    meta = {"pitch": {"units": "Hz", "feature": "log", "description": "fundamental frequency (NSynth MIDI pitch)"},
+            "velocity": {"units": "MIDI velocity", "feature": "linear", "description": "MIDI note velocity"}}
+    return files, {"pitch": midi_to_hz(midi), "velocity": np.asarray(velocity)}, meta
+
+
+def spectrogram_db(clip: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+    """Power spectrogram in dB ``[freq, frame]`` with a ~32 ms Hann window, for plots."""
+    n_fft = int(min(len(clip), max(64, 2 ** round(math.log2(0.032 * rate)))))
+    x = torch.from_numpy(np.asarray(clip, dtype=np.float64))
+    spec = torch.stft(x, n_fft, hop_length=max(1, n_fft // 4), window=torch.hann_window(n_fft, dtype=torch.float64),
+                      center=True, return_complex=True).abs() ** 2
+    return (10 * torch.log10(spec + 1e-12)).numpy(), n_fft

@@ -1,0 +1,41 @@
+"""The diffusion core: noise schedules, the preconditioned Denoiser, samplers and wrappers.
+
+Everything here speaks the noise level sigma of ``x = x0 + sigma * eps`` (DESIGN.md rule 1):
+
+* ``schedules`` - VP (DDPM) tables, Karras sigmas, training noise, ``append_dims``;
+* ``denoiser``  - ``Denoiser(net, parameterisation, sigma_data)``: c_skip/c_out/c_in/c_noise
+  around a backbone, and the training losses;
+* ``samplers``  - pure sampler functions in the ``SAMPLERS`` registry and ``sample()``;
+* ``guidance``  - classifier-free guidance and inpainting as denoiser -> denoiser wrappers.
+
+This package imports only torch, numpy and :mod:`sciddpm.registry`.
+"""
+
+from sciddpm.diffusion.denoiser import PARAMETERISATIONS, Denoiser
+from sciddpm.diffusion.guidance import guided, inpainting
+from sciddpm.diffusion.samplers import SAMPLERS, sample
+from sciddpm.diffusion.schedules import (
+    VPSchedule,
+    add_noise,
+    append_dims,
+    karras_sigmas,
+    lognormal_sigmas,
+    sigmas,
+    vp_schedule,
+)
+
+__all__ = [
+    "PARAMETERISATIONS",
+    "SAMPLERS",
+    "Denoiser",
+    "VPSchedule",
+    "add_noise",
+    "append_dims",
+    "guided",
+    "inpainting",
+    "karras_sigmas",
+    "lognormal_sigmas",
+    "sample",
+    "sigmas",
+    "vp_schedule",
+]

@@ -1,0 +1,400 @@
+"""The audio adapter: embedded tones, folder + CSV and NSynth sources, round trips, writing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import xarray as xr
+
+from sciddpm.data import DataSpec, adapter_from_spec, build_adapter
+from sciddpm.data import audio_io, tones
+from sciddpm.data.audio import AudioAdapter
+from sciddpm.metrics import cents, estimate_pitch
+
+SR = 8000
+
+
+def sine(f, n, sr, amp=0.5, harmonics=3):
+    t = np.arange(n) / sr
+    return (amp * sum(np.sin(2 * np.pi * k * f * t) / k for k in range(1, harmonics + 1))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tones_adapter(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCIDDPM_CACHE", str(cache))
+        adapter = build_adapter("audio", tones_clips=40)
+        adapter.spec()
+        yield adapter
+
+
+def all_items(adapter):
+    """{file name: normalised clip} over both splits."""
+    out = {}
+    for split in ("train", "val"):
+        ds = adapter.dataset(split)
+        for i in range(len(ds)):
+            out[ds.files[i].path.rsplit("/", 1)[-1]] = ds[i]["x"].numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- tones
+def test_tones_are_deterministic_and_cached_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIDDPM_CACHE", str(tmp_path))
+    waves, pitch = tones.make_tones(n_clips=6)
+    waves2, pitch2 = tones.make_tones(n_clips=6)
+    np.testing.assert_array_equal(waves, waves2)
+    np.testing.assert_array_equal(pitch, pitch2)
+    np.testing.assert_array_equal(tones.make_tones(n_clips=3)[0], waves[:3])  # clip i is independent of n
+    assert not np.array_equal(tones.make_tones(n_clips=3, seed=1)[0], waves[:3])
+    assert np.abs(waves).max() <= 1 and pitch.min() >= 110 and pitch.max() <= 880
+
+    folder = tones.ensure_tones(n_clips=6)
+    assert folder.parent == tmp_path and folder.name.startswith("tones-")
+    with open(folder / "metadata.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["filename", "pitch[Hz]"]
+    np.testing.assert_array_equal([float(r[1]) for r in rows[1:]], pitch)  # stored exactly
+    for (name, _), wave in zip(rows[1:], waves):
+        data, rate = sf.read(folder / name, dtype="float32")
+        assert rate == SR
+        np.testing.assert_array_equal(data, wave)
+    stamp = (folder / "metadata.csv").stat().st_mtime_ns
+    assert tones.ensure_tones(n_clips=6) == folder and (folder / "metadata.csv").stat().st_mtime_ns == stamp
+
+    broken = tones.cache_dir(n_clips=7)  # a half-written cache (no marker) is never used
+    broken.mkdir()
+    (broken / "tone_00000.wav").write_bytes(b"half")
+    rebuilt = tones.ensure_tones(n_clips=7)
+    assert rebuilt == broken and (rebuilt / tones.MARKER).is_file()
+    assert sf.read(rebuilt / "tone_00000.wav")[0].shape == (2048,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, broken.name])  # no temp dirs left
+
+
+def test_tones_stored_pitch_matches_the_metric(tones_adapter):
+    folder = tones.ensure_tones(n_clips=40)
+    files, values, _ = audio_io.read_folder(folder)
+    waves = np.stack([sf.read(f, dtype="float32")[0] for f in files])
+    f0, voiced = estimate_pitch(waves, SR)
+    assert voiced.all()
+    assert np.abs(cents(f0, values["pitch"])).max() < 5
+
+
+def test_tones_spec_statistics(tones_adapter):
+    spec = tones_adapter.spec()
+    assert (spec.adapter, spec.dims, spec.channels, spec.shape, spec.padding) == ("audio", 1, ["waveform"], [2048], ["zeros"])
+    assert spec.output["sample_rate"] == SR and spec.normaliser.mean == [0.0]
+    assert spec.cond.names == ["pitch"] and spec.cond["pitch"].units == "Hz" and spec.cond["pitch"].feature == "log"
+    assert 110 <= spec.cond["pitch"].min < spec.cond["pitch"].max <= 880
+    train = torch.stack([item["x"] for item in tones_adapter.dataset("train")]).double()
+    assert np.percentile(train.abs().numpy(), 99.9) == pytest.approx(1.0, rel=1e-5)  # the amplitude scale
+    assert spec.sigma_data == pytest.approx(train.std().item(), rel=1e-4)  # measured, not assumed
+    assert 0.1 < spec.sigma_data < 0.6
+
+
+def test_dataset_items_split_and_pickling(tones_adapter):
+    train, val = tones_adapter.dataset("train"), tones_adapter.dataset("val")
+    assert (len(train), len(val)) == (36, 4)
+    assert not {f.path for f in train.files} & {f.path for f in val.files}
+    item = train[3]
+    assert set(item) == {"x", "cond"}  # no "mask": audio has no missing values
+    assert item["x"].dtype == item["cond"].dtype == torch.float32
+    assert item["x"].shape == (1, 2048) and item["cond"].shape == (1,)
+    assert -1 <= item["cond"].item() <= 1  # pitch in the training range encodes into [-1, 1]
+    again = pickle.loads(pickle.dumps(train))
+    torch.testing.assert_close(again[3]["x"], item["x"], rtol=0, atol=0)
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=8)))
+    assert batch["x"].shape == (8, 1, 2048) and batch["cond"].shape == (8, 1)
+    assert [f.path for f in tones_adapter.dataset("val").files] == [f.path for f in val.files]  # deterministic
+
+
+def test_round_trip_to_tensor_to_xarray(tones_adapter):
+    ds, cond = tones_adapter.heldout(4, seed=0)
+    assert set(cond) == {"pitch"} and len(cond["pitch"]) == 4
+    assert ds.waveform.dims == ("member", "time") and ds.waveform.dtype == np.float32
+    assert ds.attrs["sample_rate"] == SR and ds.time.attrs["units"] == "s" and ds.pitch.attrs["units"] == "Hz"
+    np.testing.assert_allclose(ds.time[1], 1 / SR)
+    np.testing.assert_array_equal(ds.pitch.values, cond["pitch"])
+    xr.testing.assert_identical(tones_adapter.heldout(4, seed=0)[0], ds)
+    x = tones_adapter.to_tensor(ds)
+    assert x.shape == (4, 1, 2048) and x.dtype == torch.float32
+    back = tones_adapter.to_xarray(x, cond)
+    np.testing.assert_allclose(back.waveform.values, ds.waveform.values, rtol=1e-6, atol=1e-8)
+    xr.testing.assert_identical(back.drop_vars("waveform"), ds.drop_vars("waveform"))
+    assert back.waveform.attrs == ds.waveform.attrs and back.waveform.dims == ds.waveform.dims
+    one = tones_adapter.to_xarray(x[:2], {"pitch": 440.0})  # a single value: a scalar coordinate
+    assert one.pitch.dims == () and float(one.pitch) == 440.0
+    xr.testing.assert_allclose(tones_adapter.to_xarray(tones_adapter.to_tensor(one), {"pitch": 440.0}), one)
+    free = tones_adapter.to_xarray(x, {})  # unconditional samples carry no conditioning coordinates
+    assert "pitch" not in free.coords and free.attrs["conditions"] == "none (unconditional)"
+    with pytest.raises(ValueError, match="val split has 4"):
+        tones_adapter.heldout(5)
+    with pytest.raises(ValueError, match=r"expected normalised clips \[N, 1, T\]"):
+        tones_adapter.to_xarray(x[:, 0], cond)
+
+
+def test_evaluate_scores_pitch_in_cents_and_mrstft(tones_adapter, tmp_path):
+    heldout, cond = tones_adapter.heldout(4, seed=2)
+    perfect = tones_adapter.evaluate(heldout, heldout, cond, tmp_path)
+    assert perfect["files"] == [] and perfect["mrstft_samples_vs_heldout"] == 0.0
+    assert perfect["pitch_samples"]["voiced_fraction"] == 1.0 and perfect["pitch_samples"]["median_abs_cents"] < 5
+    sharp = {"pitch": [p / 2 ** (1 / 12) for p in cond["pitch"]]}  # asked a semitone lower than delivered
+    scores = tones_adapter.evaluate(heldout, heldout, sharp, tmp_path)
+    assert scores["pitch_samples"]["median_abs_cents"] == pytest.approx(100, abs=5)
+    assert scores["pitch_samples"]["within_50_cents"] == 0.0
+    json.dumps(scores)  # plain JSON for metrics.json
+
+
+def test_from_spec_needs_no_data(tones_adapter, tmp_path, monkeypatch):
+    empty = tmp_path / "no-cache"
+    monkeypatch.setenv("SCIDDPM_CACHE", str(empty))
+    d = json.loads(json.dumps(tones_adapter.spec().to_dict()))
+    adapter = adapter_from_spec(d)
+    assert isinstance(adapter, AudioAdapter) and adapter.spec() == DataSpec.from_dict(d)
+    ds = adapter.to_xarray(torch.zeros(2, 1, 2048).uniform_(-1, 1), {"pitch": [220.0, 440.0]})
+    paths = adapter.write(ds, tmp_path / "out")
+    assert all(p.exists() for p in paths)
+    with pytest.raises(RuntimeError, match="rebuilt from a run's DataSpec and has no data"):
+        adapter.dataset("train")
+    assert not empty.exists()  # nothing was built
+
+
+def test_write_wavs_png_and_store_without_clipping(tones_adapter, tmp_path, caplog):
+    ds, cond = tones_adapter.heldout(3, seed=1)
+    ds["waveform"][2] = ds.waveform[2] * (1.5 / float(np.abs(ds.waveform[2]).max()))  # over full scale
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio"):
+        paths = tones_adapter.write(ds, tmp_path / "a440.nc")
+    names = [p.name for p in paths]
+    assert names == ["a440_member000.wav", "a440_member001.wav", "a440_member002.wav", "a440_spectrogram.png", "a440.nc"]
+    assert "scaled down to peak 0.999" in caplog.text and "member002" in caplog.text
+    for k, path in enumerate(paths[:3]):
+        data, rate = sf.read(path, dtype="float64")
+        assert rate == SR and data.shape == (2048,) and np.isfinite(data).all() and np.abs(data).max() <= 1
+        gain = 0.999 / 1.5 if k == 2 else 1.0
+        np.testing.assert_allclose(data, ds.waveform[k].values * gain, rtol=1e-6, atol=1e-7)
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = xr.open_dataset(paths[4]).load()
+    np.testing.assert_array_equal(stored.waveform.values, ds.waveform.values)  # the store keeps true values
+    assert stored.attrs["wav_rescaled"] == "member002"
+    np.testing.assert_allclose(stored.attrs["wav_gains"], 0.999 / 1.5)
+    xr.testing.assert_identical(stored.drop_attrs(deep=False), ds.drop_attrs(deep=False))
+
+    zpaths = tones_adapter.write(ds, tmp_path / "z.zarr")
+    xr.testing.assert_equal(xr.open_zarr(zpaths[-1], consolidated=False).load(), ds)
+    dpaths = tones_adapter.write(ds, tmp_path / "dir")
+    assert [p.relative_to(tmp_path).as_posix() for p in dpaths][-2:] == ["dir/spectrogram.png", "dir/samples.nc"]
+    ens = xr.concat([ds, ds], dim="case")  # Model.ensemble's layout: (case, member, time)
+    epaths = tones_adapter.write(ens, tmp_path / "ens")
+    assert [p.name for p in epaths[:2]] == ["case000_member000.wav", "case000_member001.wav"] and len(epaths) == 8
+    np.testing.assert_array_equal(sf.read(epaths[4], dtype="float32")[0], ds.waveform[1].values)  # case001_member001
+    pcm = AudioAdapter.from_spec(DataSpec.from_dict({**tones_adapter.spec().to_dict(),
+                                                     "output": {"sample_rate": SR, "wav_subtype": "PCM_16"}}))
+    assert sf.info(pcm.write(ds, tmp_path / "pcm")[0]).subtype == "PCM_16"
+
+    bad = ds.copy(deep=True)
+    bad["waveform"][1, 7] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/Inf at \{'member': 1\}; nothing was written"):
+        tones_adapter.write(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- folder + CSV
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "clips"
+    root.mkdir()
+    sf.write(root / "long.wav", sine(300, 4096, SR), SR, subtype="FLOAT")
+    stereo = np.stack([sine(200, 8192, 16000, amp=0.8), np.zeros(8192, np.float32)], axis=1)
+    sf.write(root / "stereo16k.wav", stereo, 16000, subtype="FLOAT")
+    sf.write(root / "short.wav", sine(440, 1000, SR), SR, subtype="FLOAT")
+    sf.write(root / "exact.flac", sine(500, 2048, SR), SR)
+    (root / "metadata.csv").write_text(
+        "filename,pitch[Hz],gain\nlong.wav,300,0\nstereo16k.wav,200,-3\nshort.wav,440,1.5\nexact.flac,500,2\n")
+    return root
+
+
+def test_folder_source_clip_policy_resampling_and_schema(folder, caplog):
+    adapter = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, clip_samples=2048,
+                            units={"gain": "dB"}, val_fraction=0.25)
+    with caplog.at_level(logging.INFO, logger="sciddpm.data.audio"):
+        spec = adapter.spec()
+    assert "resampling 1 file(s) from 16000 Hz to 8000 Hz with torchaudio.functional.resample" in caplog.text
+    assert "1 of 4 file(s) are shorter than offset 0.000 s + 2048 samples; zero-padded at the end" in caplog.text
+    assert "2 of 4 file(s) are longer than the clip; cropped" in caplog.text
+    assert spec.cond.names == ["pitch", "gain"]
+    assert [(v.units, v.feature) for v in spec.cond.vars] == [("Hz", "log"), ("dB", "linear")]
+    scale = spec.normaliser.std[0]
+    clips = {k: v[0] * scale for k, v in all_items(adapter).items()}
+    np.testing.assert_allclose(clips["long.wav"], sine(300, 4096, SR)[:2048], atol=1e-6)  # cropped from the start
+    np.testing.assert_allclose(clips["short.wav"][:1000], sine(440, 1000, SR), atol=1e-6)
+    assert not clips["short.wav"][1000:].any()  # padded at the end only
+    np.testing.assert_allclose(clips["exact.flac"], sine(500, 2048, SR), atol=1e-4)  # FLAC is 16-bit
+    mixed = clips["stereo16k.wav"]  # averaged to mono (right is silent: half the left), then resampled
+    assert abs(cents(estimate_pitch(mixed, SR)[0], 200.0)) < 5
+    ref = sine(200, 2048, SR, amp=0.4)
+    assert np.sqrt(np.mean(mixed[100:-100] ** 2)) == pytest.approx(np.sqrt(np.mean(ref[100:-100] ** 2)), rel=0.02)
+
+    shifted = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, clip_samples=2048, offset_s=0.1)
+    clips = {k: v[0] * shifted.spec().normaliser.std[0] for k, v in all_items(shifted).items()}
+    np.testing.assert_allclose(clips["long.wav"], sine(300, 4096, SR)[800:2848], atol=1e-6)
+
+
+def test_folder_rates_must_agree_unless_resampled(folder):
+    with pytest.raises(ValueError, match=r"sample rates \[8000, 16000\] Hz; pass sample_rate="):
+        build_adapter("audio", source="folder", path=str(folder)).spec()
+
+
+def test_folder_stereo_kept_with_channels_2(tmp_path, folder):
+    root = tmp_path / "stereo"
+    root.mkdir()
+    for i, f in enumerate((220, 330, 440)):
+        sf.write(root / f"s{i}.wav", np.stack([sine(f, 2048, SR), sine(2 * f, 2048, SR)], axis=1), SR)
+    (root / "metadata.csv").write_text("filename,pitch[Hz]\ns0.wav,220\ns1.wav,330\ns2.wav,440\n")
+    adapter = build_adapter("audio", source="folder", path=str(root), channels=2, clip_samples=2048)
+    spec = adapter.spec()
+    assert spec.channels == ["left", "right"] and adapter.dataset()[0]["x"].shape == (2, 2048)
+    ds, cond = adapter.heldout(1)
+    assert ds.waveform.dims == ("member", "channel", "time") and list(ds.channel.values) == ["left", "right"]
+    f0, _ = estimate_pitch(ds.waveform.values[0], SR)
+    np.testing.assert_allclose(cents(f0, [cond["pitch"][0], 2 * cond["pitch"][0]]), 0, atol=5)
+    np.testing.assert_allclose(adapter.to_xarray(adapter.to_tensor(ds), cond).waveform, ds.waveform, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"long.wav has 1 channel\(s\) but channels=2"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, channels=2).spec()
+
+
+def _break(folder, how):
+    meta = folder / "metadata.csv"
+    if how == "missing csv":
+        meta.unlink()
+    elif how == "missing file":
+        meta.write_text(meta.read_text() + "ghost.wav,100,0\n")
+    elif how == "unreadable":
+        (folder / "bad.wav").write_bytes(b"RIFF not really a wav")
+        meta.write_text(meta.read_text() + "bad.wav,100,0\n")
+    elif how == "non-numeric":
+        meta.write_text("filename,pitch[Hz],gain\nlong.wav,high,0\nshort.wav,440,1\n")
+    elif how == "empty":
+        for p in folder.iterdir():
+            p.unlink()
+    return str(folder)
+
+
+@pytest.mark.parametrize("how, error, needle", [
+    ("missing csv", FileNotFoundError, r"no metadata CSV .*clips/metadata.csv; put audio files there"),
+    ("missing file", FileNotFoundError, r"line 6 names 'ghost.wav', which is not in .*clips"),
+    ("unreadable", ValueError, r"cannot read audio file .*bad.wav: .*Format not recognised"),
+    ("non-numeric", ValueError, r"non-numeric value 'high' in column 'pitch' for 'long.wav' \(metadata.csv line 2\)"),
+    ("empty", FileNotFoundError, r"audio folder .*clips is empty"),
+])
+def test_folder_errors_name_the_problem(folder, how, error, needle):
+    adapter = build_adapter("audio", source="folder", path=_break(folder, how), sample_rate=SR)
+    with pytest.raises(error, match=needle):
+        adapter.spec()
+
+
+def test_folder_units_conflicts_and_bad_arguments(folder):
+    with pytest.raises(ValueError, match=r"header says \[Hz\] but units= says 'kHz'"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"pitch": "kHz"}).spec()
+    with pytest.raises(ValueError, match=r"names column\(s\) \['loudness'\] that .* does not have"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"loudness": "dB"}).spec()
+    for kwargs, needle in [({"source": "mp3"}, "unknown audio source 'mp3'"),
+                           ({"source": "folder"}, "needs path="),
+                           ({"path": str(folder)}, "builds its own data"),
+                           ({"channels": 3}, "channels must be 1"),
+                           ({"wav_subtype": "PCM_8"}, "wav_subtype must be one of"),
+                           ({"source": "folder", "path": str(folder), "tones_clips": 5}, "only apply to source='tones'")]:
+        with pytest.raises(ValueError, match=needle):
+            build_adapter("audio", **kwargs)
+
+
+# ----------------------------------------------------------------------------- NSynth
+NOTES = {  # note_str -> (MIDI pitch, velocity, family)
+    "guitar_acoustic_000-057-075": (57, 75, "guitar"), "guitar_acoustic_000-060-025": (60, 25, "guitar"),
+    "guitar_acoustic_000-069-100": (69, 100, "guitar"), "keyboard_electronic_001-064-127": (64, 127, "keyboard"),
+    "keyboard_electronic_001-072-100": (72, 100, "keyboard"), "keyboard_electronic_001-081-050": (81, 50, "keyboard"),
+}
+
+
+@pytest.fixture()
+def nsynth(tmp_path):
+    root = tmp_path / "nsynth-valid"
+    (root / "audio").mkdir(parents=True)
+    examples = {}
+    for note, (midi, vel, family) in NOTES.items():
+        sf.write(root / "audio" / f"{note}.wav", sine(440 * 2 ** ((midi - 69) / 12), 16000, 16000), 16000)
+        examples[note] = {"note_str": note, "pitch": midi, "velocity": vel, "instrument_family_str": family,
+                          "sample_rate": 16000, "qualities_str": []}
+    (root / "examples.json").write_text(json.dumps(examples))
+    return root
+
+
+def test_nsynth_pitch_in_hz_velocity_and_filters(nsynth):
+    assert audio_io.midi_to_hz(69) == 440.0
+    np.testing.assert_allclose(audio_io.midi_to_hz([57, 81]), [220.0, 880.0])
+    adapter = build_adapter("audio", source="nsynth", path=str(nsynth), clip_samples=8192, val_fraction=0.34)
+    spec = adapter.spec()
+    assert spec.output["sample_rate"] == 16000 and spec.shape == [8192]
+    assert [(v.name, v.units, v.feature) for v in spec.cond.vars] == [("pitch", "Hz", "log"),
+                                                                       ("velocity", "MIDI velocity", "linear")]
+    ds, cond = adapter.heldout(2)
+    hz = {440 * 2 ** ((m - 69) / 12): v for m, v, _ in NOTES.values()}
+    for p, v, wave in zip(cond["pitch"], cond["velocity"], ds.waveform.values):
+        assert hz[min(hz, key=lambda h: abs(h - p))] == v and min(abs(h - p) for h in hz) < 1e-9
+        assert abs(cents(estimate_pitch(wave, 16000)[0], p)) < 5  # the file belongs to that note
+    assert spec.cond.encode({"pitch": 440, "velocity": 100}).shape == (1, 2)
+
+    keys = build_adapter("audio", source="nsynth", path=str(nsynth), instrument_family="keyboard")
+    assert len(keys.dataset("train")) + len(keys.dataset("val")) == 3
+    mid = build_adapter("audio", source="nsynth", path=str(nsynth), midi_range=(60, 72))
+    assert len(mid.dataset("train")) + len(mid.dataset("val")) == 4
+    with pytest.raises(ValueError, match=r"instrument_family \['flute'\] not in .*; present: guitar, keyboard"):
+        build_adapter("audio", source="nsynth", path=str(nsynth), instrument_family="flute").spec()
+    (nsynth / "audio" / "guitar_acoustic_000-069-100.wav").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 note\(s\) .* have no audio .*guitar_acoustic_000-069-100.wav"):
+        build_adapter("audio", source="nsynth", path=str(nsynth)).spec()
+    (nsynth / "examples.json").unlink()
+    with pytest.raises(FileNotFoundError, match="examples.json"):
+        build_adapter("audio", source="nsynth", path=str(nsynth)).spec()
+
+
+def test_tones_recipe_writes_the_folder_layout(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "datasets" / "tones.py"
+    spec = importlib.util.spec_from_file_location("tones_recipe", recipe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(tmp_path / "t"), "--n-clips", "3", "--seed", "2"]) == 0
+    files, values, meta = audio_io.read_folder(tmp_path / "t")
+    waves, pitch = tones.make_tones(n_clips=3, seed=2)
+    np.testing.assert_array_equal(values["pitch"], pitch)
+    np.testing.assert_array_equal(sf.read(files[2], dtype="float32")[0], waves[2])
+    assert meta["pitch"]["units"] == "Hz" and "wrote 3 harmonic tones" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.main(["--out", str(tmp_path / "t")])  # refuses to overwrite
+
+
+# ----------------------------------------------------------------------------- optional stacks
+def test_optional_audio_stack_is_imported_lazily_and_named(monkeypatch):
+    code = ("import sys, sciddpm.data, sciddpm.metrics; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('soundfile', 'torchaudio', 'matplotlib') "
+            "or m.startswith(('sciddpm.nn', 'sciddpm.diffusion'))]; print(bad); assert not bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    with pytest.raises(ImportError, match=r"pip install 'sciddpm\[audio\]'"):
+        audio_io.soundfile()
+    monkeypatch.setitem(sys.modules, "torchaudio.functional", None)
+    with pytest.raises(ImportError, match=r"needs torchaudio: pip install 'sciddpm\[audio\]'"):
+        audio_io.resample(np.zeros((1, 16)), 16000, 8000)

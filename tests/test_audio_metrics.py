@@ -1,0 +1,105 @@
+"""Audio metrics against signals whose pitch is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm.metrics import cents, estimate_pitch, mrstft_distance
+
+SR = 8000
+T = 2048  # 0.256 s
+
+
+def harmonic_tone(f0, rng, *, sr=SR, n=T, drop_fundamental=False, decay=0.3, noise=1e-3):
+    t = np.arange(n) / sr
+    ks = np.arange(1, int(0.45 * sr / f0) + 1)
+    amp = rng.uniform(0.3, 1.0, len(ks)) / ks ** rng.uniform(0.5, 1.5)
+    if drop_fundamental:
+        amp[0] = 0.0
+    x = (amp[:, None] * np.sin(2 * np.pi * f0 * ks[:, None] * t + rng.uniform(0, 2 * np.pi, (len(ks), 1)))).sum(0)
+    x = x * np.exp(-t / decay)
+    return x / np.abs(x).max() + rng.normal(0, noise, n)
+
+
+def test_cents():
+    assert cents(880, 440) == 1200.0
+    assert cents(440, 440) == 0.0
+    np.testing.assert_allclose(cents([466.1637615180899, 415.30469757994513], 440), [100, -100], atol=1e-9)
+
+
+def test_pitch_within_five_cents_across_the_range_and_without_fundamental():
+    rng = np.random.default_rng(0)
+    freqs = np.geomspace(110, 880, 13) * rng.uniform(0.98, 1.02, 13)  # off the semitone grid
+    waves = np.stack([harmonic_tone(f, rng) for f in freqs])
+    f0, voiced = estimate_pitch(waves, SR)
+    assert f0.shape == voiced.shape == (13,) and voiced.all()
+    assert np.abs(cents(f0, freqs)).max() < 5
+    # The fundamental removed (only harmonics 2, 3, ... remain; needs one above the 2nd below Nyquist)
+    missing = np.geomspace(110, 600, 8)
+    waves = np.stack([harmonic_tone(f, rng, drop_fundamental=True) for f in missing])
+    f0, voiced = estimate_pitch(waves, SR)
+    assert voiced.all() and np.abs(cents(f0, missing)).max() < 5
+
+
+def test_pitch_stays_within_a_few_cents_in_noise():
+    rng = np.random.default_rng(5)
+    freqs = np.exp(rng.uniform(np.log(110), np.log(880), 40))
+    waves = np.stack([harmonic_tone(f, rng, noise=0.0, decay=rng.uniform(0.05, 0.5)) for f in freqs])
+    waves = waves / waves.std(axis=1, keepdims=True) + rng.normal(0, 10 ** (-10 / 20), waves.shape)  # 10 dB SNR
+    f0, voiced = estimate_pitch(waves, SR)
+    assert voiced.all() and np.abs(cents(f0, freqs)).max() < 2.5
+
+
+def test_pitch_is_not_fooled_into_octave_errors():
+    rng = np.random.default_rng(1)
+    t = np.arange(T) / SR
+    f = 220.0
+    # a weak fundamental and a dominant 2nd harmonic (octave-up trap) ...
+    strong_second = 0.1 * np.sin(2 * np.pi * f * t) + np.sin(2 * np.pi * 2 * f * t) + 0.3 * np.sin(2 * np.pi * 3 * f * t)
+    # ... and equal-amplitude harmonics up to Nyquist, whose high partials decorrelate between
+    # integer lags (the sub-octave trap of a plain integer-lag YIN at 8 kHz)
+    flat = sum(np.sin(2 * np.pi * k * 150.0 * t + 0.7 * k) for k in range(1, 24))
+    f0, voiced = estimate_pitch(np.stack([strong_second, flat]), SR)
+    assert voiced.all()
+    np.testing.assert_allclose(cents(f0, [f, 150.0]), 0, atol=5)
+    # higher sample rates too
+    for sr in (16000, 44100):
+        x = harmonic_tone(330.0, rng, sr=sr, n=int(0.25 * sr))
+        assert abs(cents(estimate_pitch(x, sr)[0], 330.0)) < 5
+
+
+def test_noise_and_silence_are_unvoiced():
+    rng = np.random.default_rng(2)
+    f0, voiced = estimate_pitch(rng.normal(size=(2, 3, T)), SR)
+    assert f0.shape == (2, 3) and not voiced.any() and np.isnan(f0).all()
+    f0, voiced = estimate_pitch(np.zeros(T), SR)
+    assert f0.shape == () and not voiced and np.isnan(f0)
+
+
+def test_pitch_accepts_tensors_and_rejects_bad_input():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(harmonic_tone(440.0, rng)).float()
+    f0, voiced = estimate_pitch(x, SR)
+    assert voiced and abs(cents(f0, 440.0)) < 5
+    with pytest.raises(ValueError, match="too short.*raise fmin or pass longer clips"):
+        estimate_pitch(np.zeros(100), SR, fmin=50)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        estimate_pitch(np.full(T, np.nan), SR)
+
+
+def test_mrstft_distance_properties():
+    rng = np.random.default_rng(4)
+    a = harmonic_tone(440.0, np.random.default_rng(10), noise=0)
+    detuned = harmonic_tone(440.0 * 2 ** (1 / 12), np.random.default_rng(10), noise=0)  # same timbre, +1 semitone
+    noisy = a + rng.normal(0, 0.01 * a.std(), T)
+    assert mrstft_distance(a, a, SR) == 0.0
+    d_noise, d_detune = mrstft_distance(a, noisy, SR), mrstft_distance(a, detuned, SR)
+    assert 0 < d_noise < d_detune
+    for d_ab, d_ba in ((d_noise, mrstft_distance(noisy, a, SR)), (d_detune, mrstft_distance(detuned, a, SR))):
+        assert abs(d_ab - d_ba) < 0.2 * d_ab  # symmetric-ish: spectral convergence divides by |S_b|
+    batch = mrstft_distance(np.stack([a, noisy]), torch.from_numpy(np.stack([a, a])), SR)
+    assert batch.shape == (2,) and batch[0] == 0 and batch[1] == pytest.approx(mrstft_distance(noisy, a, SR), rel=1e-9)
+    with pytest.raises(ValueError, match="at most the clip length"):
+        mrstft_distance(a[:200], a[:200], SR)

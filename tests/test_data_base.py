@@ -1,0 +1,235 @@
+"""The data-layer contract: conditioning schema, normaliser, DataSpec, registry and helpers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm.data import (ADAPTERS, CondSchema, CondVar, ConditionRangeWarning, DataSpec, Normaliser,
+                          UnknownConditionError, adapter_from_spec, build_adapter)
+from sciddpm.data.base import atomic_path, split_indices
+from sciddpm.registry import UnknownNameError
+
+
+def audio_schema() -> CondSchema:
+    return CondSchema([CondVar("pitch", "Hz", 110, 880, feature="log"),
+                       CondVar("velocity", "MIDI velocity", 25, 127)])
+
+
+# ----------------------------------------------------------------------------- CondVar / CondSchema
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(name="pitch", units="Hz", min=0, max=880, feature="log"), "positive values"),
+    (dict(name="day", units="d", min=1, max=366, feature="cyclic"), "positive period"),
+    (dict(name="x", units="", min=0, max=1, feature="square"), "not one of linear, log, cyclic"),
+    (dict(name="x", units="", min=2, max=1), "above max"),
+    (dict(name="x", units="", min=0, max=float("inf")), "finite"),
+    (dict(name="a b", units="", min=0, max=1), "without spaces"),
+    (dict(name="x", units="", min=0, max=1, period=3.0), "only used with feature='cyclic'"),
+])
+def test_condvar_rejects_bad_definitions(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        CondVar(**kwargs)
+
+
+def test_encode_shapes_and_feature_maps():
+    schema = CondSchema([CondVar("pitch", "Hz", 110, 880, feature="log"),
+                         CondVar("velocity", "MIDI velocity", 25, 125),
+                         CondVar("dayofyear", "day", 1, 366, feature="cyclic", period=365.25)])
+    assert schema.names == ["pitch", "velocity", "dayofyear"] and schema.dim == 4
+    enc = schema.encode({"pitch": [110.0, 880.0, math.sqrt(110 * 880)], "velocity": 75,
+                         "dayofyear": torch.tensor([365.25, 365.25 / 4, 365.25 / 2])})
+    assert enc.dtype == torch.float32 and enc.shape == (3, 4)
+    # log feature: the training range maps to [-1, 1]; the geometric mean to 0
+    np.testing.assert_allclose(enc[:, 0], [-1, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(enc[:, 1], [0, 0, 0], atol=1e-6)  # scalar broadcast, mid-range
+    np.testing.assert_allclose(enc[:, 2:], [[0, 1], [1, 0], [0, -1]], atol=1e-6)  # (sin, cos)
+    assert schema.encode({"pitch": 220, "velocity": 25, "dayofyear": 1}, batch=5).shape == (5, 4)
+    assert CondSchema([]).encode({}, batch=3).shape == (3, 0)
+    assert CondSchema([]).dim == 0
+
+
+def test_unknown_condition_lists_known_names_units_and_range():
+    schema = audio_schema()
+    with pytest.raises(UnknownConditionError) as info:
+        schema.encode({"pich": 440, "velocity": 100})
+    err = info.value
+    assert isinstance(err, KeyError) and isinstance(err, ValueError)
+    assert str(err) == ("unknown condition 'pich'; known: pitch [Hz, trained 110–880], "
+                        "velocity [MIDI velocity, trained 25–127] (did you mean 'pitch'?)")
+    with pytest.raises(UnknownConditionError, match="this model takes no conditions"):
+        CondSchema([]).encode({"pitch": 440})
+
+
+def test_missing_nonfinite_and_mismatched_values_are_errors():
+    schema = audio_schema()
+    with pytest.raises(ValueError, match=r"missing condition\(s\): velocity \[MIDI velocity"):
+        schema.encode({"pitch": 440})
+    with pytest.raises(ValueError, match="'pitch' must be finite"):
+        schema.encode({"pitch": float("nan"), "velocity": 100})
+    with pytest.raises(ValueError, match="'velocity' must be numeric"):
+        schema.encode({"pitch": 440, "velocity": "loud"})
+    with pytest.raises(ValueError, match=r"different lengths \[2, 3\]"):
+        schema.encode({"pitch": [440, 441], "velocity": [1, 2, 3]})
+    with pytest.raises(ValueError, match="the batch is 4"):
+        schema.encode({"pitch": [440, 441], "velocity": 100}, batch=4)
+    with pytest.raises(ValueError, match="must be positive"):
+        schema.encode({"pitch": -5.0, "velocity": 100})
+
+
+def test_out_of_range_warns_naming_the_range_but_in_range_is_silent():
+    schema = audio_schema()
+    with pytest.warns(ConditionRangeWarning, match=r"pitch=1000 Hz is outside the training range 110–880 Hz"):
+        enc = schema.encode({"pitch": 1000, "velocity": 100})
+    assert enc[0, 0] > 1  # extrapolated, not clamped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema.encode({"pitch": [110.0, 880.0], "velocity": [25, 127]})  # the endpoints are in range
+
+
+def test_schema_dict_round_trip_and_malformed():
+    schema = CondSchema([CondVar("pitch", "Hz", 110, 880, feature="log", description="f0"),
+                         CondVar("hour", "h", 0, 23, feature="cyclic", period=24)])
+    again = CondSchema.from_dict(json.loads(json.dumps(schema.to_dict())))
+    assert again == schema and again.to_dict() == schema.to_dict()
+    for bad in ({"vars": [{"name": "pitch"}]}, {"vars": "pitch"}, [], {"vars": [], "extra": 1},
+                {"vars": [{"name": "x", "units": "", "min": 0, "max": 1, "code": "import os"}]}):
+        with pytest.raises(ValueError):
+            CondSchema.from_dict(bad)
+    with pytest.raises(ValueError, match="more than once"):
+        CondSchema([CondVar("a", "", 0, 1), CondVar("a", "", 0, 1)])
+
+
+# ----------------------------------------------------------------------------- Normaliser
+@pytest.mark.parametrize("spatial", [(7,), (5, 6), (4, 4, 5), (3, 4, 5)])
+def test_normaliser_per_channel_any_rank(spatial):
+    mean, std = [1.0, -2.0, 10.0], [0.5, 3.0, 7.0]
+    norm = Normaliser(mean, std)
+    g = torch.Generator().manual_seed(0)
+    batched = torch.randn(64, 3, *spatial, generator=g, dtype=torch.float64)
+    batched = batched * torch.tensor(std, dtype=torch.float64).reshape(3, *[1] * len(spatial))
+    batched = batched + torch.tensor(mean, dtype=torch.float64).reshape(3, *[1] * len(spatial))
+    z = norm.normalise(batched)
+    reduce = [0] + list(range(2, z.ndim))
+    np.testing.assert_allclose(z.mean(reduce), 0, atol=0.2)
+    np.testing.assert_allclose(z.std(reduce), 1, atol=0.2)
+    torch.testing.assert_close(norm.denormalise(z), batched)
+    single = batched[0]
+    torch.testing.assert_close(norm.normalise(single, channel_axis=0), z[0])
+    if spatial[0] != 3:  # unambiguous: axis 0 is inferred for an unbatched [C, *S]
+        torch.testing.assert_close(norm.normalise(single), z[0])
+    np.testing.assert_allclose(norm.normalise(single.numpy(), channel_axis=0), z[0].numpy())
+    assert norm.normalise(batched.float()).dtype == torch.float32
+
+
+def test_normaliser_errors_and_dict():
+    with pytest.raises(ValueError, match="channel 1 has std 0"):
+        Normaliser([0.0, 0.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match="one mean and one std per channel"):
+        Normaliser([0.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"expected \[B, 2, \*S\] or \[2, \*S\]"):
+        Normaliser([0.0, 0.0], [1.0, 1.0]).normalise(torch.zeros(4, 3, 8))
+    norm = Normaliser([0.5], [2.0])
+    assert Normaliser.from_dict(json.loads(json.dumps(norm.to_dict()))) == norm
+    with pytest.raises(ValueError):
+        Normaliser.from_dict({"mean": [0.0], "std": ["1"]})
+
+
+# ----------------------------------------------------------------------------- DataSpec
+def make_spec() -> DataSpec:
+    return DataSpec(adapter="audio", dims=1, channels=["waveform"], shape=[2048], padding=["zeros"],
+                    normaliser=Normaliser([0.0], [0.8]), cond=audio_schema(), sigma_data=0.3,
+                    output={"sample_rate": 8000, "units": "1", "nested": {"a": [1, 2.5, None, True]}},
+                    notes=["trained on the embedded tones data"])
+
+
+def test_dataspec_json_round_trip():
+    spec = make_spec()
+    d = json.loads(json.dumps(spec.to_dict()))
+    again = DataSpec.from_dict(d)
+    assert again == spec
+    assert again.to_dict() == spec.to_dict()
+    d["output"]["nested"]["a"].append(3)  # the spec does not alias the dict it came from
+    assert again.output["nested"]["a"] == [1, 2.5, None, True]
+
+
+def _mutations():
+    def set_(key, value):
+        return lambda d: d.__setitem__(key, value)
+    return {
+        "missing key": lambda d: d.pop("sigma_data"),
+        "unknown key": set_("_target_", "os.system"),
+        "dims 4": set_("dims", 4),
+        "dims bool": set_("dims", True),
+        "shape rank": set_("shape", [64, 64]),
+        "shape not int": set_("shape", [2048.0]),
+        "padding mode": set_("padding", ["mirror"]),
+        "no channels": set_("channels", []),
+        "sigma_data nan": set_("sigma_data", float("nan")),
+        "sigma_data negative": set_("sigma_data", -1.0),
+        "output not dict": set_("output", [1]),
+        "output nan": set_("output", {"x": float("nan")}),
+        "notes not str": set_("notes", [1]),
+        "std zero": set_("normaliser", {"mean": [0.0], "std": [0.0]}),
+        "normaliser channels": set_("normaliser", {"mean": [0.0, 0.0], "std": [1.0, 1.0]}),
+        "cond feature": lambda d: d["cond"]["vars"][0].__setitem__("feature", "exp"),
+        "cond missing field": lambda d: d["cond"]["vars"][0].pop("min"),
+        "adapter not str": set_("adapter", ["audio"]),
+        "not a dict": lambda d: None,
+    }
+
+
+@pytest.mark.parametrize("name", list(_mutations()))
+def test_dataspec_rejects_malformed_dicts(name):
+    d = copy.deepcopy(make_spec().to_dict())
+    if name == "not a dict":
+        d = json.dumps(d)
+    else:
+        _mutations()[name](d)
+    with pytest.raises(ValueError, match="malformed DataSpec"):
+        DataSpec.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- registry and helpers
+def test_registry_names_audio_and_rejects_unknown():
+    assert "audio" in ADAPTERS.names()
+    with pytest.raises(UnknownNameError, match=r"unknown adapter 'audoi'; known adapters: .*audio.*'audio'"):
+        build_adapter("audoi")
+    with pytest.raises(TypeError, match=r"'sample_rat' \(did you mean 'sample_rate'\?\)"):
+        build_adapter("audio", sample_rat=8000)
+    spec = make_spec().to_dict()
+    spec["adapter"] = "os.system"  # a name, never an import path: nothing is imported
+    with pytest.raises(UnknownNameError, match="unknown adapter 'os.system'"):
+        adapter_from_spec(spec)
+
+
+def test_split_indices_deterministic_disjoint_and_complete():
+    train, val = split_indices(50, "train", 0.1, seed=3), split_indices(50, "val", 0.1, seed=3)
+    assert len(val) == 5 and len(train) == 45
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(50))
+    np.testing.assert_array_equal(val, split_indices(50, "val", 0.1, seed=3))
+    assert not np.array_equal(val, split_indices(50, "val", 0.1, seed=4))
+    assert len(split_indices(3, "val", 0.01)) == 1  # val is never empty
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        split_indices(10, "test", 0.1)
+
+
+def test_atomic_path_keeps_old_target_on_failure_and_replaces_dirs(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    store = tmp_path / "s.zarr"
+    for version in ("1", "2"):
+        with atomic_path(store) as tmp:
+            tmp.mkdir()
+            (tmp / "v").write_text(version)
+    assert (store / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "s.zarr"]
