@@ -16,15 +16,6 @@ from sciddpm.registry import UnknownNameError
 from sciddpm.testing import gaussian_denoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Thousands of samples of a few dimensions make many medium-sized tensor ops: one thread is
-    # nearly as fast on a free machine and avoids OpenMP stalls (10x and more, measured) when
-    # the CPU cores are shared with other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SD = 0.7  # a sigma_data other than 1, so a forgotten sigma_data shows
 SIG = torch.tensor([0.002, 0.05, 0.5, 0.7, 3.0, 80.0], dtype=torch.float64)

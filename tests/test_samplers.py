@@ -18,15 +18,6 @@ from sciddpm.registry import UnknownNameError
 from sciddpm.testing import gaussian_denoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Thousands of samples of a few dimensions make many medium-sized tensor ops: one thread is
-    # nearly as fast on a free machine and avoids OpenMP stalls (10x and more, measured) when
-    # the CPU cores are shared with other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 D_DIM = 8
 N = 32768  # samples per sampler: 5 SE of a whitened variance = 5 sqrt(2/N) = 0.039

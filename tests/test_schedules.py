@@ -17,15 +17,6 @@ from sciddpm.diffusion import (
 from sciddpm.registry import UnknownNameError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Thousands of samples of a few dimensions make many medium-sized tensor ops: one thread is
-    # nearly as fast on a free machine and avoids OpenMP stalls (10x and more, measured) when
-    # the CPU cores are shared with other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_linear_schedule_is_ho_et_al():

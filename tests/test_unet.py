@@ -24,14 +24,6 @@ MIXED_PADDING = {1: "circular", 2: ["zeros", "circular"], 3: "reflect"}
 TINY = dict(channels=8, channel_mult=[1, 2, 2, 2], blocks_per_level=1, head_channels=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is as fast, and it keeps OpenMP from thrashing when other test
-    # processes share the two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dims_of(name: str) -> int:

@@ -134,18 +134,9 @@ def ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) in sigma space: draw ``x'`` from the posterior
     ``q(x_{s'} | x_s, x0_hat)`` of the chain ``x_s = x_{s'} + sqrt(s^2 - s'^2) z``, i.e. mean
     ``x0 + (s'^2/s^2)(x - x0)``, variance ``s'^2 (1 - s'^2/s^2)`` - DDPM's beta-tilde posterior
-    (eqs. 6-7) divided by abar_{t-1}. On a VP table with every level this is the T-step DDPM loop."""
-    levels = _levels(sigmas)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = _denoise(denoiser, x, s)
-        if callback is not None:
-            callback(i, s, x, x0)
-        if s_next == 0:
-            x = x0
-            continue
-        ratio = (s_next / s) ** 2
-        x = x0 + ratio * (x - x0) + s_next * math.sqrt(1.0 - ratio) * _randn(x, generator)
-    return x
+    (eqs. 6-7) divided by abar_{t-1}. On a VP table with every level this is the T-step DDPM loop.
+    That posterior is exactly DDIM's update with eta = 1, so the arithmetic lives there once."""
+    return ddim(denoiser, x, sigmas, generator=generator, callback=callback, eta=1.0)
 
 
 @SAMPLERS.register("dpmpp_2m")
