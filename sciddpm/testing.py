@@ -5,6 +5,8 @@ the same oracles the project's own tests use, instead of golden numbers.
 
 * :func:`gaussian_denoiser` - the exact denoiser for Gaussian data, so a sampler driven by it must
   return that Gaussian (mean and covariance) up to sampling error and its own discretisation error.
+* :func:`assert_roundtrip` - an adapter's promise that ``to_xarray(to_tensor(ds), cond)`` gives
+  back ``ds``: values to float32 precision, and coordinates, attributes and dimension order exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["gaussian_denoiser"]
+__all__ = ["assert_roundtrip", "gaussian_denoiser"]
 
 
 def gaussian_denoiser(mu, Sigma) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -60,3 +62,23 @@ def gaussian_denoiser(mu, Sigma) -> Callable[[torch.Tensor, torch.Tensor], torch
         return (mu_ + coords @ V_.T).reshape(x.shape).to(x.dtype)
 
     return denoise
+
+
+def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float = 1e-8) -> None:
+    """Assert that ``adapter.to_xarray(adapter.to_tensor(ds), cond)`` reproduces ``ds``.
+
+    Data variables must match to ``rtol``/``atol`` (the tensor side is float32); everything else -
+    coordinates, attributes (of the Dataset and of each variable), dimension names and order -
+    must be identical. ``cond`` holds the conditioning values the samples carry (``{}`` for none).
+    """
+    import xarray as xr
+
+    back = adapter.to_xarray(adapter.to_tensor(ds), dict(cond or {}))
+    assert set(back.data_vars) == set(ds.data_vars), (
+        f"variables differ: round trip gave {sorted(back.data_vars)}, expected {sorted(ds.data_vars)}")
+    for name, original in ds.data_vars.items():
+        again = back[name]
+        assert again.dims == original.dims, f"{name}: dims {again.dims} != {original.dims}"
+        assert again.attrs == original.attrs, f"{name}: attrs {again.attrs} != {original.attrs}"
+        np.testing.assert_allclose(again.values, original.values, rtol=rtol, atol=atol, err_msg=name)
+    xr.testing.assert_identical(back.drop_vars(list(ds.data_vars)), ds.drop_vars(list(ds.data_vars)))
