@@ -17,6 +17,7 @@ from scipy.stats import wasserstein_distance
 
 from sciddpm.api import Model
 from sciddpm.data import build_adapter
+from sciddpm.data.base import atomic_path
 from sciddpm.metrics.spectra import log_spectral_distance, power_spectrum
 from sciddpm.runs import atomic_write_text
 
@@ -76,14 +77,12 @@ def _plot_spectra(spectra: dict, path: Path) -> Path:
         ax.set(title=channel, xlabel="wavenumber k (cycles per domain)", ylabel="power (normalised units)")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
 def _save_samples(ds: xr.Dataset, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.to_netcdf(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp)

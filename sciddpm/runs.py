@@ -34,6 +34,8 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sciddpm.data.base import atomic_path
+
 CONFIG = "config.yaml"
 DATA_SPEC = "data_spec.json"
 WEIGHTS = "model.safetensors"
@@ -53,35 +55,18 @@ class RunError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- atomic IO
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, synced, then os.replace."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------ config safety
@@ -247,7 +232,10 @@ class RunDir:
         for leftover in root.glob(".step_*") if root.is_dir() else ():
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self.path.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def load_checkpoint(self, step: int) -> tuple[dict, dict, dict]:
         """(model state, EMA state, training state) of the checkpoint at ``step``."""

@@ -72,6 +72,21 @@ def test_cli_sample_equals_api_sample(trained, tmp_path, capsys):
     np.testing.assert_allclose(split["waveform"].values, from_api["waveform"].values, rtol=1e-4, atol=1e-5)
 
 
+def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
+    import json
+
+    assert main(["evaluate", "model=tiny", f"runs_dir={trained}", "--n", "4", "--steps", "2",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert str(tmp_path / "spectra.png") in printed and (tmp_path / "spectra.png").stat().st_size > 0
+    scores = metrics["channels"]["waveform"]
+    assert metrics["n"] == 4 and scores["std_heldout"] > 0 and scores["wasserstein1"] >= 0
+    assert np.isfinite(scores["log_spectral_distance"])
+    assert "pitch_samples" in metrics["modality"]  # the audio adapter's own scores
+    assert xr.open_dataset(tmp_path / "samples.nc").sizes["member"] == 4
+
+
 def test_unknown_condition_exits_nonzero_listing_known_names(trained, capsys):
     code = main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "nosuch=1"])
     err = capsys.readouterr().err

@@ -358,8 +358,10 @@ class AudioAdapter(Adapter):
         scores: dict[str, Any] = {"files": []}
         if "pitch" in cond:
             target = np.broadcast_to(np.asarray(cond["pitch"], dtype=np.float64), mono["samples"].shape[:-1])
+            # the lowest pitch a clip this long can hold two periods of (short clips in tests)
+            fmin = max(50.0, 2.02 * rate / mono["samples"].shape[-1])
             for key, wave in mono.items():
-                f0, voiced = estimate_pitch(wave, rate)
+                f0, voiced = estimate_pitch(wave, rate, fmin=fmin)
                 err = np.abs(cents(f0[voiced], target[voiced])) if voiced.any() else np.zeros(0)
                 scores[f"pitch_{key}"] = {
                     "voiced_fraction": float(voiced.mean()),
