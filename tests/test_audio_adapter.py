@@ -144,12 +144,14 @@ def test_round_trip_to_tensor_to_xarray(tones_adapter):
 def test_evaluate_scores_pitch_in_cents_and_mrstft(tones_adapter, tmp_path):
     heldout, cond = tones_adapter.heldout(4, seed=2)
     perfect = tones_adapter.evaluate(heldout, heldout, cond, tmp_path)
-    assert perfect["files"] == [] and perfect["mrstft_samples_vs_heldout"] == 0.0
+    assert perfect["files"] == [tmp_path / "pitch_sweep.png"] and perfect["mrstft_samples_vs_heldout"] == 0.0
+    assert [p["requested_hz"] for p in perfect["pitch_sweep"]] == list(cond["pitch"])
     assert perfect["pitch_samples"]["voiced_fraction"] == 1.0 and perfect["pitch_samples"]["median_abs_cents"] < 5
     sharp = {"pitch": [p / 2 ** (1 / 12) for p in cond["pitch"]]}  # asked a semitone lower than delivered
     scores = tones_adapter.evaluate(heldout, heldout, sharp, tmp_path)
     assert scores["pitch_samples"]["median_abs_cents"] == pytest.approx(100, abs=5)
     assert scores["pitch_samples"]["within_50_cents"] == 0.0
+    scores.pop("files")
     json.dumps(scores)  # plain JSON for metrics.json
 
 

@@ -84,6 +84,7 @@ def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
     assert metrics["n"] == 4 and scores["std_heldout"] > 0 and scores["wasserstein1"] >= 0
     assert np.isfinite(scores["log_spectral_distance"])
     assert "pitch_samples" in metrics["modality"]  # the audio adapter's own scores
+    assert len(metrics["modality"]["pitch_sweep"]) == 4 and (tmp_path / "pitch_sweep.png").exists()
     assert xr.open_dataset(tmp_path / "samples.nc").sizes["member"] == 4
 
 

@@ -348,29 +348,10 @@ class AudioAdapter(Adapter):
         return written + [store]
 
     def evaluate(self, samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path) -> dict:
-        """Audio scores for ``sciddpm evaluate``: pitch error in cents against the requested pitch
-        (when the data has a ``pitch`` condition) and the MR-STFT distance to the held-out clips."""
-        from sciddpm.metrics.audio import cents, estimate_pitch, mrstft_distance
+        """Audio scores for ``sciddpm evaluate`` (see ``sciddpm.data.audio_eval``)."""
+        from sciddpm.data.audio_eval import audio_scores
 
-        rate = int(samples.attrs.get("sample_rate", self.sample_rate))
-        mono = {k: (d.waveform.mean("channel") if "channel" in d.waveform.dims else d.waveform)
-                .transpose(..., "time").values for k, d in (("samples", samples), ("heldout", heldout))}
-        scores: dict[str, Any] = {"files": []}
-        if "pitch" in cond:
-            target = np.broadcast_to(np.asarray(cond["pitch"], dtype=np.float64), mono["samples"].shape[:-1])
-            # the lowest pitch a clip this long can hold two periods of (short clips in tests)
-            fmin = max(50.0, 2.02 * rate / mono["samples"].shape[-1])
-            for key, wave in mono.items():
-                f0, voiced = estimate_pitch(wave, rate, fmin=fmin)
-                err = np.abs(cents(f0[voiced], target[voiced])) if voiced.any() else np.zeros(0)
-                scores[f"pitch_{key}"] = {
-                    "voiced_fraction": float(voiced.mean()),
-                    "median_abs_cents": float(np.median(err)) if err.size else None,
-                    "within_50_cents": float((err < 50).sum() / voiced.size),  # unvoiced counts as a miss
-                }
-        sizes = tuple(n for n in (256, 512, 1024) if n <= mono["samples"].shape[-1]) or (mono["samples"].shape[-1],)
-        scores["mrstft_samples_vs_heldout"] = float(np.mean(mrstft_distance(mono["samples"], mono["heldout"], rate, sizes)))
-        return scores
+        return audio_scores(samples, heldout, cond, out, int(samples.attrs.get("sample_rate", self.sample_rate)))
 
     def _spectrogram_png(self, values: np.ndarray, lead: tuple, labels: list[str], rate: int, path: Path) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
