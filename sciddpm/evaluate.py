@@ -3,7 +3,7 @@
 Modality-independent scores come first — per-channel mean and standard deviation, Wasserstein-1
 distance of the marginals, radially averaged power spectra and their log-spectral distance —
 then whatever the adapter adds through an optional ``evaluate(samples, heldout, cond, out)``
-method (pitch error for audio, CRPS for climate, ...). Writes ``metrics.json`` and PNG plots.
+method (pitch error for audio, CRPS for climate, ...). Writes ``metrics.json``, PNG plots and the samples as the modality's files.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 from scipy.stats import wasserstein_distance
 
 from sciddpm.api import Model
@@ -60,8 +59,8 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     written.append(_plot_spectra(spectra, out / "spectra.png"))
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
-    _save_samples(samples, out / "samples.nc")
-    return [metrics_path, out / "samples.nc", *written]
+    # the samples as the modality's own files (audio: WAVs, spectrogram grid, samples.nc)
+    return [metrics_path, *written, *model.write(samples, out / "samples")]
 
 
 def _plot_spectra(spectra: dict, path: Path) -> Path:
@@ -82,7 +81,3 @@ def _plot_spectra(spectra: dict, path: Path) -> Path:
     plt.close(fig)
     return path
 
-
-def _save_samples(ds: xr.Dataset, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp)

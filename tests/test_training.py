@@ -85,7 +85,8 @@ def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
     assert np.isfinite(scores["log_spectral_distance"])
     assert "pitch_samples" in metrics["modality"]  # the audio adapter's own scores
     assert len(metrics["modality"]["pitch_sweep"]) == 4 and (tmp_path / "pitch_sweep.png").exists()
-    assert xr.open_dataset(tmp_path / "samples.nc").sizes["member"] == 4
+    assert xr.open_dataset(tmp_path / "samples" / "samples.nc").sizes["member"] == 4
+    assert len(list((tmp_path / "samples").glob("*.wav"))) == 4
 
 
 def test_unknown_condition_exits_nonzero_listing_known_names(trained, capsys):
