@@ -85,7 +85,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     if start_step:
         model_state, ema_state, train_state = run.load_checkpoint(start_step)
         denoiser.net.load_state_dict(model_state)
-        ema = {k: v.to(device) for k, v in ema_state.items()}
+        ema = ema_state
         optimizer.load_state_dict(train_state["optimizer"])
         if rank == 0:
             log.info("resuming %s from step %d", run.path, start_step)
