@@ -1,24 +1,30 @@
-"""The Python face of a trained model: ``load(run) -> Model``; ``Model.sample`` / ``Model.ensemble``.
+"""The Python face of a trained model: ``load(run) -> Model``; ``sample``, ``ensemble``, ``infill``.
 
 A Model is adapter + denoiser (EMA weights) + sampler settings, all rebuilt from a run directory
 by ``sciddpm.runs`` (no pickle, no imported paths). Samples come back as ``xarray.Dataset`` in the
 data's physical units and coordinates, with a ``member`` dimension (and ``case`` for ensembles over
 several conditions). The command line calls exactly these methods.
+
+Reproducibility: every generated item (case ``i``, member ``j``) starts from its own noise, drawn
+from a generator seeded by ``item_seed(seed, i, j)``, and items are sampled in fixed batches of
+consecutive items. So a seed gives the same members on any device, and an ensemble split over
+ranks or resumed after a crash (``sciddpm.ensembles``) equals one sampled in a single go.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from sciddpm.assembly import build_denoiser
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
-from sciddpm.diffusion import guided
+from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
 from sciddpm.runs import RunDir, resolve_run
 
@@ -39,6 +45,36 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step)
 
 
+def item_seed(seed: int, case: int, member: int) -> int:
+    """The noise seed of member ``member`` of case ``case`` in an ensemble drawn with ``seed``."""
+    words = np.random.SeedSequence([int(seed), int(case), int(member)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])  # fits torch's 64-bit seed
+
+
+def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
+    """Cases as ``{name: values}`` with one value per case, validated against ``schema``.
+
+    ``cases`` is a mapping name -> value or list (single values are shared by every case) or a
+    pandas DataFrame with one row per case and one column per condition.
+    """
+    if hasattr(cases, "to_dict") and hasattr(cases, "columns"):  # a DataFrame, without importing pandas
+        cases = {str(name): cases[name].to_numpy() for name in cases.columns}
+    if not isinstance(cases, Mapping):
+        raise TypeError(f"cases must be a mapping name -> values or a DataFrame, got {type(cases).__name__}")
+    columns = {name: np.atleast_1d(np.asarray(values, dtype=float)) for name, values in cases.items()}
+    for name, values in columns.items():
+        if values.ndim != 1:
+            raise ValueError(f"condition {name!r}: give one value per case (a flat list), got shape {values.shape}")
+    count = max((len(v) for v in columns.values()), default=1)
+    for name, values in columns.items():
+        if len(values) not in (1, count):
+            raise ValueError(
+                f"condition {name!r} has {len(values)} values but others have {count}; give one "
+                "value (shared by every case) or one per case")
+    table = schema.validate(columns, batch=count) if columns else {}
+    return {name: np.asarray(values, dtype=float) for name, values in table.items()}
+
+
 class Model:
     """A trained model ready to sample; build it with :func:`sciddpm.load`."""
 
@@ -51,6 +87,8 @@ class Model:
         self.adapter = adapter_from_spec(spec)
         self.denoiser = denoiser
         self.step = step
+        valid = self.adapter.static_mask()
+        self._valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +104,7 @@ class Model:
         return (f"Model({self.name!r}, adapter={self.spec.adapter}, shape={list(self.spec.shape)}, "
                 f"channels={list(self.spec.channels)}, conditions: {names}, step={self.step})")
 
+    # ------------------------------------------------------------------------------ public API
     @torch.no_grad()
     def sample(self, n: int = 1, cond: Mapping[str, float] | None = None, *, steps: int | None = None,
                sampler: str | None = None, seed: int | None = None, guidance: float | None = None,
@@ -73,74 +112,149 @@ class Model:
         """``n`` samples for one set of conditions, as a Dataset with a ``member`` dimension.
 
         ``cond`` maps condition names to values in the data's units (see ``.conditions``); leave it
-        out for unconditional samples. The same ``seed`` gives the same samples on any device
-        and with any ``batch_size`` (deterministic samplers).
+        out for unconditional samples. Member ``j`` is case 0, member ``j`` of an ensemble with
+        the same ``seed``: the same on any device and with any ``batch_size``.
         """
-        if int(n) < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        n = int(n)
-        settings = self._sampler_settings(sampler, steps, guidance)
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        n = _positive(n, "n")
+        seed = _seed(seed)
         cond = dict(cond or {})
-        features = self.spec.cond.encode(cond, batch=n) if cond else None
-        if features is None and self.spec.cond.dim:
+        if not cond and self.spec.cond.dim:
             log.info("no conditions given: sampling unconditionally (the null condition)")
+        table = case_table(cond, self.spec.cond) if cond else {}
+        settings = self.sampler_settings(sampler, steps, guidance)
+        samples = self.generate(table, [(0, j) for j in range(n)], seed=seed, settings=settings,
+                                batch_size=batch_size)
+        return self.labelled(samples, {k: float(v[0]) for k, v in table.items()}, settings, seed)
 
-        shape = (n, len(self.spec.channels), *self.spec.shape)
-        # Noise from a CPU generator, so a seed means the same samples on CPU and GPU.
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-        step_generator = torch.Generator(self.device).manual_seed(seed + 1)
-        batch = int(batch_size or n)
+    @torch.no_grad()
+    def ensemble(self, cases: Any, members: int = 16, *, steps: int | None = None, sampler: str | None = None,
+                 seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+                 progress: bool = True) -> xr.Dataset:
+        """Ensembles for several cases, as a Dataset with dims ``("case", "member", ...)``.
+
+        ``cases`` maps condition names to a list of values (one per case; a single value is shared)
+        or is a pandas DataFrame with one row per case. Each condition becomes a coordinate along
+        ``case``. Member ``j`` of case ``i`` starts from noise seeded by ``item_seed(seed, i, j)``.
+        """
+        members = _positive(members, "members")
+        table = case_table(cases, self.spec.cond)
+        count = len(next(iter(table.values()))) if table else 1
+        settings = self.sampler_settings(sampler, steps, guidance)
+        items = [(i, j) for i in range(count) for j in range(members)]
+        samples = self.generate(table, items, seed=seed, settings=settings, batch_size=batch_size,
+                                progress=progress)
+        per_case = [self.labelled(samples[i * members:(i + 1) * members],
+                                   {k: float(v[i]) for k, v in table.items()}, settings, seed)
+                    for i in range(count)]
+        ds = xr.concat(per_case, dim="case", coords="different", compat="equals",
+                       combine_attrs="drop_conflicts")
+        for name, values in table.items():
+            ds = ds.assign_coords({name: ("case", values, dict(ds[name].attrs) if name in ds else {})})
+        return ds.assign_coords(case=np.arange(count))
+
+    @torch.no_grad()
+    def infill(self, observed: xr.Dataset, n: int = 8, cond: Mapping[str, float] | None = None, *,
+               steps: int | None = None, sampler: str | None = None, seed: int = 0,
+               guidance: float | None = None, batch_size: int | None = None,
+               iterations: int = 32) -> xr.Dataset:
+        """Fill the gaps (NaN) of observed fields with ``n`` members consistent with the rest.
+
+        ``observed`` is in the data's layout and units, with a leading example dimension (e.g.
+        ``time``); its observed values are kept exactly and NaN where the data never has values
+        (the static mask, e.g. land for SST) stays NaN. Conditions come from ``cond`` or, when
+        not given, from the observations themselves (their dates). Returns dims
+        ``(<example dim>, "member", ...)``.
+        """
+        n = _positive(n, "n")
+        x = self.adapter.to_tensor(observed).float()
+        known = torch.isfinite(x)
+        if self._valid is not None:
+            known &= self._valid
+        gaps = (~known) if self._valid is None else (~known & self._valid)
+        if not bool(gaps.any()):
+            raise ValueError("the observations have no gaps (NaN) to fill outside the data's own mask")
+        if cond:
+            table = case_table({k: np.broadcast_to(np.atleast_1d(v), (x.shape[0],)) for k, v in cond.items()},
+                               self.spec.cond)
+        elif self.spec.cond.dim:
+            table = case_table(self.adapter.cond_from_xarray(observed), self.spec.cond)
+        else:
+            table = {}
+        settings = self.sampler_settings(sampler, steps, guidance)
+        first = next(iter(observed.data_vars.values()))
+        lead = first.dims[0] if observed.sizes.get(first.dims[0]) == x.shape[0] and first.ndim > self.spec.dims else None
+        filled = []
+        for i in range(x.shape[0]):
+            known_i, mask_i = x[i:i + 1].to(self.device), known[i:i + 1].to(self.device)
+            fill = lambda d: inpainting(d, known_i, mask_i, iterations=iterations)  # noqa: E731
+            samples = self.generate({k: v[i:i + 1] for k, v in table.items()}, [(i, j) for j in range(n)],
+                                    seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
+            filled.append(self.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
+        if lead is None:
+            return filled[0]
+        ds = xr.concat(filled, dim=lead, coords="different", compat="equals", combine_attrs="drop_conflicts")
+        return ds.assign_coords({lead: observed[lead].values})
+
+    def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
+        """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""
+        return self.adapter.write(ds, out)
+
+    # ---------------------------------------------------------------------- the sampling engine
+    def generate(self, table: Mapping[str, np.ndarray], items: Sequence[tuple[int, int]], *, seed: int,
+                 settings: Mapping[str, Any], batch_size: int | None = None, progress: bool = False,
+                 wrap: Callable | None = None) -> torch.Tensor:
+        """Normalised samples ``[len(items), C, *S]`` for (case, member) ``items``.
+
+        ``table`` holds validated conditions per case (indexed by an item's case); ``wrap``, if
+        given, wraps the denoiser (e.g. inpainting). Batches are runs of ``batch_size``
+        consecutive items; :mod:`sciddpm.ensembles` relies on that to split work over ranks.
+        """
+        batch = int(batch_size or len(items))
         pieces = []
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            kwargs = {"cond": features[start:stop].to(self.device)} if features is not None else {}
-            pieces.append(run_sampler(
-                self._denoiser(settings["guidance"], conditional=features is not None),
-                noise[start:stop].to(self.device), method=settings["method"], steps=settings["steps"],
-                schedule=settings["schedule"], generator=step_generator, denoiser_kwargs=kwargs,
-                **settings["opts"]).float().cpu())
-        samples = torch.cat(pieces)
-        if not torch.isfinite(samples).all():
+        with _progress(len(items), progress) as bar:
+            for start in range(0, len(items), batch):
+                pieces.append(self.generate_batch(table, items[start:start + batch], seed=seed,
+                                                  settings=settings, wrap=wrap))
+                bar.update(len(pieces[-1]))
+        return torch.cat(pieces)
+
+    def generate_batch(self, table: Mapping[str, np.ndarray], items: Sequence[tuple[int, int]], *,
+                       seed: int, settings: Mapping[str, Any], wrap: Callable | None = None) -> torch.Tensor:
+        """One batch of :meth:`generate`; its result depends only on its items, never on the rank."""
+        shape = (len(self.spec.channels), *self.spec.shape)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(item_seed(seed, i, j)))
+                             for i, j in items])
+        kwargs = {}
+        if table:
+            cases = [i for i, _ in items]
+            kwargs["cond"] = self.spec.cond.encode({k: v[cases] for k, v in table.items()},
+                                                   batch=len(items), warn=False).to(self.device)
+        denoiser = self._denoiser(settings["guidance"], conditional=bool(table))
+        if wrap is not None:
+            denoiser = wrap(denoiser)
+        # stochastic samplers draw their step noise from a generator seeded by the batch's first item
+        step_generator = torch.Generator(self.device).manual_seed(item_seed(seed, *items[0]) ^ 0x5DEECE66D)
+        out = run_sampler(denoiser, noise.to(self.device), method=settings["method"], steps=settings["steps"],
+                          schedule=settings["schedule"], generator=step_generator, denoiser_kwargs=kwargs,
+                          **settings["opts"]).float().cpu()
+        if not torch.isfinite(out if self._valid is None else out[:, self._valid]).all():
             raise FloatingPointError(
                 f"the sampler produced non-finite values ({settings['method']}, {settings['steps']} steps); "
                 "try more steps or another sampler")
+        return out
+
+    def labelled(self, samples: torch.Tensor, cond: Mapping[str, float], settings: Mapping[str, Any],
+                 seed: int) -> xr.Dataset:
+        """Normalised samples of one case -> the adapter's Dataset, with the sampling recorded."""
         ds = self.adapter.to_xarray(samples, cond)
         ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
                          "seed": seed})
         return ds
 
-    def ensemble(self, cond: Mapping[str, float | Sequence[float]], members: int = 16, *,
-                 seed: int = 0, **sample_options: Any) -> xr.Dataset:
-        """Ensembles for several cases: ``cond`` maps names to one value or a list (one per case).
-
-        Returns a Dataset with dims ``("case", "member", ...)`` and one coordinate along ``case``
-        per condition. Case ``i`` uses seed ``seed + i``.
-        """
-        columns = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in cond.items()}
-        cases = max((len(v) for v in columns.values()), default=1)
-        for name, values in columns.items():
-            if len(values) not in (1, cases):
-                raise ValueError(
-                    f"condition {name!r} has {len(values)} values but others have {cases}; give one "
-                    "value (shared by every case) or one per case")
-        datasets = []
-        for i in range(cases):
-            values = {k: float(v[0] if len(v) == 1 else v[i]) for k, v in columns.items()}
-            datasets.append(self.sample(members, values, seed=seed + i, **sample_options))
-        ds = xr.concat(datasets, dim="case", combine_attrs="drop_conflicts")
-        for name, values in columns.items():
-            ds = ds.assign_coords({name: ("case", np.broadcast_to(values, (cases,)).copy())})
-        return ds
-
-    def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
-        """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""
-        return self.adapter.write(ds, out)
-
-    # ---------------------------------------------------------------------------------- internals
-    def _sampler_settings(self, method: str | None, steps: int | None, guidance: float | None) -> dict:
+    def sampler_settings(self, method: str | None = None, steps: int | None = None,
+                         guidance: float | None = None) -> dict:
+        """The run's configured sampler, with any of method/steps/guidance replaced."""
         configured = dict(self.config.get("sampler") or {})
         settings = {"method": configured.get("method", "heun"), "steps": configured.get("steps"),
                     "schedule": configured.get("schedule"), "opts": dict(configured.get("opts") or {}),
@@ -149,7 +263,7 @@ class Model:
             # another sampler: its own defaults, not the configured sampler's steps and options
             settings.update(method=method, steps=None, schedule=None, opts={})
         if steps is not None:
-            settings["steps"] = int(steps)
+            settings["steps"] = _positive(steps, "steps")
         if guidance is not None:
             settings["guidance"] = float(guidance)
         return settings
@@ -161,7 +275,31 @@ class Model:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return self.denoiser(x, sigma, **kwargs).float()
             denoiser = network_in_bf16
+        if self._valid is not None:
+            denoiser = _zero_outside(denoiser, self._valid.to(self.device))
         if conditional and guidance != 1.0:
             denoiser = guided(denoiser, guidance)
         return denoiser
 
+
+# ------------------------------------------------------------------------------------- helpers
+def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
+    """Where the data never has values (``valid`` False, e.g. land for SST) the denoised value is
+    0, the value such points had in training, so they stay noise-free and cannot disturb the rest."""
+    def masked_denoiser(x, sigma, **kwargs):
+        return torch.where(valid, denoiser(x, sigma, **kwargs), torch.zeros((), dtype=x.dtype, device=x.device))
+    return masked_denoiser
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _seed(seed: int | None) -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+
+
+def _progress(total: int, show: bool) -> tqdm:
+    return tqdm(total=total, desc="sampling", unit="member", disable=None if show else True)

@@ -3,24 +3,48 @@
 The one place where training and sampling agree on what a model is: the backbone comes from the
 registry by name, with its dimensionality, channel count, conditioning size and per-axis padding
 taken from the data's spec (so a config cannot contradict the data), and the diffusion section of
-the config picks the parameterisation, noise schedule and loss options.
+the config picks the parameterisation, noise schedule and loss options. Static input fields
+(land-sea mask, orography: ``spec.static``) are held by :class:`WithStaticInputs` as a buffer, so
+they travel inside ``model.safetensors`` and sampling needs no data files.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
+
 from sciddpm.data import DataSpec
 from sciddpm.diffusion import Denoiser, vp_schedule
 from sciddpm.nn import build_backbone
 
 
-def build_denoiser(config: Mapping[str, Any], spec: DataSpec) -> Denoiser:
+class WithStaticInputs(torch.nn.Module):
+    """A backbone that sees ``[x, static fields]`` stacked along channels and predicts x's channels."""
+
+    def __init__(self, net: torch.nn.Module, fields: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.dims = getattr(net, "dims", fields.ndim - 1)
+        self.register_buffer("fields", fields.to(torch.float32).clone())
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
+                drop_cond: torch.Tensor | None = None) -> torch.Tensor:
+        fields = self.fields.to(x.dtype).expand(x.shape[0], *self.fields.shape)
+        return self.net(torch.cat([x, fields], dim=1), noise_level, cond=cond, drop_cond=drop_cond)
+
+
+def build_denoiser(config: Mapping[str, Any], spec: DataSpec,
+                   static_fields: torch.Tensor | None = None) -> Denoiser:
+    """The denoiser a run describes. ``static_fields`` ``[K, *S]`` fill the static-input buffer on
+    the training side; when loading a run they come from its weights (zeros until then)."""
     model_cfg = config["model"]
     diffusion_cfg = dict(config["diffusion"])
+    channels, n_static = len(spec.channels), len(spec.static)
     net = build_backbone(
         model_cfg["backbone"],
-        in_channels=len(spec.channels),
+        in_channels=channels + n_static,
+        **({"out_channels": channels} if n_static else {}),
         cond_dim=spec.cond.dim,
         padding=list(spec.padding),
         **dict(model_cfg.get("kwargs") or {}),
@@ -31,6 +55,18 @@ def build_denoiser(config: Mapping[str, Any], spec: DataSpec) -> Denoiser:
             f"({spec.adapter}) is {spec.dims}-D with shape {list(spec.shape)}; pick a "
             f"model preset with a {spec.dims}-D backbone (e.g. unet{spec.dims}d)"
         )
+    if n_static:
+        expected = (n_static, *spec.shape)
+        if static_fields is None:
+            static_fields = torch.zeros(expected)
+        if tuple(static_fields.shape) != expected:
+            raise ValueError(f"static fields {spec.static} should be shaped {list(expected)}, "
+                             f"got {list(static_fields.shape)}")
+        if not torch.isfinite(static_fields).all():
+            raise ValueError(f"static fields {spec.static} hold NaN/Inf; fill or drop them before training")
+        net = WithStaticInputs(net, static_fields)
+    elif static_fields is not None:
+        raise ValueError("static fields were given but the data spec lists none (spec.static is empty)")
     schedule_name = diffusion_cfg.pop("schedule", None)
     return Denoiser(
         net,

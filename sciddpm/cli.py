@@ -59,14 +59,78 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.api import load
 
     settings = _run_overrides(overrides, "sample")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device)
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device))
     cond = _parse_cond(args.cond)
-    ds = model.sample(args.n, cond, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                      guidance=args.guidance, batch_size=args.batch_size)
+    options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
+    if args.cases is not None:
+        from sciddpm.ensembles import write_ensemble
+
+        if args.infill:
+            raise ValueError("--cases and --infill do not combine: fill observations, or sample cases")
+        out = Path(args.out) if args.out else Path("samples") / model.name / "ensemble.zarr"
+        if out.suffix != ".zarr":
+            raise ValueError(f"--cases writes one zarr store; give --out a path ending in .zarr, got {out}")
+        cases = {**_read_cases(args.cases), **cond}
+        summary = write_ensemble(model, cases, args.members or args.n, out, batch_size=args.batch_size or 8,
+                                 **options)
+        if summary["rank"] == 0:
+            print(f"{out} ({summary['items']} members in all; {summary['sampled']} sampled by rank 0 of "
+                  f"{summary['world']}, {summary['skipped']} already there)")
+        return 0
+    if args.members is not None:
+        raise ValueError("--members goes with --cases; for one set of conditions use --n")
+    if args.infill:
+        observed = _open_dataset(args.infill)
+        ds = model.infill(observed, args.n, cond or None, batch_size=args.batch_size, **options)
+    else:
+        ds = model.sample(args.n, cond, batch_size=args.batch_size, **options)
     out = Path(args.out) if args.out else Path("samples") / model.name
     for path in model.write(ds, out):
         print(path)
     return 0
+
+
+def _device(device: str) -> str:
+    """Under torchrun each rank takes its own GPU (LOCAL_RANK) unless a device was named."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "auto" and local_rank is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(local_rank))
+            return f"cuda:{int(local_rank)}"
+    return device
+
+
+def _read_cases(path: str) -> dict[str, list[float]]:
+    """A CSV with a header of condition names (``name`` or ``name[units]``), one row per case."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
+    names = [cell.strip().split("[", 1)[0].strip() for cell in rows[0]]
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(names):
+            raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
+        for name, cell in zip(names, row):
+            try:
+                columns[name].append(float(cell))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
+    return columns
+
+
+def _open_dataset(path: str):
+    import xarray as xr
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--infill {path}: no such file or store")
+    if path.rstrip("/").endswith(".zarr"):
+        return xr.open_zarr(path, consolidated=None, chunks=None)
+    return xr.open_dataset(path)
 
 
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -144,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=None, help="members per sampler batch")
     sample.add_argument("--out", default=None,
                         help="output directory, or a .nc / .zarr path (default samples/<run>)")
+    sample.add_argument("--cases", default=None, metavar="CSV",
+                        help="ensembles for many cases: a CSV with one column per condition, one row per "
+                             "case; writes one zarr store (dims case, member); under torchrun the ranks "
+                             "share the work, and rerunning completes an interrupted store")
+    sample.add_argument("--members", type=int, default=None, help="members per case with --cases (default --n)")
+    sample.add_argument("--infill", default=None, metavar="OBS",
+                        help="a .zarr/.nc of observed fields with NaN gaps: --n members that fill the gaps "
+                             "consistently with the observed values (kept exactly)")
     sample.set_defaults(run=_sample)
 
     evaluate = commands.add_parser(

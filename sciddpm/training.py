@@ -78,7 +78,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
 
     # --- model, EMA, optimiser -------------------------------------------------------------------
     torch.manual_seed(seed)  # identical initial weights on every rank
-    denoiser = build_denoiser(cfg, spec).to(device)
+    denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
     ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
                                   weight_decay=trainer["weight_decay"])
@@ -172,7 +172,7 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return self.denoiser.loss(batch["x"], batch.get("cond"), mask=batch.get("mask"),
-                                  generator=generator)
+                                  weight=batch.get("weight"), generator=generator)
 
 
 # ------------------------------------------------------------------------------- run-dir decisions

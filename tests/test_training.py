@@ -104,12 +104,6 @@ def test_out_of_range_condition_warns_with_range(trained):
     assert low < high
 
 
-def test_ensemble_has_case_and_member(trained):
-    ens = sciddpm.load("tiny", runs_dir=trained).ensemble({"pitch": [220.0, 440.0]}, members=2, steps=2)
-    assert ens["waveform"].dims[:2] == ("case", "member")
-    np.testing.assert_array_equal(ens["pitch"].values, [220.0, 440.0])
-
-
 def test_resume_with_different_model_is_refused(trained):
     with pytest.raises(RunError, match="different 'model'"):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])

@@ -125,6 +125,7 @@ class DataSpec:
     sigma_data: float
     output: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    static: list[str] = field(default_factory=list)  # fixed input fields (land-sea mask, orography)
 
     def __post_init__(self) -> None:
         bad = lambda what: ValueError(f"malformed DataSpec: {what}")  # noqa: E731
@@ -151,6 +152,8 @@ class DataSpec:
         _check_plain_json(self.output, "output")
         if not _is_list_of(self.notes, str):
             raise bad(f"notes must be a list of strings, got {_short(self.notes)}")
+        if not _is_list_of(self.static, str):
+            raise bad(f"static must be a list of field names, got {_short(self.static)}")
 
     def to_dict(self) -> dict:
         return {
@@ -158,6 +161,7 @@ class DataSpec:
             "shape": list(self.shape), "padding": list(self.padding),
             "normaliser": self.normaliser.to_dict(), "cond": self.cond.to_dict(),
             "sigma_data": self.sigma_data, "output": _copy_json(self.output), "notes": list(self.notes),
+            **({"static": list(self.static)} if self.static else {}),
         }
 
     @classmethod
@@ -165,7 +169,7 @@ class DataSpec:
         if not isinstance(d, Mapping):
             raise ValueError(f"malformed DataSpec: expected a JSON object, got {_short(d)}")
         required = {"adapter", "dims", "channels", "shape", "padding", "normaliser", "cond", "sigma_data"}
-        known = required | {"output", "notes"}
+        known = required | {"output", "notes", "static"}
         if required - set(d) or set(d) - known:
             raise ValueError(
                 f"malformed DataSpec: missing {sorted(required - set(d))}, unknown {sorted(set(d) - known)}; "
@@ -248,6 +252,28 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def heldout(self, n: int, seed: int = 0) -> tuple[Any, dict]:
         """``n`` validation examples in physical units and their conditioning values."""
+
+    # Optional hooks: the defaults say "this modality has none of it".
+    def static_fields(self) -> torch.Tensor | None:
+        """Fixed input fields ``[K, *S]`` (normalised, finite), one per name in ``spec().static``.
+
+        They are stored with the weights and concatenated to the network's input, so sampling
+        needs no data. Training side only; ``None`` when the spec lists none.
+        """
+        return None
+
+    def static_mask(self) -> torch.Tensor | None:
+        """Bool ``[C, *S]``, False where the data never has a value (e.g. SST over land), or None."""
+        return None
+
+    def area_weights(self) -> np.ndarray | None:
+        """Per-cell weights ``[*S]`` with mean 1 for losses and scores (cos latitude), or None."""
+        return None
+
+    def cond_from_xarray(self, ds: Any) -> dict[str, np.ndarray]:
+        """The conditions of each example in ``ds`` (e.g. day of year from its time coordinate)."""
+        raise NotImplementedError(
+            f"the {type(self).__name__} cannot read conditions from a dataset; pass them explicitly")
 
 
 ADAPTERS = Registry("adapter", entry_point_group="sciddpm.adapters")

@@ -1,0 +1,195 @@
+"""Large ensembles straight into one zarr store, split over ``torchrun`` ranks and resumable.
+
+    torchrun --nproc_per_node=4 -m sciddpm sample model=volume --cases cases.csv --members 64 --out ens.zarr
+
+The work is the list of (case, member) items in case-major order, cut into fixed batches of
+``batch_size`` consecutive items. Each item's noise comes from ``item_seed(seed, case, member)``
+(``sciddpm.api``) and each batch is sampled on its own, so a batch's result does not depend on
+which rank ran it: 1 rank and N ranks write identical stores.
+
+The protocol: rank 0 creates the store (coordinates, empty arrays chunked 1 x 1 along case and
+member, a ``done`` flag per item, and the settings it was made with) while the others wait at a
+barrier; every rank then reads ``done``, takes every ``world``-th unfinished batch and writes each
+finished item into its own chunks, data first and its ``done`` flag last. Ranks never write the same
+chunk. An error flag is all-reduced before the final barrier, so one failing rank makes all of them
+stop with an error rather than hang, and rank 0 consolidates the metadata. Running the same command
+again after a crash samples only the items whose ``done`` flag is not set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from sciddpm.api import Model, case_table
+from sciddpm.data.base import atomic_path
+
+log = logging.getLogger("sciddpm")
+
+DONE = "done"  # bool (case, member): the item's data is fully written
+
+
+def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, steps: int | None = None,
+                   sampler: str | None = None, seed: int = 0, guidance: float | None = None,
+                   batch_size: int = 8, progress: bool = True) -> dict:
+    """Sample ``members`` members for every case into the zarr store ``out``; returns a summary.
+
+    ``cases`` is what :meth:`Model.ensemble` takes (mapping name -> values, or a DataFrame). Under
+    ``torchrun`` (``WORLD_SIZE`` > 1) the work is split over the ranks. The summary says how many
+    items this call sampled (``sampled``), how many were already done (``skipped``) and where.
+    """
+    if isinstance(members, bool) or int(members) != members or members < 1:
+        raise ValueError(f"members must be an integer >= 1, got {members!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    out = Path(out)
+    table = case_table(cases, model.spec.cond)
+    count = len(next(iter(table.values()))) if table else 1
+    settings = model.sampler_settings(sampler, steps, guidance)
+    items = [(i, j) for i in range(count) for j in range(int(members))]
+    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    fingerprint = {"run": model.name, "step": model.step, "seed": int(seed), "members": int(members),
+                   "batch_size": int(batch_size), "sampler": settings,
+                   "cases": {k: v.tolist() for k, v in table.items()}}
+
+    rank, world = _join_group()
+    # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier
+    failure = None
+    if rank == 0:
+        try:
+            _open_or_create(model, out, table, int(members), settings, int(seed), fingerprint)
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            failure = err
+    _agree(failure, world, f"creating {out} failed on rank 0")
+
+    # phase 2: every rank samples its share of the unfinished batches
+    sampled, skipped = 0, 0
+    try:
+        _check_fingerprint(out, fingerprint)
+        done = zarr.open_array(str(out / DONE), mode="r")[...]
+        pending = [b for b in batches if not all(done[i, j] for i, j in b)]
+        skipped = len(items) - sum(len(b) for b in pending)
+        if rank == 0 and skipped:
+            log.info("%s: %d of %d items already written; sampling the other %d", out, skipped, len(items),
+                     len(items) - skipped)
+        mine = pending[rank::world]
+        with _bar(sum(len(b) for b in mine), progress and rank == 0) as bar:
+            for batch in mine:
+                samples = model.generate_batch(table, batch, seed=int(seed), settings=settings)
+                _write_batch(model, out, table, batch, samples, settings, int(seed))
+                sampled += len(batch)
+                bar.update(len(batch))
+    except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+        failure = err
+    _agree(failure, world, f"ensemble sampling failed on at least one rank; {out} keeps the items that "
+                           "finished - run the same command again to complete it")
+    if rank == 0:
+        with warnings.catch_warnings():  # zarr 3 notes that consolidated metadata is not in its spec yet
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(out))
+    _agree(None, world, "")
+    return {"out": str(out), "items": len(items), "sampled": sampled, "skipped": skipped,
+            "rank": rank, "world": world}
+
+
+# --------------------------------------------------------------------------------- the store
+def _open_or_create(model: Model, out: Path, table: dict, members: int, settings: dict, seed: int,
+                    fingerprint: dict) -> None:
+    if out.exists():
+        return  # _check_fingerprint, on every rank, says whether it is the same ensemble
+    count = len(next(iter(table.values()))) if table else 1
+    first = {k: float(v[0]) for k, v in table.items()}
+    template = model.labelled(torch.zeros(1, len(model.spec.channels), *model.spec.shape), first, settings, seed)
+    template = template.transpose("member", ...)
+    coords = template.drop_vars(list(template.data_vars))
+    coords = coords.drop_vars([name for name, c in coords.coords.items()
+                               if "member" in c.dims or name in table])
+    coords = coords.assign_coords(case=np.arange(count), member=np.arange(members))
+    for name, values in table.items():
+        attrs = dict(template[name].attrs) if name in template.coords else {"units": model.spec.cond[name].units}
+        coords = coords.assign_coords({name: ("case", values, attrs)})
+    coords.attrs = {**template.attrs, "sciddpm_ensemble": json.dumps(fingerprint)}
+    with atomic_path(out) as tmp:
+        coords.to_zarr(tmp, mode="w", consolidated=False)
+        group = zarr.open_group(str(tmp), mode="a")
+        for name, var in template.data_vars.items():
+            rest = var.shape[1:]
+            group.create_array(name, shape=(count, members, *rest), chunks=(1, 1, *rest), dtype=var.dtype,
+                               fill_value=np.nan if var.dtype.kind == "f" else 0,
+                               dimension_names=("case", *var.dims), attributes=_plain_attrs(var.attrs))
+        group.create_array(DONE, shape=(count, members), chunks=(1, 1), dtype="bool", fill_value=False,
+                           dimension_names=("case", "member"),
+                           attributes={"long_name": "member written completely"})
+
+
+def _check_fingerprint(out: Path, fingerprint: dict) -> None:
+    try:
+        stored = json.loads(zarr.open_group(str(out), mode="r").attrs["sciddpm_ensemble"])
+    except (KeyError, FileNotFoundError, ValueError, TypeError) as err:
+        raise ValueError(f"{out} exists but is not an ensemble store written by sciddpm ({err}); "
+                         "choose another --out or remove it") from None
+    expected = json.loads(json.dumps(fingerprint))
+    if stored != expected:
+        changed = sorted(k for k in expected if stored.get(k) != expected[k])
+        raise ValueError(f"{out} holds an ensemble made with different {', '.join(changed)}; rerun with "
+                         "the same settings to complete it, or choose another --out")
+
+
+def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: torch.Tensor, settings: dict,
+                 seed: int) -> None:
+    """Each case's run of members: data into its chunks first, then the members' done flags."""
+    group = zarr.open_group(str(out), mode="a")
+    start = 0
+    while start < len(batch):
+        case = batch[start][0]
+        stop = start
+        while stop < len(batch) and batch[stop][0] == case:
+            stop += 1
+        first, last = batch[start][1], batch[stop - 1][1] + 1
+        ds = model.labelled(samples[start:stop], {k: float(v[case]) for k, v in table.items()}, settings, seed)
+        for name, var in ds.data_vars.items():
+            group[name][case, first:last] = var.transpose("member", ...).values
+        group[DONE][case, first:last] = True
+        start = stop
+
+
+def _plain_attrs(attrs: dict) -> dict:
+    """Attributes as zarr stores them: numpy scalars and arrays become plain JSON values."""
+    return {k: v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in attrs.items()}
+
+
+# ----------------------------------------------------------------------------------- ranks
+def _join_group() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _agree(failure: Exception | None, world: int, message: str) -> None:
+    """A barrier that also tells every rank whether any rank failed; then all raise together."""
+    if world > 1:
+        on_gpu = torch.distributed.get_backend() == "nccl"
+        flag = torch.tensor([failure is not None], dtype=torch.int32, device="cuda" if on_gpu else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and failure is None:
+            raise RuntimeError(message)
+    if failure is not None:
+        raise failure
+
+
+def _bar(total: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ensemble", unit="member", disable=None if show else True)

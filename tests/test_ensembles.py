@@ -1,0 +1,154 @@
+"""Ensembles: ``Model.ensemble`` dims/coords and seeding, and ``sciddpm.ensembles.write_ensemble``:
+1 rank == 2 gloo ranks bit for bit, a SIGKILLed run resumed without recomputing finished items
+equals an uninterrupted one, and a store made with other settings is refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+import sciddpm
+from sciddpm.cli import main
+from sciddpm.ensembles import write_ensemble
+
+TINY = ["data=audio", "data.kwargs.tones_clips=64", "data.kwargs.clip_samples=256", "model=tiny1d",
+        "trainer=quick", "trainer.batch_size=8", "trainer.device=cpu", "trainer.warmup_steps=2",
+        "trainer.steps=6", "trainer.checkpoint_every=6"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cache, runs = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("runs")
+    old = os.environ.get("SCIDDPM_CACHE")
+    os.environ["SCIDDPM_CACHE"] = str(cache)
+    assert main(["train", *TINY, f"runs_dir={runs}", "name=tiny"]) == 0
+    yield runs
+    os.environ.pop("SCIDDPM_CACHE") if old is None else os.environ.__setitem__("SCIDDPM_CACHE", old)
+
+
+@pytest.fixture(scope="module")
+def model(runs):
+    return sciddpm.load("tiny", runs_dir=runs, device="cpu")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _cases_csv(path, pitches):
+    path.write_text("pitch[Hz]\n" + "\n".join(f"{p}" for p in pitches) + "\n")
+    return path
+
+
+def test_ensemble_dims_coords_and_zarr_round_trip(model, tmp_path):
+    ens = model.ensemble({"pitch": [220.0, 440.0, 660.0]}, members=3, steps=3, seed=5, progress=False)
+    assert ens["waveform"].dims[:2] == ("case", "member")
+    assert ens.sizes["case"] == 3 and ens.sizes["member"] == 3
+    np.testing.assert_array_equal(ens["pitch"].values, [220.0, 440.0, 660.0])
+    assert ens["pitch"].dims == ("case",) and ens["pitch"].attrs["units"] == "Hz"
+    ens.to_zarr(tmp_path / "e.zarr")
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "e.zarr").load(), ens)
+
+
+def test_ensemble_member_seeding(model):
+    ens = model.ensemble({"pitch": [330.0, 440.0]}, members=2, steps=3, seed=1, progress=False)
+    # case 0 of an ensemble is model.sample with the same seed; batching changes only float round-off
+    alone = model.sample(2, {"pitch": 330.0}, steps=3, seed=1, batch_size=1)
+    np.testing.assert_allclose(ens["waveform"].isel(case=0).values, alone["waveform"].values, rtol=1e-5, atol=1e-5)
+    # every member has its own noise: no two members are the same
+    flat = ens["waveform"].values.reshape(4, -1)
+    assert min(np.abs(flat[a] - flat[b]).max() for a in range(4) for b in range(a)) > 1e-3
+    # a DataFrame of cases is the same as a mapping
+    frame = model.ensemble(pd.DataFrame({"pitch": [330.0, 440.0]}), members=2, steps=3, seed=1, progress=False)
+    xr.testing.assert_identical(frame, ens)
+
+
+def test_ensemble_rejects_bad_cases(model):
+    with pytest.raises(KeyError, match="known: pitch"):
+        model.ensemble({"pich": [220.0]}, members=1, steps=2)
+    with pytest.raises(ValueError, match="one value per case"):
+        model.ensemble({"pitch": [[220.0, 330.0]]}, members=1, steps=2)
+    with pytest.raises(ValueError, match="members must be"):
+        model.ensemble({"pitch": [220.0]}, members=0)
+
+
+def test_write_ensemble_equals_model_ensemble(model, tmp_path):
+    out = tmp_path / "ens.zarr"
+    summary = write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=2, batch_size=2,
+                             progress=False)
+    assert summary["sampled"] == 6 and summary["skipped"] == 0
+    stored = xr.open_zarr(out).load()
+    direct = model.ensemble({"pitch": [220.0, 440.0]}, members=3, steps=3, seed=2, batch_size=2, progress=False)
+    np.testing.assert_array_equal(stored["waveform"].values, direct["waveform"].values)
+    np.testing.assert_array_equal(stored["pitch"].values, [220.0, 440.0])
+    assert stored["done"].values.all() and stored["waveform"].dims == direct["waveform"].dims
+    assert stored["time"].attrs == direct["time"].attrs
+    # the same command again has nothing to do
+    assert write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=2, batch_size=2,
+                          progress=False)["sampled"] == 0
+    with pytest.raises(ValueError, match="different seed"):
+        write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=3, batch_size=2, progress=False)
+
+
+def test_one_rank_and_two_gloo_ranks_write_identical_stores(runs, tmp_path):
+    cases = _cases_csv(tmp_path / "cases.csv", [220.0, 330.0, 440.0])
+    args = ["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(cases), "--members", "3", "--steps", "3",
+            "--batch-size", "2", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "sciddpm", *args, "--out", str(tmp_path / "one.zarr")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "sciddpm", *args, "--out", str(tmp_path / "two.zarr")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "of 2" in two.stdout  # rank 0 reports a world of 2
+    a, b = xr.open_zarr(tmp_path / "one.zarr").load(), xr.open_zarr(tmp_path / "two.zarr").load()
+    xr.testing.assert_identical(a, b)
+    assert a["done"].values.all() and np.isfinite(a["waveform"].values).all()
+
+
+def test_killed_run_resumes_without_recomputing(runs, model, tmp_path):
+    out = tmp_path / "killed.zarr"
+    cases = _cases_csv(tmp_path / "cases.csv", [220.0, 440.0])
+    args = [sys.executable, "-m", "sciddpm", "sample", "model=tiny", f"runs_dir={runs}", "--cases", str(cases),
+            "--members", "12", "--steps", "40", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finished = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            finished = int(zarr.open_array(str(out / "done"), mode="r")[...].sum())
+        except Exception:  # the store does not exist yet
+            continue
+        if finished >= 4:
+            break
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = zarr.open_array(str(out / "done"), mode="r")[...]
+    assert 4 <= done_before.sum() < 24
+    resumed = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{24 - int(done_before.sum())} sampled" in resumed.stdout
+    assert f"{int(done_before.sum())} already there" in resumed.stdout
+    reference = tmp_path / "reference.zarr"
+    write_ensemble(model, {"pitch": [220.0, 440.0]}, 12, reference, steps=40, batch_size=1, progress=False)
+    xr.testing.assert_identical(xr.open_zarr(out).load(), xr.open_zarr(reference).load())
+
+
+def test_cases_csv_errors(runs, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("pitch\n220\nabc\n")
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "line 3: pitch='abc' is not a number" in capsys.readouterr().err
+    bad.write_text("speed\n3\n")
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "y.zarr")]) == 1
+    assert "unknown condition 'speed'; known: pitch [Hz" in capsys.readouterr().err
