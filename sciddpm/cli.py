@@ -140,7 +140,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     settings = _run_overrides(overrides, "evaluate")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device)
     out = Path(args.out) if args.out else model.path / "evaluation"
-    for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed):
+    for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                         cases=args.cases, members=args.members):
         print(path)
     return 0
 
@@ -222,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="score a run against held-out data: sciddpm evaluate model=NAME",
         description="Sample for held-out conditions and write metrics JSON and plots.")
     _sampling_flags(evaluate, default_n=16)
+    evaluate.add_argument("--cases", type=int, default=4,
+                          help="held-out cases scored as ensembles (CRPS, spread/skill; 0 skips; default 4)")
+    evaluate.add_argument("--members", type=int, default=16, help="members per ensemble case (default 16)")
     evaluate.add_argument("--out", default=None, help="output directory (default <run>/evaluation)")
     evaluate.set_defaults(run=_evaluate)
     return parser

@@ -1,9 +1,18 @@
 """``sciddpm evaluate``: samples for held-out conditions, scored against the held-out data.
 
-Modality-independent scores come first — per-channel mean and standard deviation, Wasserstein-1
-distance of the marginals, radially averaged power spectra and their log-spectral distance —
-then whatever the adapter adds through an optional ``evaluate(samples, heldout, cond, out)``
-method (pitch error for audio, CRPS for climate, ...). Writes ``metrics.json``, PNG plots and the samples as the modality's files.
+Modality-independent scores come first:
+
+* one sample per held-out example: per-channel mean and standard deviation, Wasserstein-1
+  distance of the marginals, radially averaged power spectra and their log-spectral distance;
+* an ensemble of ``members`` per held-out case (the first ``cases`` examples): fair CRPS,
+  spread/skill ratio and RMSE of the ensemble mean per channel (normalised units, area-weighted
+  when the adapter has weights), against a climatological baseline - ``members`` training
+  examples drawn at random whatever their conditions - and the CRPS skill score 1 - CRPS/CRPS_clim.
+
+Then whatever the adapter adds through optional methods ``evaluate(samples, heldout, cond, out)``
+(pitch error for audio) and ``evaluate_ensemble(ensemble, truth, climatology, out)`` (maps and
+scores in physical units for climate). Writes ``metrics.json``, PNG plots and the samples as the
+modality's files.
 """
 
 from __future__ import annotations
@@ -14,16 +23,21 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wasserstein_distance
 
+import torch
+import xarray as xr
+
 from sciddpm.api import Model
 from sciddpm.data import build_adapter
-from sciddpm.data.base import atomic_path
+from sciddpm.data.base import Adapter, atomic_path
+from sciddpm.metrics.ensemble import crps, rmse, spread_skill
 from sciddpm.metrics.spectra import log_spectral_distance, power_spectrum
 from sciddpm.runs import atomic_write_text
 
 
 def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = None,
-             sampler: str | None = None, seed: int = 0) -> list[Path]:
-    """Score ``model`` on ``n`` held-out examples; returns the files written under ``out``."""
+             sampler: str | None = None, seed: int = 0, cases: int = 4, members: int = 16) -> list[Path]:
+    """Score ``model`` on ``n`` held-out examples and ``cases`` x ``members`` ensembles;
+    returns the files written under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = model.config["data"]
@@ -56,11 +70,70 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
         extra = modality(samples, heldout, cond, out)
         written += [Path(p) for p in extra.pop("files", [])]
         metrics["modality"] = extra
+    if cases > 0:
+        scores, files = _ensemble_scores(model, adapter, heldout, cond, cases=min(cases, n), members=members,
+                                         steps=steps, sampler=sampler, seed=seed, out=out)
+        metrics["ensemble"] = scores
+        written += files
     written.append(_plot_spectra(spectra, out / "spectra.png"))
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     # the samples as the modality's own files (audio: WAVs, spectrogram grid, samples.nc)
     return [metrics_path, *written, *model.write(samples, out / "samples")]
+
+
+def _ensemble_scores(model: Model, adapter: Adapter, heldout: xr.Dataset, cond: dict, *, cases: int,
+                     members: int, steps: int | None, sampler: str | None, seed: int,
+                     out: Path) -> tuple[dict, list[Path]]:
+    """Fair CRPS, spread/skill and ensemble-mean RMSE per channel for the model and for climatology."""
+    if members < 2:
+        raise ValueError(f"ensemble scores need at least 2 members per case, got members={members}")
+    truth_all = adapter.to_tensor(heldout)[:cases]
+    case_cond = {k: np.asarray(v)[:cases] for k, v in cond.items()}
+    ensemble = model.ensemble(case_cond, members=members, steps=steps, sampler=sampler, seed=seed,
+                              progress=False) if case_cond else None
+    if ensemble is None:  # an unconditional model: one ensemble, scored against every case
+        one = model.sample(members, steps=steps, sampler=sampler, seed=seed)
+        ensemble = xr.concat([one] * cases, dim="case")
+    generated = torch.stack([adapter.to_tensor(ensemble.isel(case=i)) for i in range(cases)])
+    climatology = _climatology(adapter, cases, members, seed)
+
+    spatial = [f"s{i}" for i in range(model.spec.dims)]
+    truth = xr.DataArray(truth_all.numpy(), dims=("case", "channel", *spatial))
+    weights = adapter.area_weights()
+    weights = None if weights is None else xr.DataArray(np.asarray(weights, dtype=float), dims=spatial)
+    reduce = ("case", *spatial)
+    scores: dict = {"cases": cases, "members": members, "channels": {}}
+    for name, tensor in (("model", generated), ("climatology", climatology)):
+        ens = xr.DataArray(tensor.numpy(), dims=("case", "member", "channel", *spatial))
+        values = {"crps": crps(ens, truth, weights=weights, reduce_dims=reduce),
+                  # Fortin et al. (2014): spread/RMSE x sqrt((M+1)/M) is 1 for a perfect ensemble; unlike
+                  # the debiased-MSE form it stays defined when a few cases are over-dispersive
+                  "spread_skill": spread_skill(ens, truth, weights=weights, reduce_dims=reduce, debiased=False)
+                  * np.sqrt((members + 1) / members),
+                  "rmse": rmse(ens, truth, weights=weights, reduce_dims=reduce)}
+        for c, channel in enumerate(model.spec.channels):
+            entry = scores["channels"].setdefault(channel, {})
+            entry[name] = {k: float(v.isel(channel=c)) for k, v in values.items()}
+    for entry in scores["channels"].values():
+        entry["crps_skill_score"] = 1.0 - entry["model"]["crps"] / entry["climatology"]["crps"]
+    files: list[Path] = []
+    hook = getattr(adapter, "evaluate_ensemble", None)
+    if hook is not None:
+        truth_ds = heldout.isel({next(iter(heldout.dims)): slice(0, cases)})
+        clim_ds = xr.concat([adapter.to_xarray(climatology[i], {}) for i in range(cases)], dim="case")
+        extra = hook(ensemble, truth_ds, clim_ds, out)
+        files += [Path(p) for p in extra.pop("files", [])]
+        scores["physical_units"] = extra
+    return scores, files
+
+
+def _climatology(adapter: Adapter, cases: int, members: int, seed: int) -> torch.Tensor:
+    """``[cases, members, C, *S]`` normalised training examples drawn at random, whatever their conditions."""
+    train = adapter.dataset("train")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(train), size=(cases, members), replace=len(train) < cases * members)
+    return torch.stack([torch.stack([train[int(i)]["x"] for i in row]) for row in picks])
 
 
 def _plot_spectra(spectra: dict, path: Path) -> Path:

@@ -87,6 +87,11 @@ def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
     assert len(metrics["modality"]["pitch_sweep"]) == 4 and (tmp_path / "pitch_sweep.png").exists()
     assert xr.open_dataset(tmp_path / "samples" / "samples.nc").sizes["member"] == 4
     assert len(list((tmp_path / "samples").glob("*.wav"))) == 4
+    ensemble = metrics["ensemble"]["channels"]["waveform"]  # 4 cases x 16 members vs climatology
+    assert metrics["ensemble"]["cases"] == 4 and metrics["ensemble"]["members"] == 16
+    for source in ("model", "climatology"):
+        assert ensemble[source]["crps"] > 0 and ensemble[source]["spread_skill"] > 0
+    assert ensemble["crps_skill_score"] == 1 - ensemble["model"]["crps"] / ensemble["climatology"]["crps"]
 
 
 def test_unknown_condition_exits_nonzero_listing_known_names(trained, capsys):
