@@ -15,7 +15,7 @@ RULES = {
     "nn": ({"torch", "numpy"}, {"sciddpm.registry"}),
     "metrics": ({"torch", "numpy", "xarray", "scipy"}, set()),
     "data": ({"torch", "numpy", "xarray", "scipy", "zarr", "matplotlib", "soundfile", "torchaudio",
-              "h5py", "gcsfs", "fsspec", "yaml"}, {"sciddpm.registry", "sciddpm.metrics"}),
+              "h5py", "h5netcdf", "gcsfs", "fsspec", "yaml", "tqdm"}, {"sciddpm.registry", "sciddpm.metrics"}),
 }
 
 
