@@ -187,7 +187,7 @@ class Model:
         for i in range(x.shape[0]):
             known_i, mask_i = x[i:i + 1].to(self.device), known[i:i + 1].to(self.device)
             fill = lambda d: inpainting(d, known_i, mask_i, iterations=iterations)  # noqa: E731
-            samples = self.generate({k: v[i:i + 1] for k, v in table.items()}, [(i, j) for j in range(n)],
+            samples = self.generate(table, [(i, j) for j in range(n)],
                                     seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
             filled.append(self.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
         if lead is None:

@@ -120,7 +120,8 @@ def _ensemble_scores(model: Model, adapter: Adapter, heldout: xr.Dataset, cond: 
     files: list[Path] = []
     hook = getattr(adapter, "evaluate_ensemble", None)
     if hook is not None:
-        truth_ds = heldout.isel({next(iter(heldout.dims)): slice(0, cases)})
+        lead = next(iter(heldout.dims))  # the held-out examples' dim (time, member, ...) becomes case
+        truth_ds = heldout.isel({lead: slice(0, cases)}).rename({lead: "case"}).assign_coords(case=np.arange(cases))
         clim_ds = xr.concat([adapter.to_xarray(climatology[i], {}) for i in range(cases)], dim="case")
         extra = hook(ensemble, truth_ds, clim_ds, out)
         files += [Path(p) for p in extra.pop("files", [])]

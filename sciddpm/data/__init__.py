@@ -18,6 +18,7 @@ from sciddpm.data.base import (
     register_adapter,
 )
 from sciddpm.data import audio  # noqa: E402,F401  (registers "audio")
+from sciddpm.data import climate  # noqa: E402,F401  (registers "era5")
 
 __all__ = [
     "ADAPTERS", "Adapter", "CondSchema", "CondVar", "ConditionRangeWarning", "DataSpec", "Normaliser",

@@ -1,0 +1,466 @@
+"""The ERA5 adapter (registered ``"era5"``): fields on a latitude/longitude grid from zarr/netCDF.
+
+Source: ``path`` - a WeatherBench2 or ARCO-ERA5 zarr store (local or ``gs://``, anonymous; needs
+the ``gcs`` extra), a local copy made by ``datasets/era5.py subset``, or a netCDF file with the
+same names. ``path=None`` trains on the offline synthetic sample (``sciddpm.data.era5_synthetic``,
+built on first use under ``$SCIDDPM_CACHE``; options in ``synthetic={...}``) and says so loudly in
+the log and in ``spec().notes``. Layouts (``era5_layouts.LAYOUTS``) are detected; ``layout=`` makes
+the detection a check. ARCO stores are cut to their ``valid_time_start``/``valid_time_stop``.
+
+Options:
+
+* ``variables`` - long names, one channel each, with the pressure level per variable:
+  ``["2m_temperature", "geopotential@500", "temperature@850"]``. Unknown names and levels are
+  errors listing what the store has.
+* ``static`` - time-independent inputs (``land_sea_mask``, ``geopotential_at_surface``), each
+  standardised to mean 0 / std 1 and given to the network as extra input channels (``static_fields``).
+* ``cond`` - conditions: ``"dayofyear"`` (cyclic, period 365.25 d, range 1..366), ``"hour"`` (UTC,
+  cyclic, 24 h; only for sub-daily stores) and the name of any scalar coordinate or variable along
+  ``time`` (linear, its units). Default: dayofyear, plus hour when the store is sub-daily.
+* ``time_range`` - ``[start, stop]`` (inclusive dates) of the times used at all.
+* Train/val split by time, one block: times from ``val_start`` on are validation; else the last
+  ``val_fraction`` of the times; by default the last calendar year (the last 10 % when the range
+  is within one year).
+* ``stats_samples`` - training times, evenly spaced, read once for the NaN-aware per-channel
+  mean/std, the NaN masks and ``sigma_data`` (area-weighted std of the normalised sample).
+* ``mask`` - give items a ``"mask"``: None = when the sampled times have NaN (then every item
+  has one); a NaN met later in a store judged NaN-free is an error naming ``mask=True``.
+
+Tensors: ``[C, n_lat, n_lon]`` with latitude north to south (90 -> -90, whatever the store's
+order) and longitude as stored; padding ``["zeros", "circular"]`` (longitude circular when it
+spans the globe). Items: ``x`` normalised float32 with NaN where data is missing, ``cond``,
+``mask`` (True = valid; see above), ``weight`` ``[1, n_lat, n_lon]`` cell-area weights, mean 1.
+Items are read lazily - one ``isel(time=i)`` per variable, the store opened in each process on
+first use (spawned DataLoader workers included), no dask - so memory does not grow with the store.
+
+Outputs (``to_xarray``): the source's variable names, attrs, coordinate values/dtypes/attrs,
+latitude order and dimension order, a ``level`` dim (the union of the levels taken, NaN where a
+variable was not taken at a level), NaN where ``static_mask()`` is False; leading dim ``member``,
+or ``time`` when ``cond["time"]`` holds datetimes. Everything needed is in ``spec().output``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, register_adapter
+from sciddpm.data.climate_eval import score_climate_ensemble
+from sciddpm.data.era5_layouts import (LAT, LAYOUTS, LEVEL, LON, TIME, OutputLayout, StorePlan,
+                                       channel_name, close_match, decode_mask, detect_layout, encode_mask,
+                                       open_store, read_time)
+from sciddpm.metrics.ensemble import area_weights as latitude_weights
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VARIABLES = ("2m_temperature", "geopotential@500", "temperature@850")
+TIME_CONDS = {
+    "dayofyear": dict(units="day", min=1.0, max=366.0, feature="cyclic", period=365.25,
+                      description="day of the year of the valid time (1 = 1 January)"),
+    "hour": dict(units="h", feature="cyclic", period=24.0, description="UTC hour of the valid time"),
+}
+
+
+class Era5Times(torch.utils.data.Dataset):
+    """Items of one split, read lazily; holds a path and numbers, so it pickles for spawned workers."""
+
+    def __init__(self, plan: StorePlan, positions: np.ndarray, cond: np.ndarray, normaliser: Normaliser,
+                 weight: np.ndarray, with_mask: bool):
+        self.plan, self.positions = plan, np.asarray(positions, dtype=np.int64)
+        self.cond = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))
+        self.mean = np.asarray(normaliser.mean, dtype=np.float64)[:, None, None]
+        self.std = np.asarray(normaliser.std, dtype=np.float64)[:, None, None]
+        self.weight = torch.from_numpy(np.asarray(weight, dtype=np.float32)[None])
+        self.with_mask = with_mask
+        self._store = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}  # each process opens the store itself
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._store is None:
+            self._store = self.plan.open()
+        raw = read_time(self._store, self.plan, int(self.positions[i]))
+        x = ((raw - self.mean) / self.std).astype(np.float32)
+        item = {"x": torch.from_numpy(x), "cond": self.cond[i], "weight": self.weight}
+        valid = np.isfinite(x)
+        if self.with_mask:
+            item["mask"] = torch.from_numpy(valid)
+        elif not valid.all():
+            raise ValueError(f"time index {self.positions[i]} of {self.plan.path} has NaN, but the "
+                             f"{len(self.positions)}-time split was judged NaN-free from a sample; pass "
+                             "mask=True (data.kwargs.mask=true) so NaNs are masked out of the loss")
+        return item
+
+
+@register_adapter("era5")
+class Era5Adapter(Adapter):
+    """ERA5 fields from a WeatherBench2/ARCO store or the synthetic sample (see the module docstring)."""
+
+    def __init__(self, path: str | None = None, variables: Sequence[str] = DEFAULT_VARIABLES,
+                 static: Sequence[str] = (), cond: Sequence[str] | None = None,
+                 time_range: Sequence[str] | None = None, val_start: str | None = None,
+                 val_fraction: float | None = None, stats_samples: int = 256, mask: bool | None = None,
+                 layout: str | None = None, storage_options: dict | None = None, synthetic: dict | None = None):
+        if isinstance(variables, str) or not variables:
+            raise ValueError(f"variables must be a non-empty list such as ['2m_temperature', 'geopotential@500'], "
+                             f"got {variables!r}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)} (or None to detect)")
+        if val_fraction is not None and not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
+            raise ValueError(f"stats_samples must be a positive integer, got {stats_samples!r}")
+        if time_range is not None and len(time_range) != 2:
+            raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
+        if path is not None and synthetic:
+            raise ValueError("synthetic={...} only applies without path=; drop one of them")
+        self.path, self.variables = path, [str(v) for v in variables]
+        self.static_names, self.cond_names = [str(s) for s in static], None if cond is None else [str(c) for c in cond]
+        self.time_range, self.val_start, self.val_fraction = time_range, val_start, val_fraction
+        self.stats_samples, self.mask, self.layout = stats_samples, mask, layout
+        self.storage_options, self.synthetic = storage_options, dict(synthetic or {})
+        self._spec: DataSpec | None = None
+        self._index: dict | None = None
+
+    # ------------------------------------------------------------------ training side
+    def _source(self) -> tuple[str, list[str]]:
+        if self.path is not None:
+            return str(self.path), [f"trained on ERA5 store {self.path}"]
+        from sciddpm.data import era5_synthetic
+
+        params = {"variables": self.variables, **self.synthetic}
+        store = str(era5_synthetic.ensure_synthetic(**params))
+        what = era5_synthetic.describe(**params)
+        note = (f"SYNTHETIC DATA, NOT ERA5: data.kwargs.path is null, so this run trains on the offline "
+                f"{what} at {store}. Point data.kwargs.path at a WeatherBench2/ARCO zarr (e.g. "
+                "gs://weatherbench2/datasets/era5/1959-2022-6h-64x32_equiangular_conservative.zarr, or a "
+                "local copy from datasets/era5.py subset) to train on ERA5.")
+        log.warning(note)
+        return store, [note]
+
+    def _build_index(self) -> dict:
+        if self._index is not None:
+            return self._index
+        if self.variables is None:
+            raise RuntimeError("this era5 adapter was rebuilt from a run's DataSpec and has no data; use "
+                               "build_adapter('era5', path=...) to read a store")
+        path, notes = self._source()
+        ds = open_store(path, self.storage_options)
+        detected = detect_layout(ds)
+        if self.layout is not None and detected != self.layout:
+            raise ValueError(f"{path} does not follow the {self.layout} layout ({LAYOUTS[self.layout].description}); "
+                             f"it looks like {detected or 'no published layout'}; drop layout= to accept it")
+        plan = StorePlan.build(ds, path, self.storage_options, self.variables, self.static_names)
+        stamps = ds[TIME].values
+        if stamps.size > 1 and not (np.diff(stamps) > np.timedelta64(0, "ns")).all():
+            raise ValueError(f"the time coordinate of {path} is not strictly increasing; sort it first (ds.sortby('time'))")
+        first, last = _time_window(ds, stamps, self.time_range, path)
+        train, val = _split(stamps, first, last, self.val_start, self.val_fraction, path)
+        notes.append(f"train: {len(train)} times {_day(stamps[train[0]])}..{_day(stamps[train[-1]])}; validation "
+                     f"(one block, held out): {len(val)} times {_day(stamps[val[0]])}..{_day(stamps[val[-1]])}")
+        hours = np.unique((stamps[train] - stamps[train].astype("datetime64[D]")).astype("timedelta64[m]")
+                          .astype(np.int64) / 60.0)
+        self._index = {"ds": ds, "path": path, "plan": plan, "layout": detected, "train": train, "val": val,
+                       "notes": notes, "hours": hours, "stamps": stamps}
+        return self._index
+
+    def _schema(self, index: dict) -> CondSchema:
+        ds, train, hours = index["ds"], index["train"], index["hours"]
+        names = self.cond_names if self.cond_names is not None else (
+            ["dayofyear", "hour"] if len(hours) > 1 else ["dayofyear"])
+        out = []
+        for name in names:
+            if name == "dayofyear":
+                out.append(CondVar(name, **TIME_CONDS[name]))
+            elif name == "hour":
+                if len(hours) < 2:
+                    raise ValueError(f"{index['path']} has one time of day ({hours[0]:g} h UTC); drop 'hour' from cond")
+                out.append(CondVar(name, min=float(hours.min()), max=float(hours.max()), **TIME_CONDS[name]))
+            else:
+                values = np.broadcast_to(_scalar_condition(ds, name, index["path"]), index["stamps"].shape)[train]
+                out.append(CondVar(name, units=str(ds[name].attrs.get("units", "")), min=float(values.min()),
+                                   max=float(values.max()), description=str(ds[name].attrs.get("long_name", ""))))
+        return CondSchema(out)
+
+    def spec(self) -> DataSpec:
+        if self._spec is not None:
+            return self._spec
+        index = self._build_index()
+        ds, plan, train = index["ds"], index["plan"], index["train"]
+        picks = train[np.unique(np.linspace(0, len(train) - 1, min(self.stats_samples, len(train))).round().astype(int))]
+        c, shape = len(plan.channels), plan.shape
+        weight = _area_weights(plan.lat_north_to_south, shape[1])
+        # one pass, bounded memory: sums of (x - ref) and its square, plain and area-weighted, where
+        # ref is each channel's mean in the first sample (keeps the sums well conditioned)
+        sums = np.zeros((2, 3, c))  # [plain | weighted] x [count, sum, sum of squares] x channel
+        always_nan, has_nan, ref = np.ones((c, *shape), dtype=bool), False, None
+        for position in picks:
+            raw = read_time(ds, plan, int(position))
+            finite = np.isfinite(raw)
+            always_nan &= ~finite
+            has_nan |= not finite.all()
+            ref = np.nanmean(raw, axis=(1, 2)) if ref is None else ref
+            d = np.where(finite, raw - ref[:, None, None], 0.0)
+            for k, w in enumerate((finite, finite * weight)):
+                sums[k] += [w.sum((1, 2)), (w * d).sum((1, 2)), (w * d**2).sum((1, 2))]
+        empty = [plan.channels[k] for k in np.flatnonzero(sums[0, 0] == 0)]
+        if empty:
+            raise ValueError(f"channel(s) {empty} are NaN everywhere in the {len(picks)} sampled training times; "
+                             "check the variable, level and time_range")
+        count, first, second = sums[0]
+        shift = first / count
+        std = np.sqrt(np.maximum(second / count - shift**2, 0.0))
+        normaliser = Normaliser((ref + shift).tolist(), std.tolist())
+        w_count, w_first, w_second = sums[1]  # area-weighted E[z^2] of z = (x - mean) / std, all channels
+        sigma_data = float(np.sqrt(((w_second - 2 * shift * w_first + shift**2 * w_count) / std**2).sum()
+                                   / w_count.sum()))
+        with_mask = has_nan if self.mask is None else bool(self.mask)
+        statics, static_stats = self._statics(ds, plan)
+        index.update(static=statics, with_mask=with_mask)
+        cond = self._schema(index)
+        notes = index["notes"] + [
+            f"per-channel mean/std (NaN-aware) and sigma_data (area-weighted) from {len(picks)} training times",
+            "tensor layout [C, latitude (north to south), longitude]; area weights = cell area, mean 1"]
+        if has_nan:
+            notes.append(f"the data has NaN ({int(always_nan.sum())} cell(s) NaN in every sampled time: the static "
+                         "mask); NaNs are masked out of the loss, never zero-filled")
+        output = plan.describe(index["layout"])
+        output.update(nan_mask=encode_mask(~always_nan) if always_nan.any() else None,
+                      static_stats=static_stats, with_mask=with_mask,
+                      source=index["path"] if self.path is not None else "synthetic:" + index["path"])
+        self._spec = DataSpec(
+            adapter="era5", dims=2, channels=list(plan.channels), shape=list(shape),
+            padding=["zeros", "circular" if plan.global_longitude else "zeros"], normaliser=normaliser,
+            cond=cond, sigma_data=sigma_data, output=output, notes=notes, static=list(self.static_names))
+        return self._spec
+
+    def _statics(self, ds: xr.Dataset, plan: StorePlan) -> tuple[torch.Tensor | None, dict]:
+        if not self.static_names:
+            return None, {}
+        fields, stats = [], {}
+        for name in self.static_names:
+            values = plan.read_static(ds, name)
+            if not np.isfinite(values).all():
+                raise ValueError(f"static field {name!r} has NaN/Inf; static inputs must be finite everywhere")
+            mean, std = float(values.mean()), float(values.std())
+            fields.append((values - mean) / (std if std > 0 else 1.0))
+            stats[name] = {"mean": mean, "std": std, "units": str(ds[name].attrs.get("units", ""))}
+        return torch.from_numpy(np.stack(fields).astype(np.float32)), stats
+
+    def static_fields(self) -> torch.Tensor | None:
+        """``[K, n_lat, n_lon]`` standardised static inputs; training side only (a trained model
+        keeps them in its weights, so the inference-side adapter returns None)."""
+        if self.variables is None:
+            return None
+        self.spec()
+        return self._index["static"]
+
+    def dataset(self, split: str = "train") -> Era5Times:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        spec, index = self.spec(), self._build_index()
+        positions = index[split]
+        values = self.cond_from_xarray(index["ds"].isel({TIME: positions}))
+        features = spec.cond.encode(values, batch=len(positions), warn=False).numpy()
+        return Era5Times(index["plan"], positions, features, spec.normaliser,
+                         self.area_weights(), bool(spec.output["with_mask"]))
+
+    def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
+        spec, index = self.spec(), self._build_index()
+        val = index["val"]
+        if not 1 <= n <= len(val):
+            raise ValueError(f"asked for {n} held-out times but the validation block has {len(val)}; lower n")
+        picks = np.sort(np.random.default_rng(seed).choice(val, size=n, replace=False))
+        sub = index["ds"].isel({TIME: picks})
+        cond = {k: v for k, v in self.cond_from_xarray(sub).items() if k in spec.cond.names}
+        layout = OutputLayout(spec)
+        data = {var["name"]: layout.select(sub[var["name"]], var) for var in spec.output["variables"]}
+        return layout.dataset(data, TIME, sub[TIME].values, cond), cond
+
+    # ------------------------------------------------------------------ shared (both sides)
+    def cond_from_xarray(self, ds: xr.Dataset) -> dict[str, np.ndarray]:
+        """Each condition of the schema for every ``time`` in ``ds`` (day of year, hour, scalars)."""
+        if TIME not in ds.coords:
+            raise ValueError(f"the Dataset has no '{TIME}' coordinate to read conditions from (coords: "
+                             f"{list(ds.coords)}); pass the conditions explicitly (--cond name=value)")
+        stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
+        days = stamps.astype("datetime64[D]")
+        names = self.spec().cond.names if self._spec is not None else list(TIME_CONDS)
+        out = {}
+        for name in names:
+            if name == "dayofyear":
+                out[name] = ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
+            elif name == "hour":
+                out[name] = (stamps - days).astype("timedelta64[m]").astype(np.int64) / 60.0
+            else:
+                out[name] = np.broadcast_to(_scalar_condition(ds, name, "the Dataset"), stamps.shape).astype(np.float64)
+        return out
+
+    def static_mask(self) -> torch.Tensor | None:
+        blob = self.spec().output.get("nan_mask")
+        return None if blob is None else torch.from_numpy(decode_mask(blob))
+
+    def area_weights(self) -> np.ndarray:
+        """``[n_lat, n_lon]`` cell-area weights (mean 1) in the tensor's orientation (north first)."""
+        spec = self.spec()
+        lat = np.asarray(spec.output["coords"][LAT]["values"], dtype=np.float64)
+        return _area_weights(np.sort(lat)[::-1], spec.shape[1])
+
+    # ------------------------------------------------------------------ inference side
+    @classmethod
+    def from_spec(cls, spec: DataSpec) -> Era5Adapter:
+        if spec.adapter != "era5" or spec.dims != 2:
+            raise ValueError(f"not an era5 DataSpec (adapter {spec.adapter!r}, dims {spec.dims})")
+        OutputLayout(spec)  # validates spec.output
+        self = cls.__new__(cls)
+        self.path = self.variables = None
+        self.static_names = list(spec.static)
+        self._spec, self._index = spec, None
+        return self
+
+    def to_xarray(self, x: torch.Tensor, cond: Mapping[str, Any]) -> xr.Dataset:
+        spec = self.spec()
+        x = torch.as_tensor(x).detach().cpu()
+        if x.ndim != 4 or list(x.shape[1:]) != [len(spec.channels), *spec.shape]:
+            raise ValueError(f"expected normalised fields [N, {len(spec.channels)}, {spec.shape[0]}, {spec.shape[1]}], "
+                             f"got shape {tuple(x.shape)}")
+        values = spec.normaliser.denormalise(x.double(), channel_axis=1).numpy()
+        valid = self.static_mask()
+        if valid is not None:
+            values = np.where(valid.numpy()[None], values, np.nan)
+        cond = dict(cond)
+        stamps = cond.pop(TIME, None)
+        lead, lead_values = ("member", np.arange(len(values))) if stamps is None else (TIME, np.asarray(stamps))
+        if len(lead_values) != len(values):
+            raise ValueError(f"cond['time'] has {len(lead_values)} values for {len(values)} fields")
+        checked = spec.cond.validate(cond, batch=len(values), warn=False, require_all=False)
+        shown = {k: (checked[k][0] if np.ndim(cond[k]) == 0 else checked[k]) for k in checked}
+        layout = OutputLayout(spec)
+        return layout.dataset(layout.from_channels(values, lead), lead, lead_values, shown)
+
+    def to_tensor(self, ds: xr.Dataset) -> torch.Tensor:
+        return torch.from_numpy(OutputLayout(self.spec()).to_channels(ds)).float()
+
+    def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
+        """``out`` ending in .zarr or .nc is the store; any other path is a directory for samples.zarr."""
+        out = Path(out)
+        if out.suffix not in (".zarr", ".nc"):
+            out = out / "samples.zarr"
+        with atomic_path(out) as tmp:
+            if out.suffix == ".zarr":
+                ds.to_zarr(tmp, mode="w", consolidated=False)
+            else:
+                ds.to_netcdf(tmp)
+        png = out.with_name(out.stem + "_maps.png")
+        maps_png(ds, [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])], png)
+        return [out, png]
+
+
+    def evaluate_ensemble(self, ensemble: xr.Dataset, truth: xr.Dataset, climatology: xr.Dataset | None,
+                          out: str | Path) -> dict:
+        """WeatherBench2-style scores in physical units, maps, zonal spectra and rank histograms."""
+        return score_climate_ensemble(ensemble, truth, climatology, out)
+
+
+def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:
+    return np.repeat(latitude_weights(lat_north_to_south)[:, None], n_lon, axis=1)
+
+
+def _scalar_condition(ds: xr.Dataset, name: str, where: str) -> np.ndarray:
+    if name not in ds.variables or set(ds[name].dims) - {TIME}:
+        scalars = sorted(str(k) for k, v in ds.variables.items() if set(v.dims) <= {TIME} and k != TIME)
+        raise ValueError(f"condition {name!r} is not a scalar coordinate or a variable along time in {where}; "
+                         f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour{close_match(name, scalars)}")
+    return np.asarray(ds[name].values, dtype=np.float64)
+
+
+def _day(stamp: np.datetime64) -> str:
+    return str(np.datetime64(stamp, "h"))
+
+
+def _time_window(ds: xr.Dataset, stamps: np.ndarray, time_range: Sequence[str] | None, path: str) -> tuple[int, int]:
+    """Positions ``[first, last)`` of the usable times: the ARCO valid range, then ``time_range``."""
+    ns = lambda text, days=0: (np.datetime64(str(text), "D") + days if len(str(text)) <= 10  # noqa: E731
+                               else np.datetime64(str(text))).astype("datetime64[ns]")
+    lo, hi = stamps[0], stamps[-1] + np.timedelta64(1, "ns")
+    if "valid_time_start" in ds.attrs:  # ARCO-ERA5: the time axis runs on past the data
+        lo = max(lo, ns(ds.attrs["valid_time_start"]))
+    if "valid_time_stop" in ds.attrs:
+        hi = min(hi, ns(ds.attrs["valid_time_stop"], 1))  # a date: its whole day is valid
+        log.info("%s: using its valid times %s .. %s (valid_time_start/stop attrs)", path, lo, hi)
+    if time_range is not None:  # inclusive; a bare date includes its whole day
+        lo, hi = max(lo, ns(time_range[0])), min(hi, ns(time_range[1], 1) if len(str(time_range[1])) <= 10
+                                                 else ns(time_range[1]) + np.timedelta64(1, "ns"))
+    first, last = int(np.searchsorted(stamps, lo)), int(np.searchsorted(stamps, hi))
+    if last - first < 2:
+        raise ValueError(f"{path} has {last - first} time(s) in {lo} .. {hi} (store: {stamps[0]} .. {stamps[-1]}); "
+                         "widen time_range")
+    return first, last
+
+
+def _split(stamps: np.ndarray, first: int, last: int, val_start: str | None, val_fraction: float | None,
+           path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation positions: one contiguous validation block at the end (module docstring)."""
+    if val_start is not None:
+        cut = int(np.searchsorted(stamps, np.datetime64(str(val_start)).astype("datetime64[ns]")))
+    elif val_fraction is not None:
+        cut = last - max(1, round(val_fraction * (last - first)))
+    else:
+        year = stamps[last - 1].astype("datetime64[Y]").astype("datetime64[ns]")
+        cut = int(np.searchsorted(stamps, year))
+        if cut <= first:
+            cut = last - max(1, round(0.1 * (last - first)))
+    if not first < cut < last:
+        raise ValueError(f"validation from {val_start or cut} leaves no training or no validation times in "
+                         f"{stamps[first]} .. {stamps[last - 1]} of {path}; pick val_start inside that range")
+    return np.arange(first, cut), np.arange(cut, last)
+
+
+def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:
+    """Maps of the first ``members`` fields of each channel: lon/lat axes, north up, NaN in grey."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    lon = np.asarray(ds[LON].values, dtype=np.float64)
+    order = np.argsort(lat)  # rows south -> north, drawn with origin="lower": north is up
+    half_lat = abs(lat[1] - lat[0]) / 2 if lat.size > 1 else 0.5
+    half_lon = abs(lon[1] - lon[0]) / 2 if lon.size > 1 else 0.5
+    extent = (lon.min() - half_lon, lon.max() + half_lon, lat.min() - half_lat, lat.max() + half_lat)
+    cmap = colormaps["viridis"].with_extremes(bad="0.6")
+    rows = []
+    for name, level in channels:
+        da = ds[name] if level is None else ds[name].sel({LEVEL: level})
+        lead = [d for d in da.dims if d not in (LAT, LON)]
+        maps = np.asarray(da.transpose(*lead, LAT, LON).values, dtype=np.float64).reshape(-1, lat.size, lon.size)
+        labels = ["_".join(f"{d}{i}" for d, i in zip(lead, idx)) for idx in np.ndindex(*[da.sizes[d] for d in lead])]
+        rows.append((channel_name(name, level), da.attrs.get("units", ""), maps[:members, order], labels[:members]))
+    cols = max(len(r[2]) for r in rows)
+    fig = Figure(figsize=(3.4 * cols + 0.8, 1.9 * len(rows) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for r, (title, units, maps, labels) in enumerate(rows):
+        finite = maps[np.isfinite(maps)]
+        vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+        for c, (field, label) in enumerate(zip(maps, labels)):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            image = ax.imshow(np.ma.masked_invalid(field), origin="lower", extent=extent, cmap=cmap,
+                              vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+            ax.set_title(f"{title} {label}", fontsize=7)
+            ax.set_xlabel("longitude [deg E]", fontsize=6)
+            ax.set_ylabel("latitude [deg N]", fontsize=6)
+            ax.tick_params(labelsize=6)
+        fig.colorbar(image, ax=fig.axes[-len(maps):], label=units, shrink=0.9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    return path

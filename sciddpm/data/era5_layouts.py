@@ -1,0 +1,453 @@
+"""What sciddpm knows about ERA5 stores: the WeatherBench2 and ARCO-ERA5 grids, names and attrs.
+
+Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synthetic``) share:
+
+* ``LAYOUTS`` - the public ERA5 zarr layouts, as published in ``gs://weatherbench2/datasets/era5/``
+  and ``gs://gcp-public-data-arco-era5/ar/``:
+
+  ========== ============ ================================= ============== =============================
+  layout     grid         latitude                          spatial dims   notes
+  ========== ============ ================================= ============== =============================
+  1440x721   0.25 deg     90 -> -90 (descending, poles)     (lat, lon)     float32 coordinates
+  240x121    1.5 deg      -90 -> 90 (ascending, poles)      (lon, lat)     ``..._with_poles_conservative``
+  64x32      5.625 deg    -87.1875 -> 87.1875 (no poles)    (lon, lat)     ``..._equiangular_conservative``
+  arco       0.25 deg     90 -> -90 (descending, poles)     (lat, lon)     hourly; time padded past the
+                                                                           data: use the root attrs
+                                                                           ``valid_time_start``/``_stop``
+  ========== ============ ================================= ============== =============================
+
+  Longitude is ``0 .. 360 - step`` ascending in all of them; a variable with pressure levels has
+  dims ``(time, level, *spatial)`` with ``level`` in hPa (int64, attrs units "millibars").
+* ``VARIABLE_ATTRS`` - the per-variable attrs (long_name, short_name, units, ...) those stores
+  carry, for the variables the synthetic writer produces.
+* ``parse_channel("geopotential@500") -> ("geopotential", 500)`` and ``detect_layout(ds)``, which
+  names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
+* ``open_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``StorePlan`` +
+  ``read_time`` (which variable/level positions make each channel; one ``isel`` per variable per
+  time, oriented ``[C, latitude north->south, longitude]``), ``OutputLayout`` (the source's
+  variables, dims, coordinates and attrs rebuilt from a DataSpec alone, and back to channels),
+  the compact JSON codec of NaN masks (``encode_mask``/``decode_mask``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import warnings
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One published ERA5 grid: sizes, latitude order, pole rows and the spatial dimension order."""
+
+    name: str
+    n_lon: int
+    n_lat: int
+    lat_descending: bool
+    poles: bool
+    spatial_dims: tuple[str, str]
+    coord_dtype: str
+    hours: int  # time step of the published store
+    description: str
+
+    def latitudes(self) -> np.ndarray:
+        if self.poles:
+            lat = np.linspace(-90.0, 90.0, self.n_lat)
+        else:  # cell centres of n_lat equal bands
+            step = 180.0 / self.n_lat
+            lat = -90.0 + step / 2 + step * np.arange(self.n_lat)
+        return (lat[::-1] if self.lat_descending else lat).astype(self.coord_dtype)
+
+    def longitudes(self) -> np.ndarray:
+        return (np.arange(self.n_lon) * (360.0 / self.n_lon)).astype(self.coord_dtype)
+
+
+LAYOUTS = {
+    "1440x721": Layout("1440x721", 1440, 721, True, True, (LAT, LON), "float32", 6,
+                       "WeatherBench2 ERA5 at 0.25 deg (1959-2023_01_10-wb13-6h-1440x721*.zarr)"),
+    "240x121": Layout("240x121", 240, 121, False, True, (LON, LAT), "float64", 6,
+                      "WeatherBench2 ERA5 at 1.5 deg (*-6h-240x121_equiangular_with_poles_conservative.zarr)"),
+    "64x32": Layout("64x32", 64, 32, False, False, (LON, LAT), "float64", 6,
+                    "WeatherBench2 ERA5 at 5.625 deg (*-6h-64x32_equiangular_conservative.zarr)"),
+    "arco": Layout("arco", 1440, 721, True, True, (LAT, LON), "float32", 1,
+                   "ARCO-ERA5 hourly 0.25 deg (gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-*.zarr)"),
+}
+
+COORD_ATTRS = {
+    LAT: {"long_name": "latitude", "units": "degrees_north"},
+    LON: {"long_name": "longitude", "units": "degrees_east"},
+    LEVEL: {"long_name": "pressure_level", "units": "millibars"},
+}
+
+VARIABLE_ATTRS = {
+    "2m_temperature": {"long_name": "2 metre temperature", "short_name": "t2m", "units": "K"},
+    "geopotential": {"long_name": "Geopotential", "short_name": "z", "standard_name": "geopotential",
+                     "units": "m**2 s**-2"},
+    "temperature": {"long_name": "Temperature", "short_name": "t", "standard_name": "air_temperature",
+                    "units": "K"},
+    "sea_surface_temperature": {"long_name": "Sea surface temperature", "short_name": "sst", "units": "K"},
+    "land_sea_mask": {"long_name": "Land-sea mask", "short_name": "lsm", "standard_name": "land_binary_mask",
+                      "units": "(0 - 1)"},
+    "geopotential_at_surface": {"long_name": "Geopotential", "short_name": "z", "standard_name": "geopotential",
+                                "units": "m**2 s**-2"},
+}
+
+
+def parse_channel(text: str) -> tuple[str, int | float | None]:
+    """``"geopotential@500"`` -> ``("geopotential", 500)``; ``"2m_temperature"`` -> (name, None)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a variable must be a name such as '2m_temperature' or 'geopotential@500', got {text!r}")
+    name, sep, level = text.strip().partition("@")
+    if not sep:
+        return name, None
+    try:
+        value = float(level)
+    except ValueError:
+        raise ValueError(f"{text!r}: the level after '@' must be a number in the store's level units "
+                         f"(hPa), e.g. 'geopotential@500'") from None
+    return name, int(value) if value == int(value) else value
+
+
+def channel_name(variable: str, level: Any) -> str:
+    return variable if level is None else f"{variable}@{_level_text(level)}"
+
+
+def _level_text(level: Any) -> str:
+    value = float(level)
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def close_match(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def detect_layout(ds: Any) -> str | None:
+    """The ``LAYOUTS`` name ``ds`` follows (grid size, latitude order, spatial dim order), or None.
+
+    ARCO-ERA5 is told from the WeatherBench2 0.25 deg store by its ``valid_time_start`` attribute.
+    """
+    if LAT not in ds.sizes or LON not in ds.sizes:
+        return None
+    lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    descending = lat.size > 1 and lat[0] > lat[-1]
+    spatial = _spatial_order(ds)
+    for layout in LAYOUTS.values():
+        if (ds.sizes[LON], ds.sizes[LAT]) != (layout.n_lon, layout.n_lat) or descending != layout.lat_descending:
+            continue
+        if spatial is not None and spatial != layout.spatial_dims:
+            continue
+        if not np.allclose(lat, layout.latitudes().astype(np.float64), atol=1e-3):
+            continue
+        if (layout.name == "arco") != ("valid_time_start" in ds.attrs):
+            continue
+        return layout.name
+    return None
+
+
+def _spatial_order(ds: Any) -> tuple[str, str] | None:
+    for var in ds.data_vars.values():
+        dims = [d for d in var.dims if d in (LAT, LON)]
+        if len(dims) == 2:
+            return tuple(dims)
+    return None
+
+
+# --------------------------------------------------------------------------- stores and grids
+def open_store(path: str, storage_options: dict | None = None) -> Any:
+    """Open a zarr store (local or ``gs://``, anonymous by default) or a netCDF file, lazily, no dask.
+
+    ``chunks=None`` keeps every variable a lazily indexed backend array: ``isel`` then reads only
+    the chunks it touches, which is what keeps training memory flat in the length of the store.
+    """
+    text = str(path)
+    options = dict(storage_options or {})
+    if text.startswith("gs://"):
+        if importlib.util.find_spec("gcsfs") is None:  # fsspec loads it for gs:// itself
+            raise ImportError(f"reading {text} needs gcsfs: pip install 'sciddpm[gcs]' (or pip install gcsfs)")
+        options.setdefault("token", "anon")
+    elif not text.startswith(("s3://", "http://", "https://")) and not os.path.exists(text):
+        raise FileNotFoundError(f"no ERA5 store at {text}; give a local zarr/netCDF path or a gs:// URL "
+                                "(datasets/era5.py subset copies part of a WeatherBench2 store locally)")
+    if text.endswith((".nc", ".nc4", ".netcdf")):
+        return xr.open_dataset(text, chunks=None)
+    with warnings.catch_warnings():  # a store without consolidated metadata is fine, only slower to open
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+        return xr.open_zarr(text, chunks=None, consolidated=None, storage_options=options or None)
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A bool array as plain JSON: shape + base64 of zlib of ``np.packbits`` (a few kB for land)."""
+    import base64
+
+    mask = np.asarray(mask, dtype=bool)
+    packed = zlib.compress(np.packbits(mask.reshape(-1)).tobytes(), 9)
+    return {"shape": list(mask.shape), "packbits_zlib_base64": base64.b64encode(packed).decode("ascii")}
+
+
+def decode_mask(blob: Any) -> np.ndarray:
+    import base64
+
+    try:
+        shape = [int(s) for s in blob["shape"]]
+        bits = np.frombuffer(zlib.decompress(base64.b64decode(blob["packbits_zlib_base64"])), dtype=np.uint8)
+        return np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
+    except (KeyError, TypeError, ValueError, zlib.error) as err:
+        raise ValueError(f"malformed ERA5 DataSpec: the NaN mask does not decode ({err})") from None
+
+
+# --------------------------------------------------------------------------- reading plan
+@dataclass
+class StorePlan:
+    """Which store variables and level positions make each channel, and how to orient them.
+
+    Plain data (a path, names, positions), so it pickles into spawned DataLoader workers, which
+    ``open()`` the store themselves. Tensor orientation: ``[C, latitude north->south, longitude]``.
+    """
+
+    path: str
+    storage_options: dict | None
+    channels: list[str]
+    sources: list[tuple[str, list[int] | None, list[int]]]  # variable, level positions, channel indices
+    level_values: list  # the store's level coordinate values (all of them)
+    lat_north_to_south: np.ndarray
+    flip_lat: bool
+    global_longitude: bool
+    n_lon: int
+    output: dict  # the source's layout, for spec.output (see _describe)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.lat_north_to_south.size, self.n_lon)
+
+    def open(self) -> Any:
+        return open_store(self.path, self.storage_options)
+
+    @classmethod
+    def build(cls, ds: Any, path: str, storage_options: dict | None, channels: list[str],
+              static: list[str]) -> StorePlan:
+        for dim in (TIME, LAT, LON):
+            if dim not in ds.dims:
+                raise ValueError(f"{path} has no {dim!r} dimension (dims: {dict(ds.sizes)}); ERA5 stores have time, "
+                                 "latitude, longitude - rename yours (ds.rename(lat='latitude', lon='longitude'))")
+        known = sorted(str(v) for v in ds.data_vars)
+        level_values = ds[LEVEL].values.tolist() if LEVEL in ds.coords else []
+        sources: dict[str, tuple[list[int] | None, list[int]]] = {}
+        names = []
+        for k, text in enumerate(channels):
+            name, level = parse_channel(text)
+            canonical = channel_name(name, level)
+            if canonical in names:
+                raise ValueError(f"{text!r} is listed twice in variables")
+            names.append(canonical)
+            if name not in ds.data_vars:
+                raise ValueError(f"variable {name!r} is not in {path}; the store has: {', '.join(known)}"
+                                 f"{close_match(name, known)}")
+            dims = ds[name].dims
+            allowed = {TIME, LAT, LON} | ({LEVEL} if level is not None else set())
+            if set(dims) != allowed:
+                if level is None and LEVEL in dims:
+                    raise ValueError(f"{name!r} has pressure levels {level_values}; choose one per channel as "
+                                     f"'{name}@<level>', e.g. '{name}@{level_values[len(level_values) // 2]}'")
+                if level is not None and LEVEL not in dims:
+                    raise ValueError(f"{name!r} has no level dimension (dims {dims}); drop '@{level}'")
+                raise ValueError(f"{name!r} has dims {dims}; a channel needs (time, [level,] latitude, longitude)")
+            levels, indices = sources.setdefault(name, ([] if level is not None else None, []))
+            if level is not None:
+                match = [i for i, v in enumerate(level_values) if np.isclose(float(v), float(level))]
+                if not match:
+                    raise ValueError(f"level {level} of {name!r} is not in {path}; the store's levels are: "
+                                     f"{', '.join(map(str, level_values))}")
+                levels.append(match[0])
+            indices.append(k)
+        for name in static:
+            if name not in ds.data_vars:
+                raise ValueError(f"static field {name!r} is not in {path}; the store has: {', '.join(known)}"
+                                 f"{close_match(name, known)}")
+            if set(ds[name].dims) - {TIME, LAT, LON}:
+                raise ValueError(f"static field {name!r} has dims {ds[name].dims}; it must be (latitude, longitude)")
+        lat = np.asarray(ds[LAT].values, dtype=np.float64)
+        lon = np.asarray(ds[LON].values, dtype=np.float64)
+        step = np.abs(np.diff(lon)).mean() if lon.size > 1 else 360.0
+        plan_sources = [(n, lv, ix) for n, (lv, ix) in sources.items()]
+        return cls(path, storage_options, names, plan_sources, level_values, np.sort(lat)[::-1],
+                   bool(lat.size > 1 and lat[0] < lat[-1]), bool(abs(step * lon.size - 360.0) < 1e-3 * 360.0),
+                   lon.size, _describe(ds, plan_sources, level_values))
+
+    def describe(self, layout: str | None) -> dict:
+        return {**self.output, "layout": layout}
+
+    def read_static(self, ds: Any, name: str) -> np.ndarray:
+        da = ds[name].variable
+        if TIME in da.dims:
+            da = da.isel({TIME: 0})  # time-invariant by definition; ARCO stores it along time
+        return self._orient(np.asarray(da.transpose(LAT, LON).values, dtype=np.float64))
+
+    def _orient(self, array: np.ndarray) -> np.ndarray:
+        return array[..., ::-1, :] if self.flip_lat else array
+
+
+def read_time(ds: Any, plan: StorePlan, position: int) -> np.ndarray:
+    """The channels at one time position: ``[C, n_lat, n_lon]`` float64, one read per variable."""
+    out = np.empty((len(plan.channels), *plan.shape))
+    for name, levels, indices in plan.sources:
+        var = ds[name].variable
+        if levels is None:
+            block = var.isel({TIME: position}).transpose(LAT, LON).values[None]
+        else:
+            block = var.isel({TIME: position, LEVEL: levels}).transpose(LEVEL, LAT, LON).values
+        out[indices] = plan._orient(np.asarray(block, dtype=np.float64))
+    return out
+
+
+def _describe(ds: Any, sources: list, level_values: list) -> dict:
+    """What ``spec.output`` keeps to rebuild the source's layout without the data."""
+    taken = sorted({i for _, levels, _ in sources for i in (levels or [])})
+    variables = []
+    for name, levels, _ in sources:
+        da = ds[name]
+        variables.append({"name": name, "dims": list(da.dims), "dtype": str(da.dtype), "attrs": _plain(da.attrs),
+                          "levels": None if levels is None else [_plain(level_values[i]) for i in levels]})
+    coords = {}
+    for dim in (LAT, LON) + ((LEVEL,) if taken else ()):
+        values = ds[dim].values if dim != LEVEL else ds[LEVEL].values[taken]
+        coords[dim] = {"values": _plain(values.tolist()), "dtype": str(values.dtype), "attrs": _plain(ds[dim].attrs)}
+    lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    return {"variables": variables, "coords": coords, "global_attrs": _plain(ds.attrs),
+            "lat_descending": bool(lat.size < 2 or lat[0] > lat[-1])}
+
+
+def _plain(x: Any) -> Any:
+    """Attributes as plain JSON (numpy scalars and arrays become Python numbers and lists)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items() if _plain(v) is not _DROP}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        items = [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+        return [None if v is _DROP else v for v in items]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return _DROP
+    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+
+_DROP = object()
+
+
+# --------------------------------------------------------------------------- outputs
+class OutputLayout:
+    """Rebuilds the source's Dataset layout from an era5 ``DataSpec``'s ``output`` alone (no data).
+
+    ``from_channels``/``dataset`` go from physical ``[N, C, lat N->S, lon]`` to the source's
+    variables, dims, coordinates and attrs; ``select`` puts a store variable in that form;
+    ``to_channels`` is the inverse (any latitude order in, normalised channels out).
+    """
+
+    def __init__(self, spec: Any):
+        out = spec.output
+        try:
+            self.variables = list(out["variables"])
+            self.coords = {k: dict(v) for k, v in out["coords"].items()}
+            self.attrs = dict(out["global_attrs"])
+            for var in self.variables:
+                var["name"], var["dims"], var["attrs"], var["levels"]  # noqa: B018 - presence check
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed era5 DataSpec output: {err!r} missing or malformed") from None
+        self.spec = spec
+        self.lat_descending = bool(out["lat_descending"])
+
+    def channel_of(self, name: str, level: Any) -> int:
+        return self.spec.channels.index(channel_name(name, level))
+
+    def _coord(self, name: str) -> tuple:
+        c = self.coords[name]
+        return (name, np.asarray(c["values"], dtype=c["dtype"]), dict(c["attrs"]))
+
+    def from_channels(self, values: np.ndarray, lead: str) -> dict[str, tuple]:
+        """Physical ``[N, C, lat N->S, lon]`` -> ``{name: (dims, array)}`` in the source's layout."""
+        levels = self.coords.get(LEVEL, {}).get("values", [])
+        data = {}
+        for var in self.variables:
+            if var["levels"] is None:
+                block = values[:, self.channel_of(var["name"], None)]
+            else:
+                block = np.full((len(values), len(levels), *values.shape[2:]), np.nan)
+                for lv in var["levels"]:
+                    block[:, levels.index(lv)] = values[:, self.channel_of(var["name"], lv)]
+            block = block if self.lat_descending else block[..., ::-1, :]
+            dims = (lead, *var["dims"][1:])
+            spatial = (LAT, LON) if dims.index(LAT) < dims.index(LON) else (LON, LAT)
+            if spatial == (LON, LAT):
+                block = np.swapaxes(block, -1, -2)
+            data[var["name"]] = (dims, block.astype(var["dtype"]))
+        return data
+
+    def select(self, da: xr.DataArray, var: dict) -> tuple:
+        """A store variable at the output's levels (NaN at the levels not taken), in its own dims."""
+        if var["levels"] is not None:
+            da = da.sel({LEVEL: self.coords[LEVEL]["values"]})
+            missing = [lv for lv in self.coords[LEVEL]["values"] if lv not in var["levels"]]
+            if missing:
+                da = da.where(~da[LEVEL].isin(missing))
+        return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=var["dtype"])
+
+    def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray, cond: Mapping[str, Any]) -> xr.Dataset:
+        coords = {lead: (lead, lead_values)}
+        for name in self.coords:
+            coords[name] = self._coord(name)
+        for name, value in cond.items():
+            var = self.spec.cond[name]
+            attrs = {"units": var.units, "long_name": var.description or name}
+            coords[name] = ((), float(value), attrs) if np.ndim(value) == 0 else (lead, np.asarray(value, np.float64), attrs)
+        variables = {v["name"]: xr.Variable(data[v["name"]][0], data[v["name"]][1], dict(v["attrs"]))
+                     for v in self.variables}
+        return xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
+
+    def to_channels(self, ds: xr.Dataset) -> np.ndarray:
+        """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
+        out = []
+        for name in self.spec.channels:
+            var_name, level = parse_channel(name)
+            if var_name not in ds.data_vars:
+                raise ValueError(f"the Dataset has no variable {var_name!r} (it has {sorted(map(str, ds.data_vars))})"
+                                 f"{close_match(var_name, list(map(str, ds.data_vars)))}")
+            da = ds[var_name]
+            if level is not None:
+                if LEVEL not in da.dims or level not in da[LEVEL].values:
+                    have = da[LEVEL].values.tolist() if LEVEL in da.coords else "no level dimension"
+                    raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})")
+                da = da.sel({LEVEL: level})
+            lead = [d for d in da.dims if d not in (LAT, LON)]
+            if len(lead) > 1:
+                raise ValueError(f"{var_name!r} has dims {da.dims}; expected one leading dim (member or time) "
+                                 "before latitude/longitude; stack the others first")
+            da = da.transpose(*lead, LAT, LON)
+            array = np.asarray(da.values, dtype=np.float64)
+            if not lead:
+                array = array[None]
+            lat = np.asarray(ds[LAT].values, dtype=np.float64)
+            if lat.size > 1 and lat[0] < lat[-1]:
+                array, lat = array[:, ::-1], lat[::-1]
+            self._check_grid(lat, np.asarray(ds[LON].values, dtype=np.float64))
+            out.append(array)
+        x = np.stack(out, axis=1)
+        return self.spec.normaliser.normalise(x, channel_axis=1)
+
+    def _check_grid(self, lat: np.ndarray, lon: np.ndarray) -> None:
+        want_lat = np.sort(np.asarray(self.coords[LAT]["values"], dtype=np.float64))[::-1]
+        want_lon = np.asarray(self.coords[LON]["values"], dtype=np.float64)
+        if lat.shape != want_lat.shape or lon.shape != want_lon.shape or not (
+                np.allclose(lat, want_lat, atol=1e-4) and np.allclose(lon, want_lon, atol=1e-4)):
+            raise ValueError(f"the Dataset's grid ({lon.size} x {lat.size}) is not the model's "
+                             f"({want_lon.size} x {want_lat.size}, latitude {want_lat[0]:g}..{want_lat[-1]:g}, "
+                             f"longitude {want_lon[0]:g}..{want_lon[-1]:g}); regrid it to the training grid first")

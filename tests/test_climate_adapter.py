@@ -1,0 +1,173 @@
+"""The era5 adapter on small synthetic stores in each published layout (WeatherBench2 and ARCO)."""
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from sciddpm.data import DataSpec, adapter_from_spec, build_adapter
+from sciddpm.data.era5_layouts import LAYOUTS, detect_layout, open_store
+from sciddpm.data.era5_synthetic import anomaly_std, climatology, write_synthetic
+from sciddpm.testing import assert_roundtrip
+
+SMALL = {  # layout -> synthetic parameters: a few times each, the 0.25 deg grids with two times only
+    "64x32": dict(variables=["2m_temperature", "geopotential@500", "temperature@850"],
+                  start="2016-12-25", stop="2017-01-03"),
+    "240x121": dict(variables=["2m_temperature", "geopotential@500", "geopotential@850"],
+                    start="2016-12-31", stop="2017-01-02"),
+    "1440x721": dict(variables=["2m_temperature", "geopotential@500"], static=[],
+                     start="2016-01-01", stop="2016-01-01T12"),
+    "arco": dict(variables=["2m_temperature", "geopotential@500"], static=[], hours=6,
+                 start="2016-01-01", stop="2016-01-02", arco_pad_steps=2),
+}
+VAL = {"64x32": {}, "240x121": {}, "1440x721": {"val_fraction": 0.5}, "arco": {"val_fraction": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("era5")
+    return {name: write_synthetic(root / f"{name}.zarr", layout=name, **params) for name, params in SMALL.items()}
+
+
+def adapter(path, variables, **kw):
+    return build_adapter("era5", path=str(path), variables=variables, stats_samples=16, **kw)
+
+
+@pytest.mark.parametrize("layout", list(SMALL))
+def test_roundtrip_keeps_the_source_layout(stores, layout):
+    source = open_store(str(stores[layout]))
+    assert detect_layout(source) == layout
+    a = adapter(stores[layout], SMALL[layout]["variables"], layout=layout, **VAL[layout])
+    ds, cond = a.heldout(1)
+    assert_roundtrip(a, ds, {**cond, "time": ds["time"].values})
+    for name, var in ds.data_vars.items():  # the store's own dims order, latitude order and attrs
+        assert var.dims == source[name].dims and var.attrs == source[name].attrs
+    np.testing.assert_array_equal(ds["latitude"].values, source["latitude"].values)
+    assert ds["latitude"].dtype == source["latitude"].dtype and ds["latitude"].attrs == source["latitude"].attrs
+    members = a.to_xarray(a.to_tensor(ds), {"dayofyear": 10.0})
+    assert members["2m_temperature"].dims == ("member",) + source["2m_temperature"].dims[1:]
+    assert members["dayofyear"].ndim == 0 and members["dayofyear"].attrs["units"] == "day"
+    # the tensor is north-up whatever the store's order
+    x = a.to_tensor(ds)[0, 0].numpy()
+    truth = ds["2m_temperature"].isel(time=0).transpose("latitude", "longitude").sortby("latitude", ascending=False)
+    z = (truth.values - a.spec().normaliser.mean[0]) / a.spec().normaliser.std[0]
+    np.testing.assert_allclose(x, z, rtol=1e-5, atol=1e-5)
+
+
+def test_geopotential_at_two_levels_shares_one_level_dim(stores):
+    a = adapter(stores["240x121"], ["geopotential@850", "2m_temperature", "geopotential@500"])
+    assert a.spec().channels == ["geopotential@850", "2m_temperature", "geopotential@500"]
+    ds, _ = a.heldout(2)
+    assert ds["geopotential"].dims == ("time", "level", "longitude", "latitude")
+    assert ds["level"].values.tolist() == [500, 850] and ds["level"].attrs["units"] == "millibars"
+
+
+def test_arco_is_cut_to_its_valid_times(stores):
+    a = adapter(stores["arco"], ["2m_temperature"], val_fraction=0.5)
+    train, val = a.dataset("train"), a.dataset("val")
+    assert len(train) + len(val) == 4  # 2016-01-01 at 6 h; the 2 padded (NaN) steps are left out
+    assert "mask" not in train[0] and torch.isfinite(val[len(val) - 1]["x"]).all()
+
+
+def test_unknown_variable_and_level_list_what_the_store_has(stores):
+    with pytest.raises(ValueError, match=r"variable '2m_temprature' is not in .*the store has: 2m_temperature, "
+                                         r"geopotential.*did you mean '2m_temperature'"):
+        adapter(stores["64x32"], ["2m_temprature"]).spec()
+    with pytest.raises(ValueError, match=r"level 300 of 'geopotential' is not in .*levels are: 500, 850"):
+        adapter(stores["64x32"], ["geopotential@300"]).spec()
+    with pytest.raises(ValueError, match=r"'geopotential' has pressure levels \[500, 850\]; choose one"):
+        adapter(stores["64x32"], ["geopotential"]).spec()
+    with pytest.raises(ValueError, match=r"'2m_temperature' has no level dimension"):
+        adapter(stores["64x32"], ["2m_temperature@500"]).spec()
+    with pytest.raises(ValueError, match=r"condition 'co2' is not a scalar coordinate"):
+        adapter(stores["64x32"], ["2m_temperature"], cond=["dayofyear", "co2"]).spec()
+
+
+def test_items_spec_and_static_inputs(stores):
+    a = adapter(stores["64x32"], SMALL["64x32"]["variables"], static=["land_sea_mask", "geopotential_at_surface"])
+    spec = a.spec()
+    assert spec.shape == [32, 64] and spec.padding == ["zeros", "circular"] and spec.static == a.static_names
+    assert spec.cond.names == ["dayofyear", "hour"] and spec.cond["hour"].max == 18
+    assert abs(spec.sigma_data - 1) < 0.1
+    train, val = a.dataset("train"), a.dataset("val")
+    assert len(train) == 28 and len(val) == 8  # 2016-12-25..31 train, 2017 (the last year) validation
+    item = pickle.loads(pickle.dumps(train))[3]  # what a spawned worker gets; it opens the store itself
+    assert item["x"].shape == (3, 32, 64) and item["x"].dtype == torch.float32 and "mask" not in item
+    assert item["weight"].shape == (1, 32, 64) and abs(float(item["weight"].mean()) - 1) < 1e-6
+    lat = np.sort(open_store(str(stores["64x32"]))["latitude"].values)[::-1]
+    w = item["weight"][0, :, 0].numpy()
+    np.testing.assert_allclose(w / w.max(), np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).max(), rtol=2e-3)
+    stamp = np.datetime64("2016-12-25T18")  # train item 3
+    expected = spec.cond.encode({"dayofyear": [360.0], "hour": [18.0]})[0]
+    torch.testing.assert_close(item["cond"], expected)
+    fields = a.static_fields()
+    assert fields.shape == (2, 32, 64) and torch.isfinite(fields).all() and abs(float(fields.mean())) < 1e-5
+    assert stamp == open_store(str(stores["64x32"]))["time"].values[3]
+
+
+def test_sst_nan_over_land_is_masked_not_filled(tmp_path):
+    store = write_synthetic(tmp_path / "sst.zarr", variables=["sea_surface_temperature", "2m_temperature"],
+                            start="2016-01-01", stop="2016-01-05")
+    land = open_store(str(store))["land_sea_mask"].transpose("latitude", "longitude").values[::-1] > 0.5
+    a = adapter(store, ["sea_surface_temperature", "2m_temperature"])
+    item = a.dataset("train")[2]
+    np.testing.assert_array_equal(item["mask"][0].numpy(), ~land)
+    assert item["mask"][1].all() and torch.isnan(item["x"][0][torch.from_numpy(land)]).all()
+    assert torch.isfinite(item["x"][0][torch.from_numpy(~land)]).all()
+    rebuilt = adapter_from_spec(DataSpec.from_dict(a.spec().to_dict()))
+    np.testing.assert_array_equal(rebuilt.static_mask().numpy()[0], ~land)
+    ds = rebuilt.to_xarray(torch.zeros(2, 2, 32, 64), {})  # samples: NaN exactly at land, values at sea
+    sst = ds["sea_surface_temperature"].transpose("member", "latitude", "longitude").values[:, ::-1]
+    np.testing.assert_array_equal(np.isnan(sst), np.broadcast_to(land, sst.shape))
+    assert len(str(a.spec().to_dict()["output"]["nan_mask"])) < 2000
+
+
+def test_from_spec_needs_no_data_and_writes_zarr_and_maps(stores, tmp_path):
+    a = adapter(stores["64x32"], SMALL["64x32"]["variables"])
+    rebuilt = adapter_from_spec(DataSpec.from_dict(a.spec().to_dict()))
+    x = torch.randn(3, 3, 32, 64)
+    xr.testing.assert_identical(rebuilt.to_xarray(x, {"dayofyear": 180}), a.to_xarray(x, {"dayofyear": 180}))
+    np.testing.assert_allclose(rebuilt.area_weights(), a.area_weights())
+    paths = rebuilt.write(rebuilt.to_xarray(x, {"dayofyear": 180}), tmp_path / "ens.zarr")
+    back = xr.open_zarr(paths[0], consolidated=False)
+    assert back["geopotential"].attrs["units"] == "m**2 s**-2" and paths[1].stat().st_size > 10_000
+    with pytest.raises(RuntimeError, match="rebuilt from a run's DataSpec"):
+        rebuilt.dataset("train")
+
+
+def test_synthetic_fields_have_their_documented_statistics(stores, tmp_path):
+    store = write_synthetic(tmp_path / "year.zarr", variables=["2m_temperature"], static=[], hours=24,
+                            start="2016-01-01", stop="2017-01-01")
+    ds = open_store(str(store))
+    t = ds["2m_temperature"].transpose("time", "latitude", "longitude")
+    stamps = t["time"].values
+    doy = (stamps.astype("datetime64[D]") - stamps.astype("datetime64[Y]")).astype(int) + 1
+    hour = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[h]").astype(int)
+    mean = climatology("2m_temperature", None, ds["latitude"].values, ds["longitude"].values, doy, hour)
+    z = (t.values - mean) / anomaly_std("2m_temperature", None)
+    # 366 daily maps (AR(1) rho = 0.61: ~90 independent days) x ~45 independent 1200 km patches
+    # -> the standard error of the mean is ~0.016; 0.08 is 5 of them. A 1 K error in the formula
+    # moves the mean by 0.33.
+    assert abs(z.mean()) < 0.08 and abs(z.std() - 1) < 0.08
+    first = open_store(str(stores["64x32"])).load()
+    again = write_synthetic(tmp_path / "again.zarr", layout="64x32", **SMALL["64x32"])
+    xr.testing.assert_identical(open_store(str(again)).load(), first)  # a pure function of the parameters
+
+
+def test_subset_recipe_copies_variables_levels_and_times(stores, tmp_path):
+    spec = importlib.util.spec_from_file_location("era5_recipe", Path(__file__).parents[1] / "datasets" / "era5.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = recipe.subset(str(stores["64x32"]), ["geopotential@500", "2m_temperature"], str(tmp_path / "s.zarr"),
+                        start="2016-12-30", stop="2016-12-31", static=["land_sea_mask"])
+    got, src = open_store(out), open_store(str(stores["64x32"]))
+    assert got.sizes["time"] == 8 and got["level"].values.tolist() == [500]
+    assert set(got.data_vars) == {"geopotential", "2m_temperature", "land_sea_mask"}
+    xr.testing.assert_identical(got["geopotential"].load(),
+                                src["geopotential"].sel(time=slice("2016-12-30", "2016-12-31T23"), level=[500]).load())
+    assert detect_layout(got) == "64x32" and got.attrs == src.attrs
+    assert LAYOUTS["64x32"].n_lat == got.sizes["latitude"]
