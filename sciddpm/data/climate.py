@@ -122,8 +122,9 @@ class Era5Adapter(Adapter):
             raise ValueError(f"stats_samples must be a positive integer, got {stats_samples!r}")
         if time_range is not None and len(time_range) != 2:
             raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
-        if path is not None and synthetic:
-            raise ValueError("synthetic={...} only applies without path=; drop one of them")
+        if path is not None and synthetic:  # the preset always carries them; a real store wins
+            log.info("data.kwargs.path is set, so the synthetic-sample options are not used")
+            synthetic = None
         self.path, self.variables = path, [str(v) for v in variables]
         self.static_names, self.cond_names = [str(s) for s in static], None if cond is None else [str(c) for c in cond]
         self.time_range, self.val_start, self.val_fraction = time_range, val_start, val_fraction

@@ -1,0 +1,90 @@
+"""Climate end to end on a tiny synthetic store with SST (NaN over land) and static inputs: training
+has a finite loss, samples are NaN exactly over land and nowhere else, static fields travel in the
+weights, ``--infill`` keeps the observed values and fills the gap, ``--out x.zarr`` keeps the
+source's names, units and layout."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import sciddpm
+from sciddpm.cli import main
+from sciddpm.data.era5_synthetic import write_synthetic
+from sciddpm.runs import RunDir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("climate")
+    store = write_synthetic(root / "sst.zarr", variables=["2m_temperature", "sea_surface_temperature"],
+                            start="2018-01-01", stop="2019-12-31", hours=24, seed=3)
+    overrides = ["data=climate_era5", f"data.kwargs.path={store}",
+                 "data.kwargs.variables=[2m_temperature,sea_surface_temperature]", "data.kwargs.stats_samples=64",
+                 "model.kwargs.channels=8", "model.kwargs.channel_mult=[1,2]", "model.kwargs.attention_levels=[]",
+                 "model.kwargs.norm_groups=4", "trainer=quick", "trainer.steps=6", "trainer.batch_size=4",
+                 "trainer.log_every=2", "trainer.checkpoint_every=6", "trainer.device=cpu",
+                 f"runs_dir={root / 'runs'}", "name=sst"]
+    assert main(["train", *overrides]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def land(run):
+    source = xr.open_zarr(run / "sst.zarr")
+    return source["land_sea_mask"].values > 0.5, source
+
+
+def test_training_with_nan_over_land_has_finite_loss(run):
+    records = RunDir(run / "runs" / "sst").read_metrics()
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    spec = json.loads((run / "runs" / "sst" / "data_spec.json").read_text())
+    assert spec["static"] == ["land_sea_mask", "geopotential_at_surface"]
+
+
+def test_samples_are_nan_exactly_over_land(run, land):
+    is_land, source = land
+    model = sciddpm.load("sst", runs_dir=run / "runs")
+    ds = model.sample(3, {"dayofyear": 180.0}, steps=4, seed=0)
+    sst = ds["sea_surface_temperature"].transpose("member", *source["land_sea_mask"].dims).values
+    np.testing.assert_array_equal(np.isnan(sst), np.broadcast_to(is_land, sst.shape))
+    assert np.isfinite(ds["2m_temperature"].values).all()
+    assert ds["sea_surface_temperature"].attrs["units"] == "K"
+    assert ds["2m_temperature"].dims == ("member", "longitude", "latitude")  # the 64x32 store's order
+    # the static inputs are in the weights, and they are the store's land-sea mask (standardised)
+    fields = model.denoiser.net.fields
+    lsm = source["land_sea_mask"].transpose("latitude", "longitude").values[::-1]  # tensor rows: north first
+    assert np.corrcoef(fields[0].numpy().ravel(), lsm.ravel())[0, 1] > 0.999
+
+
+def test_infill_keeps_observations_and_fills_the_gap(run, land, tmp_path):
+    is_land, source = land
+    observed = source[["2m_temperature", "sea_surface_temperature"]].isel(time=[400, 500]).load()
+    box = (observed.latitude > -30) & (observed.latitude < 30) & (observed.longitude > 100) & (observed.longitude < 200)
+    gappy = observed.where(~box)
+    gappy.to_zarr(tmp_path / "obs.zarr")
+    assert main(["sample", "model=sst", f"runs_dir={run / 'runs'}", "--infill", str(tmp_path / "obs.zarr"),
+                 "--n", "2", "--steps", "4", "--out", str(tmp_path / "filled.zarr")]) == 0
+    filled = xr.open_zarr(tmp_path / "filled.zarr").load()
+    assert filled.sizes["time"] == 2 and filled.sizes["member"] == 2
+    for name in ("2m_temperature", "sea_surface_temperature"):
+        out = filled[name].transpose("time", "member", ...)
+        seen = gappy[name].transpose("time", ...).expand_dims(member=2, axis=1)
+        keep = np.isfinite(seen.values)
+        np.testing.assert_array_equal(out.values[keep], seen.values[keep])  # observations kept exactly
+        gap = np.broadcast_to(box.transpose(*gappy[name].dims[1:]).values, out.shape)
+        hole = gap & ~np.broadcast_to(is_land, out.shape) if name == "sea_surface_temperature" else gap
+        assert np.isfinite(out.values[hole]).all()  # the gap is filled ...
+    assert np.isnan(filled["sea_surface_temperature"].values[..., is_land]).all()  # ... and land stays NaN
+
+
+def test_sample_writes_zarr_in_source_units(run, tmp_path):
+    out = tmp_path / "ens.zarr"
+    assert main(["sample", "model=sst", f"runs_dir={run / 'runs'}", "--cond", "dayofyear=30", "--n", "2",
+                 "--steps", "3", "--out", str(out)]) == 0
+    ens = xr.open_zarr(out)
+    assert set(ens.data_vars) == {"2m_temperature", "sea_surface_temperature"}
+    assert float(ens["dayofyear"]) == 30.0 and ens.sizes["member"] == 2
+    assert (tmp_path / "ens_maps.png").stat().st_size > 10_000
