@@ -52,9 +52,9 @@ import xarray as xr
 
 from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, register_adapter
 from sciddpm.data.climate_eval import score_climate_ensemble
-from sciddpm.data.era5_layouts import (LAT, LAYOUTS, LEVEL, LON, TIME, OutputLayout, StorePlan,
-                                       channel_name, close_match, decode_mask, detect_layout, encode_mask,
-                                       open_store, read_time)
+from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, close_match, decode_mask, detect_layout,
+                                       encode_mask, open_store, read_time)
+from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
 log = logging.getLogger(__name__)
@@ -425,43 +425,3 @@ def _split(stamps: np.ndarray, first: int, last: int, val_start: str | None, val
         raise ValueError(f"validation from {val_start or cut} leaves no training or no validation times in "
                          f"{stamps[first]} .. {stamps[last - 1]} of {path}; pick val_start inside that range")
     return np.arange(first, cut), np.arange(cut, last)
-
-
-def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:
-    """Maps of the first ``members`` fields of each channel: lon/lat axes, north up, NaN in grey."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    lat = np.asarray(ds[LAT].values, dtype=np.float64)
-    lon = np.asarray(ds[LON].values, dtype=np.float64)
-    order = np.argsort(lat)  # rows south -> north, drawn with origin="lower": north is up
-    half_lat = abs(lat[1] - lat[0]) / 2 if lat.size > 1 else 0.5
-    half_lon = abs(lon[1] - lon[0]) / 2 if lon.size > 1 else 0.5
-    extent = (lon.min() - half_lon, lon.max() + half_lon, lat.min() - half_lat, lat.max() + half_lat)
-    cmap = colormaps["viridis"].with_extremes(bad="0.6")
-    rows = []
-    for name, level in channels:
-        da = ds[name] if level is None else ds[name].sel({LEVEL: level})
-        lead = [d for d in da.dims if d not in (LAT, LON)]
-        maps = np.asarray(da.transpose(*lead, LAT, LON).values, dtype=np.float64).reshape(-1, lat.size, lon.size)
-        labels = ["_".join(f"{d}{i}" for d, i in zip(lead, idx)) for idx in np.ndindex(*[da.sizes[d] for d in lead])]
-        rows.append((channel_name(name, level), da.attrs.get("units", ""), maps[:members, order], labels[:members]))
-    cols = max(len(r[2]) for r in rows)
-    fig = Figure(figsize=(3.4 * cols + 0.8, 1.9 * len(rows) + 0.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    for r, (title, units, maps, labels) in enumerate(rows):
-        finite = maps[np.isfinite(maps)]
-        vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-        for c, (field, label) in enumerate(zip(maps, labels)):
-            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-            image = ax.imshow(np.ma.masked_invalid(field), origin="lower", extent=extent, cmap=cmap,
-                              vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-            ax.set_title(f"{title} {label}", fontsize=7)
-            ax.set_xlabel("longitude [deg E]", fontsize=6)
-            ax.set_ylabel("latitude [deg N]", fontsize=6)
-            ax.tick_params(labelsize=6)
-        fig.colorbar(image, ax=fig.axes[-len(maps):], label=units, shrink=0.9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path

@@ -24,9 +24,8 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
   names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
 * ``open_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``StorePlan`` +
   ``read_time`` (which variable/level positions make each channel; one ``isel`` per variable per
-  time, oriented ``[C, latitude north->south, longitude]``), ``OutputLayout`` (the source's
-  variables, dims, coordinates and attrs rebuilt from a DataSpec alone, and back to channels),
-  the compact JSON codec of NaN masks (``encode_mask``/``decode_mask``).
+  time, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
+  masks (``encode_mask``/``decode_mask``). Outputs live in ``era5_output``.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import importlib.util
 import os
 import warnings
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,112 +340,3 @@ def _plain(x: Any) -> Any:
 
 
 _DROP = object()
-
-
-# --------------------------------------------------------------------------- outputs
-class OutputLayout:
-    """Rebuilds the source's Dataset layout from an era5 ``DataSpec``'s ``output`` alone (no data).
-
-    ``from_channels``/``dataset`` go from physical ``[N, C, lat N->S, lon]`` to the source's
-    variables, dims, coordinates and attrs; ``select`` puts a store variable in that form;
-    ``to_channels`` is the inverse (any latitude order in, normalised channels out).
-    """
-
-    def __init__(self, spec: Any):
-        out = spec.output
-        try:
-            self.variables = list(out["variables"])
-            self.coords = {k: dict(v) for k, v in out["coords"].items()}
-            self.attrs = dict(out["global_attrs"])
-            for var in self.variables:
-                var["name"], var["dims"], var["attrs"], var["levels"]  # noqa: B018 - presence check
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"malformed era5 DataSpec output: {err!r} missing or malformed") from None
-        self.spec = spec
-        self.lat_descending = bool(out["lat_descending"])
-
-    def channel_of(self, name: str, level: Any) -> int:
-        return self.spec.channels.index(channel_name(name, level))
-
-    def _coord(self, name: str) -> tuple:
-        c = self.coords[name]
-        return (name, np.asarray(c["values"], dtype=c["dtype"]), dict(c["attrs"]))
-
-    def from_channels(self, values: np.ndarray, lead: str) -> dict[str, tuple]:
-        """Physical ``[N, C, lat N->S, lon]`` -> ``{name: (dims, array)}`` in the source's layout."""
-        levels = self.coords.get(LEVEL, {}).get("values", [])
-        data = {}
-        for var in self.variables:
-            if var["levels"] is None:
-                block = values[:, self.channel_of(var["name"], None)]
-            else:
-                block = np.full((len(values), len(levels), *values.shape[2:]), np.nan)
-                for lv in var["levels"]:
-                    block[:, levels.index(lv)] = values[:, self.channel_of(var["name"], lv)]
-            block = block if self.lat_descending else block[..., ::-1, :]
-            dims = (lead, *var["dims"][1:])
-            spatial = (LAT, LON) if dims.index(LAT) < dims.index(LON) else (LON, LAT)
-            if spatial == (LON, LAT):
-                block = np.swapaxes(block, -1, -2)
-            data[var["name"]] = (dims, block.astype(var["dtype"]))
-        return data
-
-    def select(self, da: xr.DataArray, var: dict) -> tuple:
-        """A store variable at the output's levels (NaN at the levels not taken), in its own dims."""
-        if var["levels"] is not None:
-            da = da.sel({LEVEL: self.coords[LEVEL]["values"]})
-            missing = [lv for lv in self.coords[LEVEL]["values"] if lv not in var["levels"]]
-            if missing:
-                da = da.where(~da[LEVEL].isin(missing))
-        return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=var["dtype"])
-
-    def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray, cond: Mapping[str, Any]) -> xr.Dataset:
-        coords = {lead: (lead, lead_values)}
-        for name in self.coords:
-            coords[name] = self._coord(name)
-        for name, value in cond.items():
-            var = self.spec.cond[name]
-            attrs = {"units": var.units, "long_name": var.description or name}
-            coords[name] = ((), float(value), attrs) if np.ndim(value) == 0 else (lead, np.asarray(value, np.float64), attrs)
-        variables = {v["name"]: xr.Variable(data[v["name"]][0], data[v["name"]][1], dict(v["attrs"]))
-                     for v in self.variables}
-        return xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
-
-    def to_channels(self, ds: xr.Dataset) -> np.ndarray:
-        """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
-        out = []
-        for name in self.spec.channels:
-            var_name, level = parse_channel(name)
-            if var_name not in ds.data_vars:
-                raise ValueError(f"the Dataset has no variable {var_name!r} (it has {sorted(map(str, ds.data_vars))})"
-                                 f"{close_match(var_name, list(map(str, ds.data_vars)))}")
-            da = ds[var_name]
-            if level is not None:
-                if LEVEL not in da.dims or level not in da[LEVEL].values:
-                    have = da[LEVEL].values.tolist() if LEVEL in da.coords else "no level dimension"
-                    raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})")
-                da = da.sel({LEVEL: level})
-            lead = [d for d in da.dims if d not in (LAT, LON)]
-            if len(lead) > 1:
-                raise ValueError(f"{var_name!r} has dims {da.dims}; expected one leading dim (member or time) "
-                                 "before latitude/longitude; stack the others first")
-            da = da.transpose(*lead, LAT, LON)
-            array = np.asarray(da.values, dtype=np.float64)
-            if not lead:
-                array = array[None]
-            lat = np.asarray(ds[LAT].values, dtype=np.float64)
-            if lat.size > 1 and lat[0] < lat[-1]:
-                array, lat = array[:, ::-1], lat[::-1]
-            self._check_grid(lat, np.asarray(ds[LON].values, dtype=np.float64))
-            out.append(array)
-        x = np.stack(out, axis=1)
-        return self.spec.normaliser.normalise(x, channel_axis=1)
-
-    def _check_grid(self, lat: np.ndarray, lon: np.ndarray) -> None:
-        want_lat = np.sort(np.asarray(self.coords[LAT]["values"], dtype=np.float64))[::-1]
-        want_lon = np.asarray(self.coords[LON]["values"], dtype=np.float64)
-        if lat.shape != want_lat.shape or lon.shape != want_lon.shape or not (
-                np.allclose(lat, want_lat, atol=1e-4) and np.allclose(lon, want_lon, atol=1e-4)):
-            raise ValueError(f"the Dataset's grid ({lon.size} x {lat.size}) is not the model's "
-                             f"({want_lon.size} x {want_lat.size}, latitude {want_lat[0]:g}..{want_lat[-1]:g}, "
-                             f"longitude {want_lon[0]:g}..{want_lon[-1]:g}); regrid it to the training grid first")

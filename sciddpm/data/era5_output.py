@@ -1,0 +1,167 @@
+"""ERA5 outputs: the source's Dataset layout rebuilt from a run's DataSpec alone, and map plots.
+
+``OutputLayout`` turns physical ``[N, C, lat N->S, lon]`` arrays into the source's variables,
+dims, coordinates and attrs (and back), from ``spec.output`` with no data at hand, so a model
+loaded from a run writes ensembles that look like the store it was trained on. ``maps_png`` draws
+members as lon/lat maps, north up whatever the storage order, NaN in grey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from sciddpm.data.base import atomic_path
+from sciddpm.data.era5_layouts import LAT, LEVEL, LON, channel_name, close_match, parse_channel
+
+
+class OutputLayout:
+    """Rebuilds the source's Dataset layout from an era5 ``DataSpec``'s ``output`` alone (no data).
+
+    ``from_channels``/``dataset`` go from physical ``[N, C, lat N->S, lon]`` to the source's
+    variables, dims, coordinates and attrs; ``select`` puts a store variable in that form;
+    ``to_channels`` is the inverse (any latitude order in, normalised channels out).
+    """
+
+    def __init__(self, spec: Any):
+        out = spec.output
+        try:
+            self.variables = list(out["variables"])
+            self.coords = {k: dict(v) for k, v in out["coords"].items()}
+            self.attrs = dict(out["global_attrs"])
+            for var in self.variables:
+                var["name"], var["dims"], var["attrs"], var["levels"]  # noqa: B018 - presence check
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed era5 DataSpec output: {err!r} missing or malformed") from None
+        self.spec = spec
+        self.lat_descending = bool(out["lat_descending"])
+
+    def channel_of(self, name: str, level: Any) -> int:
+        return self.spec.channels.index(channel_name(name, level))
+
+    def _coord(self, name: str) -> tuple:
+        c = self.coords[name]
+        return (name, np.asarray(c["values"], dtype=c["dtype"]), dict(c["attrs"]))
+
+    def from_channels(self, values: np.ndarray, lead: str) -> dict[str, tuple]:
+        """Physical ``[N, C, lat N->S, lon]`` -> ``{name: (dims, array)}`` in the source's layout."""
+        levels = self.coords.get(LEVEL, {}).get("values", [])
+        data = {}
+        for var in self.variables:
+            if var["levels"] is None:
+                block = values[:, self.channel_of(var["name"], None)]
+            else:
+                block = np.full((len(values), len(levels), *values.shape[2:]), np.nan)
+                for lv in var["levels"]:
+                    block[:, levels.index(lv)] = values[:, self.channel_of(var["name"], lv)]
+            block = block if self.lat_descending else block[..., ::-1, :]
+            dims = (lead, *var["dims"][1:])
+            spatial = (LAT, LON) if dims.index(LAT) < dims.index(LON) else (LON, LAT)
+            if spatial == (LON, LAT):
+                block = np.swapaxes(block, -1, -2)
+            data[var["name"]] = (dims, block.astype(var["dtype"]))
+        return data
+
+    def select(self, da: xr.DataArray, var: dict) -> tuple:
+        """A store variable at the output's levels (NaN at the levels not taken), in its own dims."""
+        if var["levels"] is not None:
+            da = da.sel({LEVEL: self.coords[LEVEL]["values"]})
+            missing = [lv for lv in self.coords[LEVEL]["values"] if lv not in var["levels"]]
+            if missing:
+                da = da.where(~da[LEVEL].isin(missing))
+        return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=var["dtype"])
+
+    def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray, cond: Mapping[str, Any]) -> xr.Dataset:
+        coords = {lead: (lead, lead_values)}
+        for name in self.coords:
+            coords[name] = self._coord(name)
+        for name, value in cond.items():
+            var = self.spec.cond[name]
+            attrs = {"units": var.units, "long_name": var.description or name}
+            coords[name] = ((), float(value), attrs) if np.ndim(value) == 0 else (lead, np.asarray(value, np.float64), attrs)
+        variables = {v["name"]: xr.Variable(data[v["name"]][0], data[v["name"]][1], dict(v["attrs"]))
+                     for v in self.variables}
+        return xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
+
+    def to_channels(self, ds: xr.Dataset) -> np.ndarray:
+        """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
+        out = []
+        for name in self.spec.channels:
+            var_name, level = parse_channel(name)
+            if var_name not in ds.data_vars:
+                raise ValueError(f"the Dataset has no variable {var_name!r} (it has {sorted(map(str, ds.data_vars))})"
+                                 f"{close_match(var_name, list(map(str, ds.data_vars)))}")
+            da = ds[var_name]
+            if level is not None:
+                if LEVEL not in da.dims or level not in da[LEVEL].values:
+                    have = da[LEVEL].values.tolist() if LEVEL in da.coords else "no level dimension"
+                    raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})")
+                da = da.sel({LEVEL: level})
+            lead = [d for d in da.dims if d not in (LAT, LON)]
+            if len(lead) > 1:
+                raise ValueError(f"{var_name!r} has dims {da.dims}; expected one leading dim (member or time) "
+                                 "before latitude/longitude; stack the others first")
+            da = da.transpose(*lead, LAT, LON)
+            array = np.asarray(da.values, dtype=np.float64)
+            if not lead:
+                array = array[None]
+            lat = np.asarray(ds[LAT].values, dtype=np.float64)
+            if lat.size > 1 and lat[0] < lat[-1]:
+                array, lat = array[:, ::-1], lat[::-1]
+            self._check_grid(lat, np.asarray(ds[LON].values, dtype=np.float64))
+            out.append(array)
+        x = np.stack(out, axis=1)
+        return self.spec.normaliser.normalise(x, channel_axis=1)
+
+    def _check_grid(self, lat: np.ndarray, lon: np.ndarray) -> None:
+        want_lat = np.sort(np.asarray(self.coords[LAT]["values"], dtype=np.float64))[::-1]
+        want_lon = np.asarray(self.coords[LON]["values"], dtype=np.float64)
+        if lat.shape != want_lat.shape or lon.shape != want_lon.shape or not (
+                np.allclose(lat, want_lat, atol=1e-4) and np.allclose(lon, want_lon, atol=1e-4)):
+            raise ValueError(f"the Dataset's grid ({lon.size} x {lat.size}) is not the model's "
+                             f"({want_lon.size} x {want_lat.size}, latitude {want_lat[0]:g}..{want_lat[-1]:g}, "
+                             f"longitude {want_lon[0]:g}..{want_lon[-1]:g}); regrid it to the training grid first")
+
+
+def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:
+    """Maps of the first ``members`` fields of each channel: lon/lat axes, north up, NaN in grey."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    lon = np.asarray(ds[LON].values, dtype=np.float64)
+    order = np.argsort(lat)  # rows south -> north, drawn with origin="lower": north is up
+    half_lat = abs(lat[1] - lat[0]) / 2 if lat.size > 1 else 0.5
+    half_lon = abs(lon[1] - lon[0]) / 2 if lon.size > 1 else 0.5
+    extent = (lon.min() - half_lon, lon.max() + half_lon, lat.min() - half_lat, lat.max() + half_lat)
+    cmap = colormaps["viridis"].with_extremes(bad="0.6")
+    rows = []
+    for name, level in channels:
+        da = ds[name] if level is None else ds[name].sel({LEVEL: level})
+        lead = [d for d in da.dims if d not in (LAT, LON)]
+        maps = np.asarray(da.transpose(*lead, LAT, LON).values, dtype=np.float64).reshape(-1, lat.size, lon.size)
+        labels = ["_".join(f"{d}{i}" for d, i in zip(lead, idx)) for idx in np.ndindex(*[da.sizes[d] for d in lead])]
+        rows.append((channel_name(name, level), da.attrs.get("units", ""), maps[:members, order], labels[:members]))
+    cols = max(len(r[2]) for r in rows)
+    fig = Figure(figsize=(3.4 * cols + 0.8, 1.9 * len(rows) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for r, (title, units, maps, labels) in enumerate(rows):
+        finite = maps[np.isfinite(maps)]
+        vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+        for c, (field, label) in enumerate(zip(maps, labels)):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            image = ax.imshow(np.ma.masked_invalid(field), origin="lower", extent=extent, cmap=cmap,
+                              vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+            ax.set_title(f"{title} {label}", fontsize=7)
+            ax.set_xlabel("longitude [deg E]", fontsize=6)
+            ax.set_ylabel("latitude [deg N]", fontsize=6)
+            ax.tick_params(labelsize=6)
+        fig.colorbar(image, ax=fig.axes[-len(maps):], label=units, shrink=0.9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    return path
