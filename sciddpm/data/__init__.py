@@ -19,6 +19,7 @@ from sciddpm.data.base import (
 )
 from sciddpm.data import audio  # noqa: E402,F401  (registers "audio")
 from sciddpm.data import climate  # noqa: E402,F401  (registers "era5")
+from sciddpm.data import volume  # noqa: E402,F401  (registers "volume")
 
 __all__ = [
     "ADAPTERS", "Adapter", "CondSchema", "CondVar", "ConditionRangeWarning", "DataSpec", "Normaliser",

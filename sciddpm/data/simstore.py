@@ -1,0 +1,129 @@
+"""Simulated ensemble stores: the zarr layout the volume datasets share, built in parallel and cached.
+
+A store holds ``n`` samples of one or more 3-D fields with dims ``(sample, z, y, x)`` (chunks of
+one sample, so reading one item reads one chunk), the physical parameters of each sample as
+variables along ``sample``, cell-centre coordinates ``z/y/x`` in box lengths, and attributes that
+say how it was made. ``build_store`` writes the skeleton (fields filled with NaN, which zarr does
+not even store), then computes the samples in blocks, in ``spawn``-ed worker processes with a tqdm
+progress bar; each block is written into its own region by the worker that computed it, so memory
+does not grow with ``n``. The store appears under its final name only when every block is in
+(``atomic_path``), and a final scan refuses a store with a NaN left in it: nothing is zero-filled.
+
+``ensure_cached`` keeps one store per (recipe, version, parameters) under ``$SCIDDPM_CACHE``
+(default ``~/.cache/sciddpm``), named by a hash of them, and builds it on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from sciddpm.data.base import atomic_path
+from sciddpm.data.tones import cache_root
+
+log = logging.getLogger(__name__)
+
+SPATIAL = ("z", "y", "x")
+
+# generate(start, stop, params, **options) -> {field name: float array [stop - start, *shape]}
+Generator = Callable[..., Mapping[str, np.ndarray]]
+
+
+def build_store(out: str | Path, *, shape: tuple[int, ...], fields: Mapping[str, Mapping[str, Any]],
+                params: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]], generate: Generator,
+                options: Mapping[str, Any], block: int, workers: int | None = None,
+                attrs: Mapping[str, Any] | None = None, desc: str = "simulating") -> Path:
+    """Write a store of ``len(params values)`` samples to ``out`` (atomically); return ``out``.
+
+    ``fields`` maps each field name to its attrs (units, long_name); ``params`` maps each
+    parameter name to (one value per sample, attrs). ``generate`` is a module-level function
+    (workers import it by name) called as ``generate(start, stop, params_block, **options)``;
+    samples are computed in blocks of ``block``, by ``workers`` processes (default: the CPU
+    count; 1 = in this process).
+    """
+    out = Path(out)
+    values = {name: np.asarray(v) for name, (v, _) in params.items()}
+    n = len(next(iter(values.values())))
+    if any(len(v) != n for v in values.values()) or n < 1:
+        raise ValueError(f"every parameter needs one value per sample; got lengths {[len(v) for v in values.values()]}")
+    workers = max(1, min(workers or os.cpu_count() or 1, -(-n // block)))
+    with atomic_path(out) as tmp:
+        _skeleton(tmp, n, shape, fields, params, attrs or {})
+        blocks = [(start, min(start + block, n)) for start in range(0, n, block)]
+        jobs = [(str(tmp), generate, a, b, {k: v[a:b] for k, v in values.items()}, dict(options)) for a, b in blocks]
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc=desc, unit="sample", dynamic_ncols=True) as bar:
+            if workers == 1:
+                for job in jobs:
+                    bar.update(_fill(*job))
+            else:
+                spawn = multiprocessing.get_context("spawn")  # zarr 3 + fork can deadlock
+                with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+                    for done in as_completed([pool.submit(_fill, *job) for job in jobs]):
+                        bar.update(done.result())
+        _check_complete(tmp, list(fields))
+    return out
+
+
+def _skeleton(path: Path, n: int, shape: tuple[int, ...], fields: Mapping[str, Mapping[str, Any]],
+              params: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]], attrs: Mapping[str, Any]) -> None:
+    dims = ("sample", *SPATIAL[-len(shape):])
+    coords = {d: (d, (np.arange(size) + 0.5) / size,
+                  {"units": "1", "long_name": f"{d} of the cell centre, in box lengths (periodic box [0, 1))"})
+              for d, size in zip(dims[1:], shape)}
+    coords["sample"] = ("sample", np.arange(n), {"long_name": "simulation index"})
+    data = {name: (dims, np.broadcast_to(np.float32(np.nan), (n, *shape)), dict(a)) for name, a in fields.items()}
+    data.update({name: ("sample", np.asarray(v, dtype=np.float64), dict(a)) for name, (v, a) in params.items()})
+    encoding = {name: {"chunks": (1, *shape)} for name in fields}
+    xr.Dataset(data, coords=coords, attrs=dict(attrs)).to_zarr(path, mode="w", consolidated=False, encoding=encoding)
+
+
+def _fill(path: str, generate: Generator, start: int, stop: int, params: Mapping[str, np.ndarray],
+          options: Mapping[str, Any]) -> int:
+    """Compute samples [start, stop) and write them into their region of the store."""
+    result = generate(start, stop, params, **options)
+    group = zarr.open_group(path, mode="r+")
+    for name, values in result.items():
+        group[name][start:stop] = np.asarray(values, dtype=np.float32)
+    return stop - start
+
+
+def _check_complete(path: Path, fields: list[str]) -> None:
+    group = zarr.open_group(path, mode="r")
+    for name in fields:
+        array = group[name]
+        for i in range(array.shape[0]):
+            if not np.isfinite(array[i]).all():
+                raise RuntimeError(f"sample {i} of {name!r} has NaN/Inf after the build (a block failed "
+                                   "or the simulation diverged); the store was not kept")
+
+
+def cache_path(recipe: str, version: int, params: Mapping[str, Any]) -> Path:
+    """``<cache>/<recipe>-<hash of version and params>.zarr``."""
+    key = json.dumps({"recipe": recipe, "version": version, **params}, sort_keys=True)
+    return cache_root() / f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
+
+
+def ensure_cached(recipe: str, version: int, params: Mapping[str, Any], build: Callable[[Path], Path]) -> Path:
+    """The cached store for ``params``, built with ``build(path)`` first if it is not there.
+
+    ``build`` writes atomically, so a store that exists is complete; a crashed build leaves only
+    a hidden temporary beside it.
+    """
+    path = cache_path(recipe, version, params)
+    if not (path / "zarr.json").is_file():
+        log.warning("building the %s dataset (first use) at %s", recipe, path)
+        build(path)
+    return path

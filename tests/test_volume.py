@@ -1,0 +1,263 @@
+"""Volumes: Gaussian random fields (exact spectrum), the Gray-Scott solver, the volume adapter."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from sciddpm.data import DataSpec, adapter_from_spec, build_adapter, grf, gray_scott
+from sciddpm.metrics.spectra import power_spectrum, spectral_slope
+from sciddpm.testing import assert_roundtrip
+
+
+# ----------------------------------------------------------------------------- random fields
+def test_grf_matches_the_documented_fft_definition():
+    shape = (6, 7, 8)  # odd and even sizes: the Nyquist planes keep their weight
+    white = np.random.default_rng(1).standard_normal(shape)
+    expected = np.fft.ifftn(np.fft.fftn(white) * np.sqrt(grf.grf_power(shape, 2.0)))
+    got = grf.gaussian_random_field(shape, 2.0, np.random.default_rng(1))
+    assert np.abs(expected.imag).max() < 1e-12  # real by symmetry, nothing discarded
+    np.testing.assert_allclose(got, expected.real, atol=1e-12)
+    power = grf.grf_power(shape, 2.0)
+    assert power.flat[0] == 0 and power.mean() == pytest.approx(1.0)
+    k = grf.wavenumber(shape)
+    np.testing.assert_allclose(power[k > 0] * k[k > 0] ** 2.0, power[k > 0][0] * k[k > 0][0] ** 2.0)
+
+
+def _shell_power(values: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` (per mode) and mode count in the shells power_spectrum uses."""
+    shell = np.rint(grf.wavenumber(shape)).astype(int).ravel()
+    k_max = min(shape) // 2
+    counts = np.bincount(shell, minlength=k_max + 1)[1:k_max + 1]
+    return np.bincount(shell, weights=values.ravel(), minlength=k_max + 1)[1:k_max + 1] / counts, counts
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.5, 3.5])
+def test_grf_spectrum_slope_and_variance_within_sampling_error(alpha):
+    shape, m = (16, 16, 16), 48
+    rng = np.random.default_rng(7)
+    fields = np.stack([grf.gaussian_random_field(shape, alpha, rng) for _ in range(m)])
+    k, p = power_spectrum(fields, dims=3)
+    truth = grf.grf_power(shape, alpha)
+    p_true, counts = _shell_power(truth / truth.size, shape)
+    # the convention: the expected spectrum has slope -alpha, made slightly steeper by averaging
+    # k^-alpha over integer shells (most in the k = 1 shell: |n| = 1 and sqrt(2)), 0.02-0.11 at 16^3
+    expected_slope = spectral_slope(k, p_true)
+    assert -alpha - 0.12 < expected_slope < -alpha
+    # sampling error: a shell mean of |F|^2 over `count` modes of m real fields has relative
+    # variance 2 / (m * count) (conjugate pairs are one mode); propagate through least squares
+    x = np.log(k)
+    weights = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    slope_sd = np.sqrt((weights**2 * 2.0 / (m * counts)).sum())
+    assert abs(spectral_slope(k, p) - expected_slope) < 4 * slope_sd, (spectral_slope(k, p), slope_sd)
+    # unit ensemble variance: Var(mean square of one field) = 2 sum(S^2) / N^2 exactly
+    ms = (fields**2).mean(axis=(1, 2, 3))
+    assert abs(ms.mean() - 1.0) < 4 * np.sqrt(2 * (truth**2).sum() / truth.size**2 / m)
+    np.testing.assert_allclose(fields.mean(axis=(1, 2, 3)), 0.0, atol=1e-12)  # k = 0 removed
+
+
+def test_grf_dataset_is_deterministic_and_field_i_independent_of_the_block():
+    alpha = grf.grf_alphas(5, 1.5, 3.5, seed=3)
+    whole = grf.grf_block(0, 5, {"alpha": alpha}, size=8, seed=3)["field"]
+    part = grf.grf_block(3, 5, {"alpha": alpha[3:]}, size=8, seed=3)["field"]
+    np.testing.assert_array_equal(whole[3:], part)
+    np.testing.assert_array_equal(grf.grf_alphas(3, 1.5, 3.5, seed=3), alpha[:3])
+    assert not np.array_equal(grf.grf_block(0, 2, {"alpha": alpha[:2]}, size=8, seed=4)["field"], whole[:2])
+    assert np.all((alpha >= 1.5) & (alpha <= 3.5))
+    with pytest.raises(TypeError, match="known: .*alpha_max"):
+        grf.grf_params(sample=3)
+
+
+def test_store_build_in_spawned_workers_equals_in_process_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIDDPM_CACHE", str(tmp_path / "cache"))
+    serial = grf.write_grf_store(tmp_path / "serial.zarr", workers=1, samples=grf.BLOCK + 6, size=4)
+    parallel = grf.ensure_grf_store(workers=2, samples=grf.BLOCK + 6, size=4)  # two blocks, two processes
+    a, b = (xr.open_zarr(p, consolidated=False, chunks=None) for p in (serial, parallel))
+    xr.testing.assert_identical(a.load(), b.load())
+    assert a["field"].dims == ("sample", "z", "y", "x") and a["alpha"].attrs["units"] == "1"
+    assert a["z"].attrs["units"] == "1" and a["field"].encoding["chunks"] == (1, 4, 4, 4)
+    stamp = (parallel / "zarr.json").stat().st_mtime_ns
+    assert grf.ensure_grf_store(workers=2, samples=grf.BLOCK + 6, size=4) == parallel
+    assert (parallel / "zarr.json").stat().st_mtime_ns == stamp  # used, not rebuilt
+    assert [p.name for p in parallel.parent.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+# ----------------------------------------------------------------------------- Gray-Scott
+def test_gray_scott_homogeneous_state_is_a_fixed_point():
+    n = 3
+    ones, zeros = np.ones((n, 8, 8, 8)), np.zeros((n, 8, 8, 8))
+    u, v = gray_scott.simulate_batch([0.03, 0.04, 0.05], [0.06, 0.062, 0.064], [0, 1, 2], size=8, steps=50,
+                                     dtype=torch.float64, initial=(ones, zeros))
+    np.testing.assert_array_equal(u, ones)
+    np.testing.assert_array_equal(v, zeros)
+
+
+def test_gray_scott_mass_balance_holds_every_step():
+    u0, v0 = gray_scott.initial_state(10, seed=5)
+    F, k, dt = 0.035, 0.061, 0.6
+    u, v = u0[None], v0[None]
+    for _ in range(3):
+        before = (u.mean(), v.mean())
+        u, v = gray_scott.simulate_batch([F], [k], [0], size=10, steps=1, dt=dt, dtype=torch.float64, initial=(u, v))
+        # the Laplacian sums to zero on a periodic grid and the u v^2 terms cancel
+        change = (u.mean() + v.mean()) - (before[0] + before[1])
+        assert change == pytest.approx(dt * (F * (1 - before[0]) - (F + k) * before[1]), abs=1e-14)
+
+
+def test_gray_scott_diffusion_matches_the_discrete_eigenvalue():
+    size, m, steps, dt = 12, 2, 40, 0.7
+    z = np.arange(size)
+    u0 = np.broadcast_to((1 + 0.1 * np.cos(2 * np.pi * m * z / size))[:, None, None], (size,) * 3)[None]
+    u, v = gray_scott.simulate_batch([0.0], [0.0], [0], size=size, steps=steps, dt=dt, dtype=torch.float64,
+                                     initial=(u0, np.zeros_like(u0)))
+    factor = (1 - dt * gray_scott.DU * 4 * np.sin(np.pi * m / size) ** 2) ** steps
+    np.testing.assert_allclose(u, 1 + (u0 - 1) * factor, atol=1e-13)
+    assert not v.any()
+
+
+def test_gray_scott_is_first_order_in_time():
+    end, size = 30.0, 10
+    runs = {dt: gray_scott.simulate_batch([0.035], [0.061], [2], size=size, steps=round(end / dt), dt=dt,
+                                          dtype=torch.float64)[1] for dt in (0.6, 0.3, 0.15)}
+    ratio = np.abs(runs[0.6] - runs[0.3]).max() / np.abs(runs[0.3] - runs[0.15]).max()
+    assert 1.7 < ratio < 2.3, ratio  # halving dt halves the error
+
+
+def test_gray_scott_refuses_an_unstable_step_and_labels_its_output():
+    with pytest.raises(ValueError, match="stable range"):
+        gray_scott.simulate(0.04, 0.06, size=8, steps=1, dt=1.0)
+    ds = gray_scott.simulate(0.04, 0.06, size=8, steps=20, seed=1)
+    assert ds["u"].dims == ("z", "y", "x") and float(ds["F"]) == 0.04 and ds["k"].attrs["units"] == "1"
+    again = gray_scott.simulate(0.04, 0.06, size=8, steps=20, seed=1)
+    xr.testing.assert_identical(ds, again)
+    assert not np.array_equal(ds["v"], gray_scott.simulate(0.04, 0.06, size=8, steps=20, seed=2)["v"])
+
+
+# ----------------------------------------------------------------------------- the adapter
+@pytest.fixture(scope="module")
+def grf_adapter(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCIDDPM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        adapter = build_adapter("volume", build={"samples": 40, "size": 8}, workers=1)
+        adapter.spec()
+        yield adapter
+
+
+def test_spec_declares_periodic_padding_conditioning_and_statistics(grf_adapter):
+    spec = grf_adapter.spec()
+    assert (spec.dims, spec.channels, spec.shape) == (3, ["field"], [8, 8, 8])
+    assert spec.padding == ["circular"] * 3
+    alpha = spec.cond["alpha"]
+    assert alpha.units == "1" and 1.5 <= alpha.min < alpha.max <= 3.5
+    assert abs(spec.normaliser.mean[0]) < 0.1 and 0.5 < spec.normaliser.std[0] < 1.5
+    assert DataSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+
+
+def test_items_are_lazy_picklable_and_normalised(grf_adapter):
+    items = grf_adapter.dataset("train")
+    assert items._store is None  # nothing opened until the first item
+    item = items[0]
+    assert item["x"].shape == (1, 8, 8, 8) and item["x"].dtype == torch.float32 and item["cond"].shape == (1,)
+    clone = pickle.loads(pickle.dumps(items))
+    assert clone._store is None
+    torch.testing.assert_close(clone[0]["x"], item["x"])
+    store = xr.open_zarr(items.path, consolidated=False, chunks=None)
+    raw = store["field"].isel(sample=int(items.indices[0])).values
+    spec = grf_adapter.spec()
+    np.testing.assert_allclose(item["x"][0].numpy(), (raw - spec.normaliser.mean[0]) / spec.normaliser.std[0],
+                               rtol=1e-5, atol=1e-6)
+    assert len(items) + len(grf_adapter.dataset("val")) == 40
+
+
+def test_roundtrip_with_and_without_data(grf_adapter):
+    ds, cond = grf_adapter.heldout(3, seed=1)
+    assert ds["field"].dims == ("member", "z", "y", "x") and ds["alpha"].dims == ("member",)
+    assert ds["z"].attrs["units"] == "1" and ds["field"].attrs["long_name"].startswith("Gaussian")
+    assert_roundtrip(grf_adapter, ds, cond)
+    bare = adapter_from_spec(DataSpec.from_dict(grf_adapter.spec().to_dict()))  # no data files
+    assert_roundtrip(bare, ds, cond)
+    shared = bare.to_xarray(bare.to_tensor(ds), {"alpha": 2.5})  # one value: a scalar coordinate
+    assert shared["alpha"].dims == () and float(shared["alpha"]) == 2.5
+    np.testing.assert_array_equal(bare.cond_from_xarray(ds)["alpha"], cond["alpha"])
+
+
+def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
+    ds, cond = grf_adapter.heldout(2)
+    paths = grf_adapter.write(ds, tmp_path / "ens.zarr")
+    assert [p.name for p in paths] == ["ens.zarr", "ens_slices.png"]
+    xr.testing.assert_identical(xr.open_zarr(paths[0], consolidated=False, chunks=None).load(), ds)
+    assert paths[1].read_bytes()[:4] == b"\x89PNG"
+    bad = ds.copy(deep=True)
+    bad["field"][1, 2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf at \\[1, 2, 3, 4\\]"):
+        grf_adapter.write(bad, tmp_path / "bad.zarr")
+    assert not (tmp_path / "bad.zarr").exists()
+    metrics = grf_adapter.evaluate(ds, ds, cond, tmp_path)
+    slope = metrics["spectral_slope"]["field"]
+    assert slope["samples_mean"] == slope["heldout_mean"] < 0 and metrics["files"]
+
+
+@pytest.fixture
+def custom_store(tmp_path):
+    """A store in another layout: dims (run, k, j, i), two fields, a variable and an attribute as parameters."""
+    rng = np.random.default_rng(0)
+    n = 12
+    mass = np.exp(rng.uniform(0, 2, n))
+    ds = xr.Dataset(
+        {"rho": (("run", "k", "j", "i"), rng.standard_normal((n, 4, 5, 6)).astype(np.float32),
+                 {"units": "kg m-3", "long_name": "density"}),
+         "temp": (("run", "i", "j", "k"), 300 + rng.standard_normal((n, 6, 5, 4)), {"units": "K"}),
+         "mass": ("run", mass, {"units": "Msun", "long_name": "halo mass"})},
+        coords={"k": ("k", np.linspace(0, 1, 4), {"units": "Mpc"}), "i": ("i", np.arange(6.0), {"units": "Mpc"})},
+        attrs={"box": 50.0, "box_units": "Mpc", "code": "toy", "seed": 3})
+    return ds
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc", ".h5"])
+def test_store_source_reads_any_layout(custom_store, tmp_path, suffix):
+    path = tmp_path / f"sims{suffix}"
+    if suffix == ".zarr":
+        custom_store.to_zarr(path, consolidated=False)
+    else:
+        custom_store.to_netcdf(path)  # netCDF-4, i.e. HDF5 underneath
+    adapter = build_adapter("volume", source="store", path=str(path), fields=["rho", "temp"], params=["mass", "box"],
+                            features={"mass": "log"}, dims=["k", "j", "i"], sample_dim="run",
+                            periodic=[True, False, True], val_fraction=0.25)
+    spec = adapter.spec()
+    assert spec.shape == [4, 5, 6] and spec.padding == ["circular", "zeros", "circular"]
+    assert spec.cond["mass"].units == "Msun" and spec.cond["mass"].feature == "log"
+    assert spec.cond["box"].units == "Mpc" and spec.cond["box"].min == spec.cond["box"].max == 50.0
+    assert spec.normaliser.mean[1] == pytest.approx(300, abs=0.5)
+    item = adapter.dataset("val")[0]
+    assert item["x"].shape == (2, 4, 5, 6) and item["cond"].shape == (2,)
+    ds, cond = adapter.heldout(2)
+    assert ds["temp"].dims == ("member", "k", "j", "i") and ds["temp"].attrs == {"units": "K"}
+    assert ds["k"].attrs == {"units": "Mpc"} and "j" not in ds.coords and ds.attrs["code"] == "toy"
+    assert_roundtrip(adapter, ds, cond)
+
+
+def test_store_errors_name_the_fix(custom_store, tmp_path):
+    path = tmp_path / "sims.zarr"
+    custom_store.to_zarr(path, consolidated=False)
+    common = {"source": "store", "path": str(path), "dims": ["k", "j", "i"], "sample_dim": "run"}
+    with pytest.raises(ValueError, match=r"no field\(s\) \['pressure'\].*\['rho', 'temp'\]"):
+        build_adapter("volume", fields=["pressure"], params=["mass"], **common).spec()
+    with pytest.raises(ValueError, match=r"no parameter 'redshift'.*\['mass'\].*'box'"):
+        build_adapter("volume", fields=["rho"], params=["redshift"], **common).spec()
+    with pytest.raises(ValueError, match="has no 'seed_units' attribute; pass units="):
+        build_adapter("volume", fields=["rho"], params=["seed"], **common).spec()
+    with pytest.raises(ValueError, match="field 'rho' has dims .*sample_dim= and dims="):
+        build_adapter("volume", source="store", path=str(path), fields=["rho"], params=[]).spec()
+    with pytest.raises(FileNotFoundError, match="no volume store"):
+        build_adapter("volume", source="store", path=str(tmp_path / "missing.zarr")).spec()
+    with pytest.raises(ValueError, match="needs path="):
+        build_adapter("volume", source="store")
+    with pytest.raises(ValueError, match="unknown volume source 'hdf'"):
+        build_adapter("volume", source="hdf")
+    bare = adapter_from_spec(build_adapter("volume", fields=["rho"], params=["mass"], **common).spec())
+    with pytest.raises(ValueError, match=r"lacks field\(s\) \['rho'\]"):
+        bare.to_tensor(xr.Dataset({"density": (("member", "k", "j", "i"), np.zeros((1, 4, 5, 6)))}))
