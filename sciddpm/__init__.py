@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from sciddpm.training import train
 
         return train
+    if name in ("data", "diffusion", "ensembles", "metrics", "nn", "testing"):
+        import importlib
+
+        return importlib.import_module(f"sciddpm.{name}")
     raise AttributeError(f"module 'sciddpm' has no attribute {name!r}")

@@ -20,9 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import xarray as xr
+import yaml
 from tqdm.auto import tqdm
 
 from sciddpm.assembly import build_denoiser
+from sciddpm.config import CONFIG_DIR
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
@@ -75,6 +77,12 @@ def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
     return {name: np.asarray(values, dtype=float) for name, values in table.items()}
 
 
+def sampler_preset(method: str) -> dict:
+    """The shipped settings of a sampler (``configs/sampler/<method>.yaml``), or {} for a plugin."""
+    path = CONFIG_DIR / "sampler" / f"{method}.yaml"
+    return dict(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 class Model:
     """A trained model ready to sample; build it with :func:`sciddpm.load`."""
 
@@ -109,11 +117,12 @@ class Model:
     def sample(self, n: int = 1, cond: Mapping[str, float] | None = None, *, steps: int | None = None,
                sampler: str | None = None, seed: int | None = None, guidance: float | None = None,
                batch_size: int | None = None) -> xr.Dataset:
-        """``n`` samples for one set of conditions, as a Dataset with a ``member`` dimension.
+        """``n`` samples as a Dataset with a ``member`` dimension.
 
-        ``cond`` maps condition names to values in the data's units (see ``.conditions``); leave it
-        out for unconditional samples. Member ``j`` is case 0, member ``j`` of an ensemble with
-        the same ``seed``: the same on any device and with any ``batch_size``.
+        ``cond`` maps condition names to values in the data's units (see ``.conditions``): one
+        value for all members, or a sequence of ``n`` values (one per member); leave it out for
+        unconditional samples. Member ``j`` starts from the noise of case 0, member ``j`` of an
+        ensemble with the same ``seed``: the same on any device and with any ``batch_size``.
         """
         n = _positive(n, "n")
         seed = _seed(seed)
@@ -121,10 +130,15 @@ class Model:
         if not cond and self.spec.cond.dim:
             log.info("no conditions given: sampling unconditionally (the null condition)")
         table = case_table(cond, self.spec.cond) if cond else {}
+        rows = len(next(iter(table.values()))) if table else 1
+        if rows not in (1, n):
+            raise ValueError(f"conditions have {rows} values for n={n} members; give one value for all "
+                             "members or one per member")
         settings = self.sampler_settings(sampler, steps, guidance)
         samples = self.generate(table, [(0, j) for j in range(n)], seed=seed, settings=settings,
-                                batch_size=batch_size)
-        return self.labelled(samples, {k: float(v[0]) for k, v in table.items()}, settings, seed)
+                                batch_size=batch_size, rows=[j if rows > 1 else 0 for j in range(n)])
+        shown = {k: (v if rows > 1 else float(v[0])) for k, v in table.items()}
+        return self.labelled(samples, shown, settings, seed)
 
     @torch.no_grad()
     def ensemble(self, cases: Any, members: int = 16, *, steps: int | None = None, sampler: str | None = None,
@@ -202,32 +216,34 @@ class Model:
     # ---------------------------------------------------------------------- the sampling engine
     def generate(self, table: Mapping[str, np.ndarray], items: Sequence[tuple[int, int]], *, seed: int,
                  settings: Mapping[str, Any], batch_size: int | None = None, progress: bool = False,
-                 wrap: Callable | None = None) -> torch.Tensor:
+                 wrap: Callable | None = None, rows: Sequence[int] | None = None) -> torch.Tensor:
         """Normalised samples ``[len(items), C, *S]`` for (case, member) ``items``.
 
-        ``table`` holds validated conditions per case (indexed by an item's case); ``wrap``, if
-        given, wraps the denoiser (e.g. inpainting). Batches are runs of ``batch_size``
+        ``table`` holds validated conditions, one row per case: item ``n`` takes row ``rows[n]``
+        (default: its case). ``wrap``, if given, wraps the denoiser (e.g. inpainting). Batches are runs of ``batch_size``
         consecutive items; :mod:`sciddpm.ensembles` relies on that to split work over ranks.
         """
         batch = int(batch_size or len(items))
         pieces = []
         with _progress(len(items), progress) as bar:
             for start in range(0, len(items), batch):
-                pieces.append(self.generate_batch(table, items[start:start + batch], seed=seed,
-                                                  settings=settings, wrap=wrap))
+                pieces.append(self.generate_batch(
+                    table, items[start:start + batch], seed=seed, settings=settings, wrap=wrap,
+                    rows=None if rows is None else rows[start:start + batch]))
                 bar.update(len(pieces[-1]))
         return torch.cat(pieces)
 
     def generate_batch(self, table: Mapping[str, np.ndarray], items: Sequence[tuple[int, int]], *,
-                       seed: int, settings: Mapping[str, Any], wrap: Callable | None = None) -> torch.Tensor:
+                       seed: int, settings: Mapping[str, Any], wrap: Callable | None = None,
+                       rows: Sequence[int] | None = None) -> torch.Tensor:
         """One batch of :meth:`generate`; its result depends only on its items, never on the rank."""
         shape = (len(self.spec.channels), *self.spec.shape)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(item_seed(seed, i, j)))
                              for i, j in items])
         kwargs = {}
         if table:
-            cases = [i for i, _ in items]
-            kwargs["cond"] = self.spec.cond.encode({k: v[cases] for k, v in table.items()},
+            picked = list(rows) if rows is not None else [i for i, _ in items]
+            kwargs["cond"] = self.spec.cond.encode({k: v[picked] for k, v in table.items()},
                                                    batch=len(items), warn=False).to(self.device)
         denoiser = self._denoiser(settings["guidance"], conditional=bool(table))
         if wrap is not None:
@@ -260,8 +276,10 @@ class Model:
                     "schedule": configured.get("schedule"), "opts": dict(configured.get("opts") or {}),
                     "guidance": float(configured.get("guidance", 1.0))}
         if method is not None and method != settings["method"]:
-            # another sampler: its own defaults, not the configured sampler's steps and options
-            settings.update(method=method, steps=None, schedule=None, opts={})
+            # another sampler: its shipped preset (configs/sampler/<method>.yaml), not this run's
+            preset = sampler_preset(method)
+            settings.update(method=method, steps=preset.get("steps"), schedule=preset.get("schedule"),
+                            opts=dict(preset.get("opts") or {}))
         if steps is not None:
             settings["steps"] = _positive(steps, "steps")
         if guidance is not None:

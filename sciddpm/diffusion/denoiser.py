@@ -157,7 +157,8 @@ class Denoiser(nn.Module):
             kwargs["cond"] = cond
         if drop_cond is not None:
             kwargs["drop_cond"] = drop_cond
-        F = self.net(x_in, c_noise.to(net_dtype), **kwargs)
+        # the noise level goes in at >= float32 even when the network runs in bf16 (no rounding)
+        F = self.net(x_in, c_noise.to(torch.promote_types(net_dtype, torch.float32)), **kwargs)
         if F.shape != x.shape:
             raise ValueError(
                 f"the backbone returned shape {tuple(F.shape)} for input {tuple(x.shape)}; a "

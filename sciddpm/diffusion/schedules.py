@@ -93,6 +93,13 @@ class VPSchedule:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
+    def _log_sigmas(self, device: torch.device) -> torch.Tensor:
+        """log(sigmas) on ``device``, copied there once (no host-to-device copy per denoiser call)."""
+        cache = self.__dict__.setdefault("_log_sigma_cache", {})  # frozen dataclass: a plain attribute
+        if device not in cache:
+            cache[device] = self.sigmas.to(device).log()
+        return cache[device]
+
     # -- sigma <-> continuous timestep, by linear interpolation of log(sigma) (k-diffusion style)
     def sigma_to_t(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """Continuous timestep for ``sigma``; table sigmas map to their integer index.
@@ -101,7 +108,7 @@ class VPSchedule:
         trained on this table has never seen other noise levels). Returned as float64.
         """
         sigma = torch.as_tensor(sigma)
-        log_table = self.sigmas.to(sigma.device).log()
+        log_table = self._log_sigmas(sigma.device)
         log_sigma = sigma.to(torch.float64).clamp(min=self.sigma_min, max=self.sigma_max).log()
         high = torch.searchsorted(log_table, log_sigma.contiguous()).clamp(1, self.T - 1)
         low = high - 1
