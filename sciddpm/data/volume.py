@@ -70,7 +70,12 @@ def open_store(path: str | Path) -> xr.Dataset:
         try:  # h5netcdf reads any HDF5 (dims without scales become phony_dim_N); it needs h5py
             import h5netcdf  # noqa: F401
             import h5py  # noqa: F401
-        except ImportError:  # netCDF4 reads HDF5 files written the netCDF-4 way
+        except ImportError:  # netCDF4, if installed, reads HDF5 files written the netCDF-4 way
+            try:
+                import netCDF4  # noqa: F401
+            except ImportError:
+                raise ImportError(f"reading HDF5 ({path.name}) needs h5netcdf and h5py: "
+                                  "pip install 'sciddpm[hdf5]'") from None
             return xr.open_dataset(path, engine="netcdf4", chunks=None)
         return xr.open_dataset(path, engine="h5netcdf", phony_dims="access", chunks=None)
     raise ValueError(f"cannot tell the format of {path}: use a zarr directory or *.zarr, "
