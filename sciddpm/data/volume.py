@@ -36,6 +36,7 @@ slices; ``evaluate`` adds fitted spectral slopes (against the requested alpha fo
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -71,11 +72,9 @@ def open_store(path: str | Path) -> xr.Dataset:
             import h5netcdf  # noqa: F401
             import h5py  # noqa: F401
         except ImportError:  # netCDF4, if installed, reads HDF5 files written the netCDF-4 way
-            try:
-                import netCDF4  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("netCDF4") is None:
                 raise ImportError(f"reading HDF5 ({path.name}) needs h5netcdf and h5py: "
-                                  "pip install 'sciddpm[hdf5]'") from None
+                                  "pip install 'sciddpm[hdf5]'")
             return xr.open_dataset(path, engine="netcdf4", chunks=None)
         return xr.open_dataset(path, engine="h5netcdf", phony_dims="access", chunks=None)
     raise ValueError(f"cannot tell the format of {path}: use a zarr directory or *.zarr, "
