@@ -30,7 +30,7 @@ import torch
 import zarr
 
 from sciddpm.api import Model, case_table
-from sciddpm.data.base import atomic_path
+from sciddpm.data.base import atomic_path, plain_json
 
 log = logging.getLogger("sciddpm")
 
@@ -124,7 +124,7 @@ def _open_or_create(model: Model, out: Path, table: dict, members: int, settings
             rest = var.shape[1:]
             group.create_array(name, shape=(count, members, *rest), chunks=(1, 1, *rest), dtype=var.dtype,
                                fill_value=np.nan if var.dtype.kind == "f" else 0,
-                               dimension_names=("case", *var.dims), attributes=_plain_attrs(var.attrs))
+                               dimension_names=("case", *var.dims), attributes=plain_json(var.attrs, f"{name}.attrs"))
         group.create_array(DONE, shape=(count, members), chunks=(1, 1), dtype="bool", fill_value=False,
                            dimension_names=("case", "member"),
                            attributes={"long_name": "member written completely"})
@@ -159,11 +159,6 @@ def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: tor
             group[name][case, first:last] = var.transpose("member", ...).values
         group[DONE][case, first:last] = True
         start = stop
-
-
-def _plain_attrs(attrs: dict) -> dict:
-    """Attributes as zarr stores them: numpy scalars and arrays become plain JSON values."""
-    return {k: v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in attrs.items()}
 
 
 # ----------------------------------------------------------------------------------- ranks

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -34,6 +35,7 @@ from sciddpm.data.conditioning import (ConditionRangeWarning, CondSchema, CondVa
 from sciddpm.registry import Registry
 
 PADDINGS = ("zeros", "circular", "reflect")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -312,6 +314,27 @@ def split_indices(n: int, split: str, val_fraction: float, seed: int = 0) -> np.
     order = np.random.default_rng(seed).permutation(n)
     chosen = order[:n_val] if split == "val" else order[n_val:]
     return np.sort(chosen)
+
+
+def plain_json(value: Any, where: str = "attrs") -> Any:
+    """Attributes (or coordinate values) as plain JSON for a DataSpec or zarr attrs.
+
+    numpy scalars and arrays become Python numbers and lists, dicts and lists are converted item
+    by item; anything else - an object, a NaN or infinity, which JSON cannot hold - becomes its
+    string, with a warning naming where it was, so nothing disappears silently.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    log.warning("%s = %r is not a plain JSON value; kept as its string", where, value)
+    return str(value)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from sciddpm.data.base import plain_json
+
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
 
 
@@ -314,29 +316,13 @@ def _describe(ds: Any, sources: list, level_values: list) -> dict:
     variables = []
     for name, levels, _ in sources:
         da = ds[name]
-        variables.append({"name": name, "dims": list(da.dims), "dtype": str(da.dtype), "attrs": _plain(da.attrs),
-                          "levels": None if levels is None else [_plain(level_values[i]) for i in levels]})
+        variables.append({"name": name, "dims": list(da.dims), "dtype": str(da.dtype), "attrs": plain_json(da.attrs),
+                          "levels": None if levels is None else [plain_json(level_values[i]) for i in levels]})
     coords = {}
     for dim in (LAT, LON) + ((LEVEL,) if taken else ()):
         values = ds[dim].values if dim != LEVEL else ds[LEVEL].values[taken]
-        coords[dim] = {"values": _plain(values.tolist()), "dtype": str(values.dtype), "attrs": _plain(ds[dim].attrs)}
+        coords[dim] = {"values": plain_json(values.tolist()), "dtype": str(values.dtype), "attrs": plain_json(ds[dim].attrs)}
     lat = np.asarray(ds[LAT].values, dtype=np.float64)
-    return {"variables": variables, "coords": coords, "global_attrs": _plain(ds.attrs),
+    return {"variables": variables, "coords": coords, "global_attrs": plain_json(ds.attrs),
             "lat_descending": bool(lat.size < 2 or lat[0] > lat[-1])}
 
-
-def _plain(x: Any) -> Any:
-    """Attributes as plain JSON (numpy scalars and arrays become Python numbers and lists)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items() if _plain(v) is not _DROP}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        items = [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-        return [None if v is _DROP else v for v in items]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return _DROP
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
-
-
-_DROP = object()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path,
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, plain_json,
                                register_adapter, split_indices)
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -212,11 +211,11 @@ class VolumeAdapter(Adapter):
         self._table = {
             "path": path, "n": n, "values": values, "meta": meta,
             "shape": [int(ds.sizes[d]) for d in self.dims],
-            "variables": {f: _plain_attrs(ds[f].attrs, f"{f}.attrs") for f in fields},
+            "variables": {f: plain_json(ds[f].attrs, f"{f}.attrs") for f in fields},
             "coords": {d: ({"values": ds[d].values.tolist(), "dtype": str(ds[d].dtype),
-                            "attrs": _plain_attrs(ds[d].attrs, f"{d}.attrs")} if d in ds.coords else None)
+                            "attrs": plain_json(ds[d].attrs, f"{d}.attrs")} if d in ds.coords else None)
                        for d in self.dims},
-            "attrs": _plain_attrs(ds.attrs, "attrs"),
+            "attrs": plain_json(ds.attrs, "attrs"),
             "periodic": self._periodic(ds.attrs.get("periodic")),
         }
         return self._table
@@ -400,28 +399,3 @@ class VolumeAdapter(Adapter):
     def evaluate(self, samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path) -> dict:
         """Fitted spectral slopes per channel (k in [1, N/2]); for ``grf``, against the requested -alpha."""
         return slope_scores(samples, heldout, cond, self.spec(), Path(out))
-
-
-def _plain_attrs(attrs: Mapping[str, Any], where: str) -> dict:
-    """Attributes as plain JSON values (numpy -> Python); anything else becomes its string, logged."""
-    out = {}
-    for key, value in attrs.items():
-        plain = _plain(value)
-        if plain is None:
-            log.warning("%s[%r] = %r is not a plain JSON value; kept as its string", where, key, value)
-            plain = str(value)
-        out[str(key)] = plain
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return None if any(i is None for i in items) else items
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value if isinstance(value, (str, bool, int, float)) else None
