@@ -106,6 +106,8 @@ def _read_cases(path: str) -> dict[str, list[float]]:
     """A CSV with a header of condition names (``name`` or ``name[units]``), one row per case."""
     import csv
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
     with open(path, newline="") as handle:
         rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     if len(rows) < 2:

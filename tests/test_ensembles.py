@@ -166,3 +166,10 @@ def test_sample_with_one_condition_per_member(model):
     assert np.abs(per_member["waveform"][2].values - same["waveform"][2].values).max() > 1e-4
     with pytest.raises(ValueError, match="one per member"):
         model.sample(2, {"pitch": pitches}, steps=3)
+
+
+def test_missing_cases_file_is_named(runs, tmp_path, capsys):
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(tmp_path / "none.csv"),
+                 "--out", str(tmp_path / "z.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "--cases" in err and "none.csv: no such file" in err
