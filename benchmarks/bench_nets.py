@@ -11,15 +11,18 @@ model, diffusers' ``UNet2DModel`` built with the same blocks, widths and attenti
 * ``volume``: a 3-D net for 1 x 32^3 volumes (explicit kwargs below), attention at 4^3 and in the
   middle.
 
-Matching: both 2-D nets use attention heads of 8 channels (diffusers' default
-``attention_head_dim``) and our embedding width 384, which brings the parameter counts within ~3%
-(our FiLM projects to scale *and* shift, twice diffusers' shift-only projection).
+Matching: attention heads as in the released DDPM CIFAR-10 model (google/ddpm-cifar10-32:
+``attention_head_dim`` null, i.e. one head spanning all channels), and our embedding width 384,
+which brings the parameter counts within ~3% (our FiLM projects to scale *and* shift, twice
+diffusers' shift-only projection). ``head_channels`` (:func:`with_head_channels`) sets both
+models' head width instead, e.g. 8 for diffusers' ``UNet2DModel`` default of 32 heads at 256
+channels.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,10 +47,11 @@ class NetSpec:
 
 
 def _ddpm_2d(in_channels: int, attention_level: int) -> tuple[dict, dict]:
+    # one head per attention layer, as DDPM: head_channels >= every attended width
     ours = dict(
         in_channels=in_channels, channels=DDPM_WIDTHS[0],
         channel_mult=[c // DDPM_WIDTHS[0] for c in DDPM_WIDTHS], blocks_per_level=2,
-        attention_levels=[attention_level], head_channels=8, emb_channels=384,
+        attention_levels=[attention_level], head_channels=max(DDPM_WIDTHS), emb_channels=384,
     )
     down = ["DownBlock2D"] * len(DDPM_WIDTHS)
     down[attention_level] = "AttnDownBlock2D"
@@ -56,7 +60,7 @@ def _ddpm_2d(in_channels: int, attention_level: int) -> tuple[dict, dict]:
     theirs = dict(
         in_channels=in_channels, out_channels=in_channels, block_out_channels=DDPM_WIDTHS,
         layers_per_block=2, down_block_types=tuple(down), up_block_types=tuple(up),
-        attention_head_dim=8,
+        attention_head_dim=None,  # one head of the block's width
     )
     return ours, theirs
 
@@ -81,6 +85,15 @@ NETS = {
         blocks_per_level=2, attention_levels=[3], head_channels=32, norm_groups=8,
     ), default_batch={"cpu": 2, "cuda": 32}),
 }
+
+
+def with_head_channels(spec: NetSpec, head_channels: int | None) -> NetSpec:
+    """``spec`` with attention heads of ``head_channels`` in ours and in diffusers' peer (None:
+    unchanged)."""
+    if head_channels is None:
+        return spec
+    peer = None if spec.diffusers is None else dict(spec.diffusers, attention_head_dim=head_channels)
+    return replace(spec, ours=dict(spec.ours, head_channels=head_channels), diffusers=peer)
 
 
 def build_ours(spec: NetSpec, channels_last: bool | None = None) -> torch.nn.Module:

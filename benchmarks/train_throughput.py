@@ -127,6 +127,7 @@ def time_net(spec, args, device: torch.device, emit) -> None:
             "compile": c.compiled, "first_step_s": round(c.first_step_s, 3) if c.first_step_s else None,
             "layout": args.layout if c.family == "sciddpm" else "contiguous",
             "threads": torch.get_num_threads(), "rounds": args.rounds, "steps": args.steps,
+            "head_channels": spec.ours.get("head_channels"),
         })
     for ours in (c for c in contestants if c.family == "sciddpm"):
         for peer in (c for c in contestants if c.family == "diffusers"):
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device peak")
     parser.add_argument("--layout", choices=["auto", "channels_last", "contiguous"], default="auto",
                         help="our 2-D/3-D activation layout (auto: channels-last on CPU only)")
+    parser.add_argument("--head-channels", type=int, default=None,
+                        help="attention head width in both models (default: one head, as DDPM)")
     parser.add_argument("--out", default=None, help="append the JSON lines (dated) to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -174,7 +177,7 @@ def main() -> None:
         print(lines[-1], flush=True)
 
     for name in args.nets:
-        time_net(NETS[name], args, device, emit)
+        time_net(bench_nets.with_head_channels(NETS[name], args.head_channels), args, device, emit)
     if args.out:
         bench_nets.append_jsonl(Path(args.out), lines)
 

@@ -28,13 +28,18 @@ from sciddpm.config import CONFIG_DIR
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
+from sciddpm.precision import network_autocast, network_dtype
 from sciddpm.runs import RunDir, resolve_run
 
 log = logging.getLogger("sciddpm")
 
 
-def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto", ema: bool = True) -> "Model":
-    """Load a trained model from a run name (under ``runs_dir``) or a run directory path."""
+def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto", ema: bool = True,
+         bf16: bool = True) -> "Model":
+    """Load a trained model from a run name (under ``runs_dir``) or a run directory path.
+
+    ``bf16``: run the network in bf16 autocast where the device computes bf16 natively (CUDA, CPUs
+    with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere."""
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
@@ -44,7 +49,7 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     denoiser.net.load_state_dict(ema_state if ema else model_state)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else "cpu" if device == "auto" else device)
-    return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step)
+    return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16)
 
 
 def item_seed(seed: int, case: int, member: int) -> int:
@@ -87,7 +92,7 @@ class Model:
     """A trained model ready to sample; build it with :func:`sciddpm.load`."""
 
     def __init__(self, path: Path, config: Mapping[str, Any], spec: DataSpec, denoiser: torch.nn.Module,
-                 *, step: int = 0):
+                 *, step: int = 0, bf16: bool = True):
         self.path = Path(path)
         self.name = self.path.name
         self.config = dict(config)
@@ -95,6 +100,7 @@ class Model:
         self.adapter = adapter_from_spec(spec)
         self.denoiser = denoiser
         self.step = step
+        self.bf16 = bf16  # network in bf16 where native (sciddpm.precision)
         valid = self.adapter.static_mask()
         self._valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
 
@@ -288,9 +294,9 @@ class Model:
 
     def _denoiser(self, guidance: float, *, conditional: bool):
         denoiser = self.denoiser
-        if self.device.type == "cuda":
+        if network_dtype(self.device, self.bf16) == torch.bfloat16:
             def network_in_bf16(x, sigma, **kwargs):  # only the network runs in bf16 (house rule 1)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with network_autocast(self.device):
                     return self.denoiser(x, sigma, **kwargs).float()
             denoiser = network_in_bf16
         if self._valid is not None:

@@ -59,7 +59,8 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.api import load
 
     settings = _run_overrides(overrides, "sample")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device))
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device),
+                 bf16=not args.fp32)
     cond = _parse_cond(args.cond)
     options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
     if args.cases is not None:
@@ -140,7 +141,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.evaluate import evaluate
 
     settings = _run_overrides(overrides, "evaluate")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device)
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device, bf16=not args.fp32)
     out = Path(args.out) if args.out else model.path / "evaluation"
     for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          cases=args.cases, members=args.members):
@@ -240,4 +241,6 @@ def _sampling_flags(parser: argparse.ArgumentParser, *, default_n: int) -> None:
                         help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--fp32", action="store_true",
+                        help="run the network in float32 (default: bf16 where the device has native bf16)")
 

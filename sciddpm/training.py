@@ -9,7 +9,6 @@ of an uninterrupted run (on the same device and thread count).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -26,6 +25,7 @@ from sciddpm.assembly import build_denoiser
 from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
+from sciddpm.precision import network_autocast, network_dtype
 from sciddpm.runs import RunDir, RunError
 
 log = logging.getLogger("sciddpm.training")
@@ -101,8 +101,9 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     dataset = adapter.dataset("train")
     batches = training_batches(dataset, batch_per_rank, seed=seed, rank=rank, world=world,
                                start_step=start_step, num_workers=trainer["num_workers"])
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and trainer.get("bf16", True) else contextlib.nullcontext())
+    autocast = network_autocast(device, trainer.get("bf16", True))
+    if rank == 0:
+        log.info("network computes in %s on %s", network_dtype(device, trainer.get("bf16", True)), device)
     total_steps = int(trainer["steps"])
     progress = _progress(rank, start_step, total_steps, run.path.name)
     board = _tensorboard(run.path) if rank == 0 else None

@@ -195,6 +195,37 @@ def test_group_norm_with_film_matches_autograd_of_the_formula(layout, gain_shape
     torch.testing.assert_close(norm(*inputs), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("gain_shape", [None, "BC"])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_bf16_group_norm_keeps_float32_statistics(layout, gain_shape):
+    # bf16 in, bf16 out, but nothing in between rounded to bf16: with a mean of 20 and a spread of
+    # 1, statistics or a backward computed in bf16 would be off by several percent (k x + l cancels).
+    torch.manual_seed(0)
+    x = (20 + torch.randn(4, 8, 6, 5)).bfloat16().contiguous(memory_format=layout).requires_grad_()
+    gain = None if gain_shape is None else (1 + 0.1 * torch.randn(4, 8)).requires_grad_()
+    bias = None if gain_shape is None else torch.randn(4, 8).requires_grad_()
+    dy = torch.randn(4, 8, 6, 5).bfloat16().contiguous(memory_format=layout)
+    y = group_norm(x, 4, gain, bias)
+    y.backward(dy)
+    assert y.dtype == x.grad.dtype == torch.bfloat16
+
+    x64 = x.detach().double().requires_grad_()
+    expected = F.group_norm(x64, 4)
+    affine = [t.detach().double().requires_grad_() for t in (gain, bias) if t is not None]
+    if affine:
+        expected = expected * affine[0][..., None, None] + affine[1][..., None, None]
+    expected.backward(dy.double())
+
+    def relative(a, b):
+        return float((a.double() - b).norm() / b.norm())
+
+    assert relative(y.detach(), expected.detach()) < 1e-2
+    assert relative(x.grad, x64.grad) < 1e-2
+    if affine:
+        assert relative(gain.grad, affine[0].grad) < 1e-2
+        assert relative(bias.grad, affine[1].grad) < 1e-2
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_channels_last_and_plain_layouts_agree(dims):
     # The two layouts run different kernels (and our GroupNorm backward): same numbers.

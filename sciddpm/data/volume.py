@@ -185,7 +185,8 @@ class VolumeAdapter(Adapter):
                                "build_adapter('volume', source=..., path=...) to read data")
         path = self._store_path()
         ds = open_store(path)
-        volumes = [n for n, v in ds.data_vars.items() if set(self.dims) <= set(v.dims)]
+        # sorted: a store lists its members in no fixed order, and the channel order must not vary
+        volumes = sorted(n for n, v in ds.data_vars.items() if set(self.dims) <= set(v.dims))
         fields = self.fields if self.fields is not None else volumes
         missing = [f for f in fields if f not in ds.data_vars]
         if missing or not fields:
