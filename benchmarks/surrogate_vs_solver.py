@@ -25,6 +25,7 @@ import xarray as xr
 import sciddpm
 from sciddpm.data import gray_scott
 from sciddpm.metrics import compare
+from sciddpm.precision import network_dtype
 
 SEED_OFFSET = 1_000_000  # solver seeds far from the training runs' (which are 0 .. samples-1)
 
@@ -46,7 +47,8 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "threads": torch.get_num_threads(), "torch": torch.__version__, "size": build["size"],
               "solver_steps": build["steps"], "sampler": settings["method"], "sampler_steps": settings["steps"],
-              "members": args.members, "run_step": model.step}
+              "members": args.members, "run_step": model.step,
+              "network_dtype": str(network_dtype(model.device, model.bf16)).replace("torch.", "")}
     lines = []
     for index, point in enumerate(args.points):
         F, k = (float(v) for v in point.split(","))
