@@ -72,6 +72,22 @@ def test_cli_sample_equals_api_sample(trained, tmp_path, capsys):
     np.testing.assert_allclose(split["waveform"].values, from_api["waveform"].values, rtol=1e-4, atol=1e-5)
 
 
+def test_fp32_flag_keeps_the_network_out_of_bf16(trained, tmp_path, monkeypatch):
+    # As on a CPU with native bf16: by default the network runs in bf16, --fp32 keeps float32.
+    from sciddpm import precision
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    out = tmp_path / "fp32.nc"
+    assert main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "pitch=440", "--n", "2",
+                 "--steps", "4", "--seed", "1", "--fp32", "--out", str(out)]) == 0
+    from_cli = xr.open_dataset(out).load()["waveform"].values
+    fp32 = sciddpm.load("tiny", runs_dir=trained, bf16=False).sample(2, {"pitch": 440.0}, steps=4, seed=1)
+    bf16 = sciddpm.load("tiny", runs_dir=trained).sample(2, {"pitch": 440.0}, steps=4, seed=1)
+    np.testing.assert_array_equal(from_cli, fp32["waveform"].values)
+    difference = bf16["waveform"].values - fp32["waveform"].values
+    relative = np.sqrt(np.mean(difference ** 2) / np.mean(fp32["waveform"].values ** 2))
+    assert 0 < relative < 0.05  # bf16 really ran, and only rounds
+
+
 def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
     import json
 
