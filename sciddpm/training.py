@@ -102,8 +102,9 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     batches = training_batches(dataset, batch_per_rank, seed=seed, rank=rank, world=world,
                                start_step=start_step, num_workers=trainer["num_workers"])
     autocast = network_autocast(device, trainer.get("bf16", True))
+    compute_dtype = str(network_dtype(device, trainer.get("bf16", True))).removeprefix("torch.")
     if rank == 0:
-        log.info("network computes in %s on %s", network_dtype(device, trainer.get("bf16", True)), device)
+        log.info("network computes in %s on %s", compute_dtype, device)
     total_steps = int(trainer["steps"])
     progress = _progress(rank, start_step, total_steps, run.path.name)
     board = _tensorboard(run.path) if rank == 0 else None
@@ -137,7 +138,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
             record = {"step": done, "loss": mean_loss, "lr": _learning_rate(step, trainer),
                       "grad_norm": float(grad_norm),
                       "samples_per_s": window_steps * batch_per_rank * world / elapsed,
-                      "time": time.time()}
+                      "time": time.time(), "network_dtype": compute_dtype}
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
                     f"training loss became {mean_loss} at step {done}; lower trainer.lr or check "

@@ -51,6 +51,8 @@ def test_run_directory_contents(trained):
     assert run.checkpoint_steps() == [10, 20]
     assert [r["step"] for r in run.read_metrics()] == [5, 10, 15, 20]
     assert all(np.isfinite(r["loss"]) for r in run.read_metrics())
+    from sciddpm.precision import network_dtype  # what the network computed in, on record
+    assert {r["network_dtype"] for r in run.read_metrics()} == {str(network_dtype(torch.device("cpu"))).removeprefix("torch.")}
     model, ema, step = run.load_weights()
     assert step == 20 and model.keys() == ema.keys()
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # EMA really averages
