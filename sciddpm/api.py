@@ -7,8 +7,12 @@ several conditions). The command line calls exactly these methods.
 
 Reproducibility: every generated item (case ``i``, member ``j``) starts from its own noise, drawn
 from a generator seeded by ``item_seed(seed, i, j)``, and items are sampled in fixed batches of
-consecutive items. So a seed gives the same members on any device, and an ensemble split over
-ranks or resumed after a crash (``sciddpm.ensembles``) equals one sampled in a single go.
+consecutive items. So a seed gives the same starting noise on any device, the same members on
+any machine of one kind, and an ensemble split over ranks or resumed after a crash
+(``sciddpm.ensembles``) equals one sampled in a single go. Across kinds of machine the members
+agree to the network's arithmetic: bf16 where the device has it natively, float32 elsewhere
+(``sciddpm.precision``; ``load(..., bf16=False)`` for float32 everywhere), which moved same-seed
+samples by 0.02-0.9% of their RMS in docs/performance.md.
 """
 
 from __future__ import annotations
