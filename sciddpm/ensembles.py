@@ -31,6 +31,7 @@ import zarr
 
 from sciddpm.api import Model, case_table
 from sciddpm.data.base import atomic_path, plain_json
+from sciddpm.precision import network_dtype
 
 log = logging.getLogger("sciddpm")
 
@@ -58,7 +59,8 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
     fingerprint = {"run": model.name, "step": model.step, "seed": int(seed), "members": int(members),
                    "batch_size": int(batch_size), "sampler": settings,
-                   "cases": {k: v.tolist() for k, v in table.items()}}
+                   "cases": {k: v.tolist() for k, v in table.items()},
+                   "network_dtype": str(network_dtype(model.device, model.bf16)).removeprefix("torch.")}
 
     rank, world = _join_group()
     # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier
@@ -139,8 +141,12 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
     expected = json.loads(json.dumps(fingerprint))
     if stored != expected:
         changed = sorted(k for k in expected if stored.get(k) != expected[k])
-        raise ValueError(f"{out} holds an ensemble made with different {', '.join(changed)}; rerun with "
-                         "the same settings to complete it, or choose another --out")
+        hint = ""
+        if "network_dtype" in changed:  # bf16 follows the hardware (sciddpm.precision)
+            hint = (f" (its network ran in {stored.get('network_dtype')}, here it would run in "
+                    f"{expected['network_dtype']}: --fp32 / load(..., bf16=False) or the same kind of machine)")
+        raise ValueError(f"{out} holds an ensemble made with different {', '.join(changed)}{hint}; rerun "
+                         "with the same settings to complete it, or choose another --out")
 
 
 def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: torch.Tensor, settings: dict,

@@ -97,6 +97,17 @@ def test_write_ensemble_equals_model_ensemble(model, tmp_path):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=3, batch_size=2, progress=False)
 
 
+def test_store_refuses_members_in_another_precision(model, tmp_path, monkeypatch):
+    # A store begun with the network in bf16 is not completed in float32 (or the reverse).
+    from sciddpm import precision
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    out = tmp_path / "ens.zarr"
+    write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+    monkeypatch.setattr(model, "bf16", False)
+    with pytest.raises(ValueError, match=r"different network_dtype \(its network ran in bfloat16, here it would run in float32"):
+        write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+
+
 def test_one_rank_and_two_gloo_ranks_write_identical_stores(runs, tmp_path):
     cases = _cases_csv(tmp_path / "cases.csv", [220.0, 330.0, 440.0])
     args = ["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(cases), "--members", "3", "--steps", "3",
