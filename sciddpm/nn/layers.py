@@ -128,16 +128,17 @@ def group_norm(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """GroupNorm (Wu & He 2018) followed by ``* gain + bias``, where gain and bias are per channel
-    [C] or per sample and channel [B, C] (FiLM folded in). The output has ``x``'s dtype (bf16 stays
-    bf16 under autocast); statistics are always float32. Channels-last CPU tensors take a backward
-    of our own (see :class:`_ChannelsLastGroupNorm`); everything else the native one."""
+    [C] or per sample and channel [B, C] (FiLM folded in). Statistics are computed in float32; the
+    output keeps the normalised tensor's dtype (bf16 stays bf16 under CPU autocast, CUDA autocast
+    runs GroupNorm in float32). Channels-last CPU tensors take a backward of our own (see
+    :class:`_ChannelsLastGroupNorm`); everything else the native one."""
     if x.device.type == "cpu" and is_channels_last(x):
         return _ChannelsLastGroupNorm.apply(x, groups, gain, bias, eps)
     per_channel = gain is None or gain.ndim == 1
     if per_channel and (bias is None or bias.ndim == 1):
         return F.group_norm(x, groups, gain, bias, eps)
     y = F.group_norm(x, groups, None, None, eps)
-    return torch.addcmul(_affine_term(bias, 0.0, x), y, _affine_term(gain, 1.0, x))
+    return torch.addcmul(_affine_term(bias, 0.0, y), y, _affine_term(gain, 1.0, y))
 
 
 def _affine_term(t: torch.Tensor | None, default: float, x: torch.Tensor) -> torch.Tensor:
