@@ -275,7 +275,8 @@ class Model:
         ds = self.adapter.to_xarray(samples, cond)
         ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
-                         "seed": seed})
+                         "seed": seed,
+                         "network_dtype": str(network_dtype(self.device, self.bf16)).removeprefix("torch.")})
         return ds
 
     def sampler_settings(self, method: str | None = None, steps: int | None = None,

@@ -85,6 +85,7 @@ def test_fp32_flag_keeps_the_network_out_of_bf16(trained, tmp_path, monkeypatch)
     fp32 = sciddpm.load("tiny", runs_dir=trained, bf16=False).sample(2, {"pitch": 440.0}, steps=4, seed=1)
     bf16 = sciddpm.load("tiny", runs_dir=trained).sample(2, {"pitch": 440.0}, steps=4, seed=1)
     np.testing.assert_array_equal(from_cli, fp32["waveform"].values)
+    assert (fp32.attrs["network_dtype"], bf16.attrs["network_dtype"]) == ("float32", "bfloat16")  # on record
     difference = bf16["waveform"].values - fp32["waveform"].values
     relative = np.sqrt(np.mean(difference ** 2) / np.mean(fp32["waveform"].values ** 2))
     assert 0 < relative < 0.05  # bf16 really ran, and only rounds
