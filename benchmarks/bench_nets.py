@@ -96,7 +96,7 @@ def with_head_channels(spec: NetSpec, head_channels: int | None) -> NetSpec:
     return replace(spec, ours=dict(spec.ours, head_channels=head_channels), diffusers=peer)
 
 
-def build_ours(spec: NetSpec, channels_last: bool | None = None) -> torch.nn.Module:
+def build_ours(spec: NetSpec, channels_last: bool = False) -> torch.nn.Module:
     kwargs = dict(spec.ours)
     backbone = kwargs.pop("backbone")
     if backbone != "unet1d":

@@ -50,7 +50,7 @@ class Contestant:
         self.family = model.split("+")[0]
         label = model
         self.compiled = label.endswith("+compile") or args.compile
-        channels_last = {"auto": None, "channels_last": True, "contiguous": False}[args.layout]
+        channels_last = args.layout == "channels_last"
         model = (bench_nets.build_ours(spec, channels_last) if self.family == "sciddpm"
                  else bench_nets.build_diffusers(spec))
         self.model = model.to(device)
@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per model per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device peak")
-    parser.add_argument("--layout", choices=["auto", "channels_last", "contiguous"], default="auto",
-                        help="our 2-D/3-D activation layout (auto: channels-last on CPU only)")
+    parser.add_argument("--layout", choices=["contiguous", "channels_last"], default="contiguous",
+                        help="our 2-D/3-D activation layout (default: the net's default, contiguous)")
     parser.add_argument("--head-channels", type=int, default=None,
                         help="attention head width in both models (default: one head, as DDPM)")
     parser.add_argument("--out", default=None, help="append the JSON lines (dated) to this file")

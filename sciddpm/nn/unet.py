@@ -78,8 +78,9 @@ class UNet(nn.Module):
     * ``norm_groups``: GroupNorm groups (their gcd with the width for narrow layers).
     * ``noise_features``: sinusoidal features of the noise level (default ``channels``);
       ``emb_channels``: width of the noise + conditioning embedding (default ``4 * channels``).
-    * ``channels_last``: run 2-D/3-D activations channels-last (faster oneDNN convolutions on
-      CPU); None = on CPU only, since on CUDA torch's GroupNorm copies that layout back.
+    * ``channels_last``: run 2-D/3-D activations channels-last. Off by default: on CPU its faster
+      oneDNN convolutions no longer make up for GroupNorm, which in the plain layout runs the FiLM
+      affine inside the native kernel (docs/performance.md); on CUDA it is unmeasured.
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class UNet(nn.Module):
         cond_frequencies: int = 8,
         noise_features: int | None = None,
         emb_channels: int | None = None,
-        channels_last: bool | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         if dims not in (1, 2, 3):
@@ -131,7 +132,7 @@ class UNet(nn.Module):
         self.cond_dim = cond_dim
         self.padding = padding_modes(padding, dims)
         self.downsampling_factor = 2 ** (len(channel_mult) - 1)
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
         emb_dim = emb_channels or 4 * channels
 
         self.noise_embedding = NoiseEmbedding(noise_features or channels, emb_dim)
@@ -217,11 +218,7 @@ class UNet(nn.Module):
         return h[(slice(None), slice(None)) + crop].to(x.dtype).contiguous()
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
-        if self.dims not in CHANNELS_LAST:
-            return False
-        if self.channels_last is None:  # auto: measured faster on CPU (benchmarks/)
-            return x.device.type == "cpu"
-        return self.channels_last
+        return self.channels_last and self.dims in CHANNELS_LAST
 
     def _check_inputs(self, x, noise_level, cond, drop_cond) -> torch.Tensor:
         name = f"UNet(dims={self.dims})"
