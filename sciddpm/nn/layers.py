@@ -297,8 +297,8 @@ class ResBlock(nn.Module):
 
     FiLM (Perez et al. 2018) scales and shifts the normalised features per sample and channel:
     ``GN(h) * (1 + scale) + shift``. The second GroupNorm's affine is folded into the same
-    per-sample coefficients, ``(n*g + b)(1 + s) + t = n*[g(1 + s)] + [b(1 + s) + t]``, so the
-    full-size tensor gets one multiply-add after normalisation instead of two.
+    per-sample coefficients, ``(n*g + b)(1 + s) + t = n*[g(1 + s)] + [b(1 + s) + t]``, which
+    :func:`group_norm` applies inside the normalisation pass itself.
     """
 
     def __init__(
