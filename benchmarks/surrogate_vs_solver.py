@@ -25,7 +25,6 @@ import xarray as xr
 import sciddpm
 from sciddpm.data import gray_scott
 from sciddpm.metrics import compare
-from sciddpm.precision import network_dtype
 
 SEED_OFFSET = 1_000_000  # solver seeds far from the training runs' (which are 0 .. samples-1)
 
@@ -48,7 +47,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "torch": torch.__version__, "size": build["size"],
               "solver_steps": build["steps"], "sampler": settings["method"], "sampler_steps": settings["steps"],
               "members": args.members, "run_step": model.step,
-              "network_dtype": str(network_dtype(model.device, model.bf16)).replace("torch.", "")}
+              "network_dtype": model.network_dtype}
     lines = []
     for index, point in enumerate(args.points):
         F, k = (float(v) for v in point.split(","))

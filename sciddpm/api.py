@@ -32,7 +32,7 @@ from sciddpm.config import CONFIG_DIR
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
-from sciddpm.precision import network_autocast, network_dtype
+from sciddpm.precision import network_dtype_name
 from sciddpm.runs import RunDir, resolve_run
 
 log = logging.getLogger("sciddpm")
@@ -111,6 +111,11 @@ class Model:
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    @property
+    def network_dtype(self) -> str:
+        """What the network computes in here: "bfloat16" or "float32" (:mod:`sciddpm.precision`)."""
+        return network_dtype_name(self.device, self.bf16)
 
     @property
     def conditions(self) -> CondSchema:
@@ -276,7 +281,7 @@ class Model:
         ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
                          "seed": seed,
-                         "network_dtype": str(network_dtype(self.device, self.bf16)).removeprefix("torch.")})
+                         "network_dtype": self.network_dtype})
         return ds
 
     def sampler_settings(self, method: str | None = None, steps: int | None = None,
@@ -299,9 +304,9 @@ class Model:
 
     def _denoiser(self, guidance: float, *, conditional: bool):
         denoiser = self.denoiser
-        if network_dtype(self.device, self.bf16) == torch.bfloat16:
+        if self.network_dtype == "bfloat16":
             def network_in_bf16(x, sigma, **kwargs):  # only the network runs in bf16 (house rule 1)
-                with network_autocast(self.device):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     return self.denoiser(x, sigma, **kwargs).float()
             denoiser = network_in_bf16
         if self._valid is not None:

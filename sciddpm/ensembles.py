@@ -31,7 +31,6 @@ import zarr
 
 from sciddpm.api import Model, case_table
 from sciddpm.data.base import atomic_path, plain_json
-from sciddpm.precision import network_dtype
 
 log = logging.getLogger("sciddpm")
 
@@ -60,7 +59,7 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     fingerprint = {"run": model.name, "step": model.step, "seed": int(seed), "members": int(members),
                    "batch_size": int(batch_size), "sampler": settings,
                    "cases": {k: v.tolist() for k, v in table.items()},
-                   "network_dtype": str(network_dtype(model.device, model.bf16)).removeprefix("torch.")}
+                   "network_dtype": model.network_dtype}
 
     rank, world = _join_group()
     # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier

@@ -45,6 +45,12 @@ def network_dtype(device: torch.device, bf16: bool = True) -> torch.dtype:
     return torch.float32
 
 
+def network_dtype_name(device: torch.device, bf16: bool = True) -> str:
+    """:func:`network_dtype` as recorded in metrics, sample attrs and ensemble stores: "bfloat16" or
+    "float32"."""
+    return str(network_dtype(device, bf16)).removeprefix("torch.")
+
+
 def network_autocast(device: torch.device, bf16: bool = True):
     """Context manager to wrap network calls in: bf16 autocast where :func:`network_dtype` says so,
     else nothing."""

@@ -25,7 +25,7 @@ from sciddpm.assembly import build_denoiser
 from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
-from sciddpm.precision import network_autocast, network_dtype
+from sciddpm.precision import network_autocast, network_dtype_name
 from sciddpm.runs import RunDir, RunError
 
 log = logging.getLogger("sciddpm.training")
@@ -102,7 +102,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     batches = training_batches(dataset, batch_per_rank, seed=seed, rank=rank, world=world,
                                start_step=start_step, num_workers=trainer["num_workers"])
     autocast = network_autocast(device, trainer.get("bf16", True))
-    compute_dtype = str(network_dtype(device, trainer.get("bf16", True))).removeprefix("torch.")
+    compute_dtype = network_dtype_name(device, trainer.get("bf16", True))
     if rank == 0:
         log.info("network computes in %s on %s", compute_dtype, device)
     total_steps = int(trainer["steps"])

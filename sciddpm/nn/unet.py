@@ -132,7 +132,7 @@ class UNet(nn.Module):
         self.cond_dim = cond_dim
         self.padding = padding_modes(padding, dims)
         self.downsampling_factor = 2 ** (len(channel_mult) - 1)
-        self.channels_last = bool(channels_last)
+        self.channels_last = bool(channels_last) and dims in CHANNELS_LAST
         emb_dim = emb_channels or 4 * channels
 
         self.noise_embedding = NoiseEmbedding(noise_features or channels, emb_dim)
@@ -196,7 +196,7 @@ class UNet(nn.Module):
         spatial = x.shape[2:]
         extra = [(-n) % self.downsampling_factor for n in spatial]
         h = pad_axes(x, [(e // 2, e - e // 2) for e in extra], self.padding)
-        if self._use_channels_last(h):
+        if self.channels_last:
             h = h.contiguous(memory_format=CHANNELS_LAST[self.dims])
 
         h = self.conv_in(h)
@@ -216,9 +216,6 @@ class UNet(nn.Module):
         crop = tuple(slice(e // 2, e // 2 + n) for e, n in zip(extra, spatial))
         # Plain layout and the input's dtype (float32 even under bf16 autocast; house rule 1).
         return h[(slice(None), slice(None)) + crop].to(x.dtype).contiguous()
-
-    def _use_channels_last(self, x: torch.Tensor) -> bool:
-        return self.channels_last and self.dims in CHANNELS_LAST
 
     def _check_inputs(self, x, noise_level, cond, drop_cond) -> torch.Tensor:
         name = f"UNet(dims={self.dims})"
