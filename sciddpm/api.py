@@ -39,11 +39,18 @@ log = logging.getLogger("sciddpm")
 
 
 def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto", ema: bool = True,
-         bf16: bool = True) -> "Model":
+         bf16: bool = True, compile: bool = False) -> "Model":
     """Load a trained model from a run name (under ``runs_dir``) or a run directory path.
 
     ``bf16``: run the network in bf16 autocast where the device computes bf16 natively (CUDA, CPUs
-    with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere."""
+    with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere.
+
+    ``compile``: run the denoiser through ``torch.compile`` with static shapes, and on CUDA also
+    capture it in CUDA graphs (one launch per denoiser call). Each new batch shape compiles once
+    (15-60 s on a CPU), so it pays for large ensembles only; samples agree with the uncompiled
+    ones to the network's rounding, not bit for bit. On a 2-core CPU it made the climate net's
+    sampling 1.4x faster but a 3-D net's 3x slower (docs/performance.md): measure before relying
+    on it."""
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
@@ -53,7 +60,8 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     denoiser.net.load_state_dict(ema_state if ema else model_state)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else "cpu" if device == "auto" else device)
-    return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16)
+    return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16,
+                 compile=compile)
 
 
 def item_seed(seed: int, case: int, member: int) -> int:
@@ -96,7 +104,7 @@ class Model:
     """A trained model ready to sample; build it with :func:`sciddpm.load`."""
 
     def __init__(self, path: Path, config: Mapping[str, Any], spec: DataSpec, denoiser: torch.nn.Module,
-                 *, step: int = 0, bf16: bool = True):
+                 *, step: int = 0, bf16: bool = True, compile: bool = False):
         self.path = Path(path)
         self.name = self.path.name
         self.config = dict(config)
@@ -105,6 +113,7 @@ class Model:
         self.denoiser = denoiser
         self.step = step
         self.bf16 = bf16  # network in bf16 where native (sciddpm.precision)
+        self._network = _compiled(denoiser, self.device) if compile else denoiser
         valid = self.adapter.static_mask()
         self._valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
 
@@ -303,11 +312,11 @@ class Model:
         return settings
 
     def _denoiser(self, guidance: float, *, conditional: bool):
-        denoiser = self.denoiser
+        denoiser = network = self._network
         if self.network_dtype == "bfloat16":
             def network_in_bf16(x, sigma, **kwargs):  # only the network runs in bf16 (house rule 1)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    return self.denoiser(x, sigma, **kwargs).float()
+                    return network(x, sigma, **kwargs).float()
             denoiser = network_in_bf16
         if self._valid is not None:
             denoiser = _zero_outside(denoiser, self._valid.to(self.device))
@@ -317,6 +326,19 @@ class Model:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:
+    """``denoiser`` through torch.compile with static shapes; on CUDA in CUDA graphs too."""
+    if device.type != "cuda":
+        return torch.compile(denoiser, dynamic=False)
+    graphed = torch.compile(denoiser, dynamic=False, mode="reduce-overhead")
+
+    def graphed_denoiser(x, sigma, **kwargs):
+        # a graph's output lives in a buffer that its next replay overwrites, while samplers and
+        # guidance keep earlier estimates (dpmpp_2m's previous x0, the two halves of guidance)
+        return graphed(x, sigma, **kwargs).clone()
+    return graphed_denoiser
+
+
 def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
     """Where the data never has values (``valid`` False, e.g. land for SST) the denoised value is
     0, the value such points had in training, so they stay noise-free and cannot disturb the rest."""

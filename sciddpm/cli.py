@@ -60,7 +60,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
     settings = _run_overrides(overrides, "sample")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device),
-                 bf16=not args.fp32)
+                 bf16=not args.fp32, compile=args.compile)
     cond = _parse_cond(args.cond)
     options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
     if args.cases is not None:
@@ -141,7 +141,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.evaluate import evaluate
 
     settings = _run_overrides(overrides, "evaluate")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device, bf16=not args.fp32)
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device, bf16=not args.fp32,
+                 compile=args.compile)
     out = Path(args.out) if args.out else model.path / "evaluation"
     for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          cases=args.cases, members=args.members):
@@ -243,4 +244,7 @@ def _sampling_flags(parser: argparse.ArgumentParser, *, default_n: int) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--fp32", action="store_true",
                         help="run the network in float32 (default: bf16 where the device has native bf16)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (on CUDA with CUDA graphs); each batch shape "
+                             "compiles once, so it pays for large ensembles - see docs/performance.md")
 

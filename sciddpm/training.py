@@ -105,6 +105,8 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     compute_dtype = network_dtype_name(device, trainer.get("bf16", True))
     if rank == 0:
         log.info("network computes in %s on %s", compute_dtype, device)
+        if start_step:
+            _warn_if_precision_changed(run, start_step, compute_dtype, device)
     total_steps = int(trainer["steps"])
     progress = _progress(rank, start_step, total_steps, run.path.name)
     board = _tensorboard(run.path) if rank == 0 else None
@@ -224,6 +226,18 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
     run.save_config(cfg)
     run.save_data_spec(spec.to_dict())
     return start_step
+
+
+def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str, device: torch.device) -> None:
+    """A run resumed on another kind of machine may continue in another network dtype (bf16 follows
+    the hardware, sciddpm.precision): allowed - the weights are float32 either way - but said."""
+    before = [r["network_dtype"] for r in run.read_metrics() if "network_dtype" in r]
+    if before and before[-1] != compute_dtype:
+        why = ("trainer.bf16=false keeps float32" if compute_dtype == "bfloat16"
+               else f"{device} has no native bf16, or trainer.bf16=false was set")
+        log.warning("%s trained in %s up to step %d and continues in %s on %s (%s); metrics.jsonl "
+                    "records the dtype of every window", run.path, before[-1], start_step, compute_dtype,
+                    device, why)
 
 
 # ----------------------------------------------------------------------------- small loop helpers

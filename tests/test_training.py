@@ -51,8 +51,8 @@ def test_run_directory_contents(trained):
     assert run.checkpoint_steps() == [10, 20]
     assert [r["step"] for r in run.read_metrics()] == [5, 10, 15, 20]
     assert all(np.isfinite(r["loss"]) for r in run.read_metrics())
-    from sciddpm.precision import network_dtype  # what the network computed in, on record
-    assert {r["network_dtype"] for r in run.read_metrics()} == {str(network_dtype(torch.device("cpu"))).removeprefix("torch.")}
+    from sciddpm.precision import network_dtype_name  # what the network computed in, on record
+    assert {r["network_dtype"] for r in run.read_metrics()} == {network_dtype_name(torch.device("cpu"))}
     model, ema, step = run.load_weights()
     assert step == 20 and model.keys() == ema.keys()
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # EMA really averages
@@ -89,6 +89,23 @@ def test_fp32_flag_keeps_the_network_out_of_bf16(trained, tmp_path, monkeypatch)
     difference = bf16["waveform"].values - fp32["waveform"].values
     relative = np.sqrt(np.mean(difference ** 2) / np.mean(fp32["waveform"].values ** 2))
     assert 0 < relative < 0.05  # bf16 really ran, and only rounds
+
+
+def test_compiled_network_samples_what_the_eager_one_does(trained, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    out = tmp_path / "compiled.nc"
+    # 3 members in batches of 2: two batch shapes, so two compiled graphs
+    assert main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "pitch=440", "--n", "3",
+                 "--batch-size", "2", "--steps", "3", "--seed", "5", "--fp32", "--compile",
+                 "--out", str(out)]) == 0
+    assert counters["stats"]["unique_graphs"] >= 2  # torch.compile really ran
+    compiled = xr.open_dataset(out).load()["waveform"].values
+    eager = sciddpm.load("tiny", runs_dir=trained, bf16=False).sample(
+        3, {"pitch": 440.0}, steps=3, seed=5, batch_size=2)["waveform"].values
+    rms = np.sqrt(np.mean(eager ** 2))
+    np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-4 * rms)
 
 
 def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
@@ -131,6 +148,20 @@ def test_out_of_range_condition_warns_with_range(trained):
 def test_resume_with_different_model_is_refused(trained):
     with pytest.raises(RunError, match="different 'model'"):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
+
+
+def test_resume_in_another_network_dtype_says_so(cache, tmp_path, monkeypatch, caplog):
+    # As on a machine without native bf16 first, then on one with it.
+    from sciddpm import precision
+    run = [*TINY, "trainer.checkpoint_every=10", f"runs_dir={tmp_path}", "name=moved"]
+    sciddpm.train([*run, "trainer.steps=10", "trainer.bf16=false"])
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        sciddpm.train([*run, "trainer.steps=20"])
+    warned = [r.getMessage() for r in caplog.records if "continues in" in r.getMessage()]
+    assert len(warned) == 1 and "float32 up to step 10 and continues in bfloat16" in warned[0]
+    assert "trainer.bf16=false" in warned[0]
+    assert [r["network_dtype"] for r in RunDir(tmp_path / "moved").read_metrics()] == ["float32"] * 2 + ["bfloat16"] * 2
 
 
 def test_crafted_run_directory_is_refused(trained, tmp_path):

@@ -159,6 +159,23 @@ def test_mixed_padding_conv_matches_explicit_wraparound():
     torch.testing.assert_close(reflect(x1), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("amounts, modes", [
+    ([(1, 1), (1, 1), (1, 1)], ("circular",) * 3),
+    ([(1, 1), (2, 1), (0, 3)], ("zeros", "circular", "circular")),
+    ([(1, 2), (1, 1)], ("circular", "reflect")),
+])
+def test_compiled_padding_equals_eager(amounts, modes):
+    # Under torch.compile circular axes are padded by concatenation instead of F.pad (inductor's
+    # F.pad circular is slow): the values must not change.
+    from sciddpm.nn.layers import pad_axes
+
+    x = torch.randn(2, 3, *[5, 6, 7][:len(modes)])
+    compiled = torch.compile(pad_axes, dynamic=False, fullgraph=True)
+    eager = pad_axes(x, amounts, modes)
+    assert eager.shape[2:] == tuple(n + b + a for n, (b, a) in zip(x.shape[2:], amounts))
+    assert torch.equal(compiled(x, amounts, modes), eager)
+
+
 def test_resblock_film_equals_unfused_reference():
     torch.manual_seed(0)
     block = ResBlock(2, 8, 16, emb_dim=12, padding=("zeros", "zeros"), norm_groups=4)

@@ -90,6 +90,9 @@ def pad_axes(
         if mode == "circular" and any(max(b, a) > n for (b, a), n in zip(pads, x.shape[2:])):
             x = _wrap_pad(x, pads)  # F.pad wraps at most once
             continue
+        if mode == "circular" and torch.compiler.is_compiling():
+            x = _circular_pad_by_concatenation(x, pads)
+            continue
         flat = [p for axis in reversed(range(dims)) for p in pads[axis]]  # F.pad: last axis first
         x = F.pad(x, flat, mode="constant" if mode == "zeros" else mode)
     return x
@@ -102,6 +105,17 @@ def _wrap_pad(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
             n = x.shape[2 + axis]
             index = torch.arange(-before, n + after, device=x.device) % n
             x = x.index_select(2 + axis, index)
+    return x
+
+
+def _circular_pad_by_concatenation(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    # The same values as F.pad(mode="circular"), which inductor (torch 2.11, CPU) turns into slow
+    # index-wrapping kernels: compiled, the 16^3 Gray-Scott net ran 3x slower than eager with it and
+    # 1.2x faster with this. Eager F.pad stays, being 10-50% faster than three concatenations.
+    for axis, (before, after) in enumerate(pads):
+        if before or after:
+            dim, n = 2 + axis, x.shape[2 + axis]
+            x = torch.cat([x.narrow(dim, n - before, before), x, x.narrow(dim, 0, after)], dim=dim)
     return x
 
 
