@@ -81,7 +81,10 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.members is not None:
         raise ValueError("--members goes with --cases; for one set of conditions use --n")
     if args.infill:
-        observed = _open_dataset(args.infill)
+        from sciddpm.data.stores import open_store
+
+        observed = open_store(args.infill, what="--infill observations",
+                              hint="give a .zarr store or a netCDF file of the fields with NaN gaps")
         ds = model.infill(observed, args.n, cond or None, batch_size=args.batch_size, **options)
     else:
         ds = model.sample(args.n, cond, batch_size=args.batch_size, **options)
@@ -124,16 +127,6 @@ def _read_cases(path: str) -> dict[str, list[float]]:
             except ValueError:
                 raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
     return columns
-
-
-def _open_dataset(path: str):
-    import xarray as xr
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"--infill {path}: no such file or store")
-    if path.rstrip("/").endswith(".zarr"):
-        return xr.open_zarr(path, consolidated=None, chunks=None)
-    return xr.open_dataset(path)
 
 
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from sciddpm.data import DataSpec, adapter_from_spec, build_adapter
-from sciddpm.data.era5_layouts import LAYOUTS, detect_layout, open_store
+from sciddpm.data.era5_layouts import LAYOUTS, detect_layout, open_era5_store
 from sciddpm.data.era5_synthetic import anomaly_std, climatology, write_synthetic
 from sciddpm.testing import assert_roundtrip
 
@@ -39,7 +39,7 @@ def adapter(path, variables, **kw):
 
 @pytest.mark.parametrize("layout", list(SMALL))
 def test_roundtrip_keeps_the_source_layout(stores, layout):
-    source = open_store(str(stores[layout]))
+    source = open_era5_store(str(stores[layout]))
     assert detect_layout(source) == layout
     a = adapter(stores[layout], SMALL[layout]["variables"], layout=layout, **VAL[layout])
     ds, cond = a.heldout(1)
@@ -98,7 +98,7 @@ def test_items_spec_and_static_inputs(stores):
     item = pickle.loads(pickle.dumps(train))[3]  # what a spawned worker gets; it opens the store itself
     assert item["x"].shape == (3, 32, 64) and item["x"].dtype == torch.float32 and "mask" not in item
     assert item["weight"].shape == (1, 32, 64) and abs(float(item["weight"].mean()) - 1) < 1e-6
-    lat = np.sort(open_store(str(stores["64x32"]))["latitude"].values)[::-1]
+    lat = np.sort(open_era5_store(str(stores["64x32"]))["latitude"].values)[::-1]
     w = item["weight"][0, :, 0].numpy()
     np.testing.assert_allclose(w / w.max(), np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).max(), rtol=2e-3)
     stamp = np.datetime64("2016-12-25T18")  # train item 3
@@ -106,13 +106,13 @@ def test_items_spec_and_static_inputs(stores):
     torch.testing.assert_close(item["cond"], expected)
     fields = a.static_fields()
     assert fields.shape == (2, 32, 64) and torch.isfinite(fields).all() and abs(float(fields.mean())) < 1e-5
-    assert stamp == open_store(str(stores["64x32"]))["time"].values[3]
+    assert stamp == open_era5_store(str(stores["64x32"]))["time"].values[3]
 
 
 def test_sst_nan_over_land_is_masked_not_filled(tmp_path):
     store = write_synthetic(tmp_path / "sst.zarr", variables=["sea_surface_temperature", "2m_temperature"],
                             start="2016-01-01", stop="2016-01-05")
-    land = open_store(str(store))["land_sea_mask"].transpose("latitude", "longitude").values[::-1] > 0.5
+    land = open_era5_store(str(store))["land_sea_mask"].transpose("latitude", "longitude").values[::-1] > 0.5
     a = adapter(store, ["sea_surface_temperature", "2m_temperature"])
     item = a.dataset("train")[2]
     np.testing.assert_array_equal(item["mask"][0].numpy(), ~land)
@@ -142,7 +142,7 @@ def test_from_spec_needs_no_data_and_writes_zarr_and_maps(stores, tmp_path):
 def test_synthetic_fields_have_their_documented_statistics(stores, tmp_path):
     store = write_synthetic(tmp_path / "year.zarr", variables=["2m_temperature"], static=[], hours=24,
                             start="2016-01-01", stop="2017-01-01")
-    ds = open_store(str(store))
+    ds = open_era5_store(str(store))
     t = ds["2m_temperature"].transpose("time", "latitude", "longitude")
     stamps = t["time"].values
     doy = (stamps.astype("datetime64[D]") - stamps.astype("datetime64[Y]")).astype(int) + 1
@@ -153,9 +153,9 @@ def test_synthetic_fields_have_their_documented_statistics(stores, tmp_path):
     # -> the standard error of the mean is ~0.016; 0.08 is 5 of them. A 1 K error in the formula
     # moves the mean by 0.33.
     assert abs(z.mean()) < 0.08 and abs(z.std() - 1) < 0.08
-    first = open_store(str(stores["64x32"])).load()
+    first = open_era5_store(str(stores["64x32"])).load()
     again = write_synthetic(tmp_path / "again.zarr", layout="64x32", **SMALL["64x32"])
-    xr.testing.assert_identical(open_store(str(again)).load(), first)  # a pure function of the parameters
+    xr.testing.assert_identical(open_era5_store(str(again)).load(), first)  # a pure function of the parameters
 
 
 def test_subset_recipe_copies_variables_levels_and_times(stores, tmp_path):
@@ -164,7 +164,7 @@ def test_subset_recipe_copies_variables_levels_and_times(stores, tmp_path):
     spec.loader.exec_module(recipe)
     out = recipe.subset(str(stores["64x32"]), ["geopotential@500", "2m_temperature"], str(tmp_path / "s.zarr"),
                         start="2016-12-30", stop="2016-12-31", static=["land_sea_mask"])
-    got, src = open_store(out), open_store(str(stores["64x32"]))
+    got, src = open_era5_store(out), open_era5_store(str(stores["64x32"]))
     assert got.sizes["time"] == 8 and got["level"].values.tolist() == [500]
     assert set(got.data_vars) == {"geopotential", "2m_temperature", "land_sea_mask"}
     xr.testing.assert_identical(got["geopotential"].load(),

@@ -53,7 +53,7 @@ import xarray as xr
 from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, register_adapter
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, close_match, decode_mask, detect_layout,
-                                       encode_mask, open_store, read_time)
+                                       encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
@@ -156,7 +156,7 @@ class Era5Adapter(Adapter):
             raise RuntimeError("this era5 adapter was rebuilt from a run's DataSpec and has no data; use "
                                "build_adapter('era5', path=...) to read a store")
         path, notes = self._source()
-        ds = open_store(path, self.storage_options)
+        ds = open_era5_store(path, self.storage_options)
         detected = detect_layout(ds)
         if self.layout is not None and detected != self.layout:
             raise ValueError(f"{path} does not follow the {self.layout} layout ({LAYOUTS[self.layout].description}); "

@@ -22,7 +22,7 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
   carry, for the variables the synthetic writer produces.
 * ``parse_channel("geopotential@500") -> ("geopotential", 500)`` and ``detect_layout(ds)``, which
   names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
-* ``open_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``StorePlan`` +
+* ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``StorePlan`` +
   ``read_time`` (which variable/level positions make each channel; one ``isel`` per variable per
   time, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
   masks (``encode_mask``/``decode_mask``). Outputs live in ``era5_output``.
@@ -31,9 +31,6 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import os
-import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +39,7 @@ import numpy as np
 import xarray as xr
 
 from sciddpm.data.base import plain_json
+from sciddpm.data.stores import open_store
 
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
 
@@ -164,26 +162,11 @@ def _spatial_order(ds: Any) -> tuple[str, str] | None:
 
 
 # --------------------------------------------------------------------------- stores and grids
-def open_store(path: str, storage_options: dict | None = None) -> Any:
-    """Open a zarr store (local or ``gs://``, anonymous by default) or a netCDF file, lazily, no dask.
-
-    ``chunks=None`` keeps every variable a lazily indexed backend array: ``isel`` then reads only
-    the chunks it touches, which is what keeps training memory flat in the length of the store.
-    """
-    text = str(path)
-    options = dict(storage_options or {})
-    if text.startswith("gs://"):
-        if importlib.util.find_spec("gcsfs") is None:  # fsspec loads it for gs:// itself
-            raise ImportError(f"reading {text} needs gcsfs: pip install 'sciddpm[gcs]' (or pip install gcsfs)")
-        options.setdefault("token", "anon")
-    elif not text.startswith(("s3://", "http://", "https://")) and not os.path.exists(text):
-        raise FileNotFoundError(f"no ERA5 store at {text}; give a local zarr/netCDF path or a gs:// URL "
-                                "(datasets/era5.py subset copies part of a WeatherBench2 store locally)")
-    if text.endswith((".nc", ".nc4", ".netcdf")):
-        return xr.open_dataset(text, chunks=None)
-    with warnings.catch_warnings():  # a store without consolidated metadata is fine, only slower to open
-        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-        return xr.open_zarr(text, chunks=None, consolidated=None, storage_options=options or None)
+def open_era5_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
+    """The ERA5 store at ``path``: local zarr/netCDF or a ``gs://`` URL (anonymous by default), lazily."""
+    return open_store(path, storage_options=storage_options, what="ERA5 store",
+                      hint="give a local zarr/netCDF path or a gs:// URL (datasets/era5.py subset copies "
+                           "part of a WeatherBench2 store locally)")
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -231,7 +214,7 @@ class StorePlan:
         return (self.lat_north_to_south.size, self.n_lon)
 
     def open(self) -> Any:
-        return open_store(self.path, self.storage_options)
+        return open_era5_store(self.path, self.storage_options)
 
     @classmethod
     def build(cls, ds: Any, path: str, storage_options: dict | None, channels: list[str],

@@ -36,7 +36,6 @@ slices; ``evaluate`` adds fitted spectral slopes (against the requested alpha fo
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,36 +47,17 @@ import xarray as xr
 
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, plain_json,
                                register_adapter, split_indices)
+from sciddpm.data.stores import open_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
 log = logging.getLogger(__name__)
 
 SOURCES = {"grf": (["field"], ["alpha"]), "gray_scott": (["u", "v"], ["F", "k"]), "store": (None, None)}
-NETCDF = (".nc", ".nc4", ".netcdf", ".cdf")
-HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a zarr / netCDF / HDF5 store lazily (no dask: values are read on indexing)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no volume store at {path}; check path= (or build one with datasets/*.py)")
-    if path.is_dir() or path.suffix == ".zarr":
-        return xr.open_zarr(path, consolidated=False, chunks=None)  # local stores: no need
-    if path.suffix in NETCDF:
-        return xr.open_dataset(path, chunks=None)
-    if path.suffix in HDF5:
-        try:  # h5netcdf reads any HDF5 (dims without scales become phony_dim_N); it needs h5py
-            import h5netcdf  # noqa: F401
-            import h5py  # noqa: F401
-        except ImportError:  # netCDF4, if installed, reads HDF5 files written the netCDF-4 way
-            if importlib.util.find_spec("netCDF4") is None:
-                raise ImportError(f"reading HDF5 ({path.name}) needs h5netcdf and h5py: "
-                                  "pip install 'sciddpm[hdf5]'")
-            return xr.open_dataset(path, engine="netcdf4", chunks=None)
-        return xr.open_dataset(path, engine="h5netcdf", phony_dims="access", chunks=None)
-    raise ValueError(f"cannot tell the format of {path}: use a zarr directory or *.zarr, "
-                     f"netCDF ({', '.join(NETCDF)}) or HDF5 ({', '.join(HDF5)})")
+def open_volume_store(path: str | Path) -> xr.Dataset:
+    """The volume store at ``path`` (zarr, netCDF or HDF5), opened lazily."""
+    return open_store(path, what="volume store", hint="check path= (or build one with datasets/*.py)")
 
 
 class VolumeItems(torch.utils.data.Dataset):
@@ -103,7 +83,7 @@ class VolumeItems(torch.utils.data.Dataset):
     def raw(self, i: int) -> np.ndarray:
         """Sample ``i`` of this split in physical units, ``[C, *S]`` float64."""
         if self._store is None:
-            self._store = open_store(self.path)
+            self._store = open_volume_store(self.path)
         index = int(self.indices[i])
         x = np.stack([self._store[f].isel({self.sample_dim: index}).transpose(*self.dims).values
                       for f in self.fields]).astype(np.float64)
@@ -184,7 +164,7 @@ class VolumeAdapter(Adapter):
             raise RuntimeError("this volume adapter was rebuilt from a run's DataSpec and has no data; use "
                                "build_adapter('volume', source=..., path=...) to read data")
         path = self._store_path()
-        ds = open_store(path)
+        ds = open_volume_store(path)
         # sorted: a store lists its members in no fixed order, and the channel order must not vary
         volumes = sorted(n for n, v in ds.data_vars.items() if set(self.dims) <= set(v.dims))
         fields = self.fields if self.fields is not None else volumes

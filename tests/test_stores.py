@@ -1,0 +1,41 @@
+"""sciddpm.data.stores.open_store: every format by suffix or directory, lazily, and errors that
+name what was looked for and how to fix it."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sciddpm.data.stores import open_store
+
+
+@pytest.fixture
+def dataset():
+    rng = np.random.default_rng(0)
+    return xr.Dataset({"u": (("sample", "z", "y", "x"), rng.normal(size=(3, 4, 5, 6)), {"units": "m/s"})},
+                      coords={"sample": [10, 20, 30]}, attrs={"source": "test"})
+
+
+@pytest.mark.parametrize("name", ["store.zarr", "plain_directory", "fields.nc", "fields.h5"])
+def test_every_format_round_trips(dataset, tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".nc"):
+        dataset.to_netcdf(path)
+    elif name.endswith(".h5"):
+        dataset.to_netcdf(path, engine="h5netcdf")
+    else:
+        dataset.to_zarr(path)
+    opened = open_store(path)
+    assert not opened.chunks  # no dask: lazily indexed backend arrays
+    xr.testing.assert_identical(opened.load(), dataset)
+
+
+def test_missing_store_names_what_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no volume store at .*nowhere\.zarr; build one first"):
+        open_store(tmp_path / "nowhere.zarr", what="volume store", hint="build one first")
+
+
+def test_unknown_format_lists_the_known_ones(tmp_path):
+    path = tmp_path / "fields.grib"
+    path.write_bytes(b"GRIB")
+    with pytest.raises(ValueError, match=r"cannot tell the format .*zarr.*netCDF \(\.nc.*HDF5 \(\.h5"):
+        open_store(path)
