@@ -64,9 +64,14 @@ def draw(spec, args, device: torch.device, denoiser: Denoiser, batch: int) -> to
                       generator=g, **kwargs)
 
 
-def fits(spec, args, device, denoiser, batch) -> bool:
+def fits(spec, device, denoiser: Denoiser, batch: int) -> bool:
+    """Whether one denoiser evaluation at ``batch`` fits in memory (the sampler adds a few copies
+    of x, which are small beside the network's activations)."""
     try:
-        draw(spec, args, device, denoiser, batch)
+        x = torch.randn(batch, *spec.shape, device=device)
+        cond = torch.rand(batch, spec.cond_dim, device=device) if spec.cond_dim else None
+        with torch.inference_mode():
+            denoiser(x, torch.ones(batch, device=device), cond=cond)
         bench_nets.synchronize(device)
         return True
     except torch.cuda.OutOfMemoryError:
@@ -74,10 +79,15 @@ def fits(spec, args, device, denoiser, batch) -> bool:
         return False
 
 
-def largest_batch(spec, args, device, denoiser) -> int:
+def largest_batch(spec, args, device, eager: torch.nn.Module) -> int:
+    """Doubling search with the uncompiled net: compiling (and capturing CUDA graphs) at every
+    trial size would take minutes."""
+    denoiser = Denoiser(eager, "edm", sigma_data=0.5)
     batch, best = 16, None
-    while batch <= args.max_batch and fits(spec, args, device, denoiser, batch):
+    while batch <= args.max_batch and fits(spec, device, denoiser, batch):
         best, batch = batch, batch * 2
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if best is None:
         raise SystemExit(f"{spec.name}: even a batch of 16 does not fit; pass --batch")
     return best
@@ -87,10 +97,10 @@ def time_net(spec, args, device: torch.device, emit) -> None:
     denoiser, eager = build(spec, args, device)
     start = time.perf_counter()
     if args.batch == 0:
-        batch = largest_batch(spec, args, device, denoiser)
+        batch = largest_batch(spec, args, device, eager)
     else:
         batch = args.batch or (CPU_BATCH[spec.name] if device.type == "cpu" else 64)
-        draw(spec, args, device, denoiser, batch)  # warm-up, and compilation when asked
+    draw(spec, args, device, denoiser, batch)  # warm-up, and compilation when asked
     bench_nets.synchronize(device)
     warmup_s = time.perf_counter() - start
 
