@@ -328,6 +328,7 @@ class Model:
 # ------------------------------------------------------------------------------------- helpers
 def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:
     """``denoiser`` through torch.compile with static shapes; on CUDA in CUDA graphs too."""
+    log.info("the network is compiled on its first call at each batch shape (tens of seconds)")
     if device.type != "cuda":
         return torch.compile(denoiser, dynamic=False)
     graphed = torch.compile(denoiser, dynamic=False, mode="reduce-overhead")
