@@ -137,7 +137,6 @@ class Model:
                 f"channels={list(self.spec.channels)}, conditions: {names}, step={self.step})")
 
     # ------------------------------------------------------------------------------ public API
-    @torch.no_grad()
     def sample(self, n: int = 1, cond: Mapping[str, float] | None = None, *, steps: int | None = None,
                sampler: str | None = None, seed: int | None = None, guidance: float | None = None,
                batch_size: int | None = None) -> xr.Dataset:
@@ -164,7 +163,6 @@ class Model:
         shown = {k: (v if rows > 1 else float(v[0])) for k, v in table.items()}
         return self.labelled(samples, shown, settings, seed)
 
-    @torch.no_grad()
     def ensemble(self, cases: Any, members: int = 16, *, steps: int | None = None, sampler: str | None = None,
                  seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
                  progress: bool = True) -> xr.Dataset:
@@ -190,7 +188,6 @@ class Model:
             ds = ds.assign_coords({name: ("case", values, dict(ds[name].attrs) if name in ds else {})})
         return ds.assign_coords(case=np.arange(count))
 
-    @torch.no_grad()
     def infill(self, observed: xr.Dataset, n: int = 8, cond: Mapping[str, float] | None = None, *,
                steps: int | None = None, sampler: str | None = None, seed: int = 0,
                guidance: float | None = None, batch_size: int | None = None,
@@ -257,6 +254,7 @@ class Model:
                 bar.update(len(pieces[-1]))
         return torch.cat(pieces)
 
+    @torch.no_grad()  # every sample, ensemble, store and infill is drawn here: never an autograd graph
     def generate_batch(self, table: Mapping[str, np.ndarray], items: Sequence[tuple[int, int]], *,
                        seed: int, settings: Mapping[str, Any], wrap: Callable | None = None,
                        rows: Sequence[int] | None = None) -> torch.Tensor:

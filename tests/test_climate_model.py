@@ -88,3 +88,21 @@ def test_sample_writes_zarr_in_source_units(run, tmp_path):
     assert set(ens.data_vars) == {"2m_temperature", "sea_surface_temperature"}
     assert float(ens["dayofyear"]) == 30.0 and ens.sizes["member"] == 2
     assert (tmp_path / "ens_maps.png").stat().st_size > 10_000
+
+
+def test_cases_csv_writes_the_ensemble_store_of_model_ensemble(run, land, tmp_path):
+    # The ensemble-store path (`sample --cases`) on a field with a land mask: the store holds
+    # exactly what Model.ensemble returns, NaN exactly over land.
+    is_land, source = land
+    (tmp_path / "cases.csv").write_text("dayofyear\n30\n210\n")
+    out = tmp_path / "ens.zarr"
+    assert main(["sample", "model=sst", f"runs_dir={run / 'runs'}", "--cases", str(tmp_path / "cases.csv"),
+                 "--members", "2", "--steps", "3", "--seed", "4", "--batch-size", "3", "--out", str(out)]) == 0
+    stored = xr.open_zarr(out).load()
+    expected = sciddpm.load("sst", runs_dir=run / "runs").ensemble({"dayofyear": [30.0, 210.0]}, members=2,
+                                                                   steps=3, seed=4, batch_size=3)
+    assert dict(stored.sizes)["case"] == 2 and dict(stored.sizes)["member"] == 2
+    for name in ("2m_temperature", "sea_surface_temperature"):
+        np.testing.assert_array_equal(stored[name].transpose(*expected[name].dims).values, expected[name].values)
+    sst = stored["sea_surface_temperature"].transpose("case", "member", *source["land_sea_mask"].dims).values
+    np.testing.assert_array_equal(np.isnan(sst), np.broadcast_to(is_land, sst.shape))

@@ -261,3 +261,30 @@ def test_store_errors_name_the_fix(custom_store, tmp_path):
     bare = adapter_from_spec(build_adapter("volume", fields=["rho"], params=["mass"], **common).spec())
     with pytest.raises(ValueError, match=r"lacks field\(s\) \['rho'\]"):
         bare.to_tensor(xr.Dataset({"density": (("member", "k", "j", "i"), np.zeros((1, 4, 5, 6)))}))
+
+
+# ----------------------------------------------------------------------------- surrogate ensembles
+def test_cases_csv_ensemble_store_for_a_volume_model(tmp_path, monkeypatch):
+    # `sciddpm sample --cases` on a 3-D model, the surrogate-ensemble path: the store holds
+    # exactly Model.ensemble's members, in the adapter's units and dims. (It used to fail for
+    # volumes: sampling ran with autograd on, and the adapter refused tensors that need grad.)
+    from sciddpm.cli import main
+
+    import sciddpm
+
+    monkeypatch.setenv("SCIDDPM_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "data=volume_grf", "data.kwargs.build.samples=24", "data.kwargs.build.size=8",
+                 "model.kwargs.channels=8", "model.kwargs.channel_mult=[1,2]", "model.kwargs.attention_levels=[]",
+                 "model.kwargs.mid_attention=false", "model.kwargs.norm_groups=4", "trainer=quick",
+                 "trainer.steps=4", "trainer.batch_size=4", "trainer.log_every=2", "trainer.checkpoint_every=4",
+                 "trainer.device=cpu", f"runs_dir={tmp_path / 'runs'}", "name=vol"]) == 0
+    (tmp_path / "cases.csv").write_text("alpha\n2.0\n3.0\n")
+    out = tmp_path / "ens.zarr"
+    assert main(["sample", "model=vol", f"runs_dir={tmp_path / 'runs'}", "--cases", str(tmp_path / "cases.csv"),
+                 "--members", "3", "--steps", "3", "--seed", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    stored = xr.open_zarr(out).load()
+    expected = sciddpm.load("vol", runs_dir=tmp_path / "runs").ensemble(
+        {"alpha": [2.0, 3.0]}, members=3, steps=3, seed=1, batch_size=2, progress=False)
+    assert stored["field"].dims[:2] == ("case", "member") and stored["field"].shape == (2, 3, 8, 8, 8)
+    np.testing.assert_array_equal(stored["alpha"].values, [2.0, 3.0])
+    np.testing.assert_array_equal(stored["field"].transpose(*expected["field"].dims).values, expected["field"].values)
