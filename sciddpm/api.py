@@ -132,7 +132,7 @@ class Model:
         return self.spec.cond
 
     def __repr__(self) -> str:
-        names = ", ".join(f"{v.name} [{v.units}]" for v in self.spec.cond.vars) or "none"
+        names = ", ".join(v.describe() for v in self.spec.cond.vars) or "none"
         return (f"Model({self.name!r}, adapter={self.spec.adapter}, shape={list(self.spec.shape)}, "
                 f"channels={list(self.spec.channels)}, conditions: {names}, step={self.step})")
 

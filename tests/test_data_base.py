@@ -92,6 +92,15 @@ def test_out_of_range_warns_naming_the_range_but_in_range_is_silent():
         schema.encode({"pitch": [110.0, 880.0], "velocity": [25, 127]})  # the endpoints are in range
 
 
+def test_dimensionless_conditions_read_as_numbers():
+    # units "1" (CF's pure number, e.g. Gray-Scott's F) is not printed as if it were a unit
+    schema = CondSchema([CondVar("F", "1", 0.034, 0.042)])
+    with pytest.warns(ConditionRangeWarning, match=r"F=0.5 is outside the training range 0.034–0.042; the"):
+        schema.encode({"F": 0.5})
+    with pytest.raises(UnknownConditionError, match=r"known: F \[dimensionless, trained 0.034–0.042\]"):
+        schema.encode({"f": 0.04})
+
+
 def test_schema_dict_round_trip_and_malformed():
     schema = CondSchema([CondVar("pitch", "Hz", 110, 880, feature="log", description="f0"),
                          CondVar("hour", "h", 0, 23, feature="cyclic", period=24)])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sciddpm.data.stores import open_store
+from sciddpm.data.stores import open_store, write_store
 
 
 @pytest.fixture
@@ -39,3 +39,21 @@ def test_unknown_format_lists_the_known_ones(tmp_path):
     path.write_bytes(b"GRIB")
     with pytest.raises(ValueError, match=r"cannot tell the format .*zarr.*netCDF \(\.nc.*HDF5 \(\.h5"):
         open_store(path)
+
+
+def test_netcdf_keeps_every_attribute_in_a_form_netcdf_holds(dataset, tmp_path):
+    attrs = {"periodic": [True, False, True], "flag": True, "missing": None, "nested": {"a": [1, 2]},
+             "names": ["u", "v"], "levels": [500, 850], "title": "t", "scale": 2.5}
+    dataset.attrs.update(attrs)
+    dataset["u"].attrs["valid"] = False
+    written = xr.open_dataset(write_store(dataset, tmp_path / "f.nc")).load()
+    np.testing.assert_array_equal(written["u"].values, dataset["u"].values)
+    got = written.attrs
+    np.testing.assert_array_equal(got["periodic"], [1, 0, 1])
+    assert got["flag"] == 1 and written["u"].attrs["valid"] == 0 and written["u"].attrs["units"] == "m/s"
+    assert (got["missing"], got["nested"], got["names"]) == ("null", '{"a": [1, 2]}', '["u", "v"]')
+    np.testing.assert_array_equal(got["levels"], [500, 850])
+    assert (got["title"], got["scale"]) == ("t", 2.5)
+    assert dataset.attrs == {"source": "test", **attrs} and dataset["u"].attrs["valid"] is False  # unchanged
+    zarr_copy = open_store(write_store(dataset, tmp_path / "f.zarr")).load()
+    assert zarr_copy.attrs == dataset.attrs  # zarr keeps them as they are

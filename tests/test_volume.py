@@ -191,6 +191,11 @@ def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
     assert [p.name for p in paths] == ["ens.zarr", "ens_slices.png"]
     xr.testing.assert_identical(xr.open_zarr(paths[0], consolidated=False, chunks=None).load(), ds)
     assert paths[1].read_bytes()[:4] == b"\x89PNG"
+    # netCDF too, although the store's attrs hold booleans (periodic), which netCDF cannot
+    nc = grf_adapter.write(ds, tmp_path / "ens.nc")[0]
+    written = xr.open_dataset(nc).load()
+    np.testing.assert_array_equal(written["field"].values, ds["field"].values)
+    np.testing.assert_array_equal(written.attrs["periodic"], [1, 1, 1])
     bad = ds.copy(deep=True)
     bad["field"][1, 2, 3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN/Inf at \\[1, 2, 3, 4\\]"):

@@ -50,6 +50,7 @@ from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, rea
                                    spectrogram_db)
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path,
                                register_adapter, split_indices)
+from sciddpm.data.stores import write_store
 
 log = logging.getLogger(__name__)
 
@@ -340,12 +341,7 @@ class AudioAdapter(Adapter):
         stored = ds.copy()
         if rescaled:
             stored.attrs.update(wav_rescaled=" ".join(rescaled), wav_gains=gains)
-        with atomic_path(store) as tmp:
-            if store.suffix == ".zarr":
-                stored.to_zarr(tmp, mode="w", consolidated=False)  # zarr v3: not in the spec
-            else:
-                stored.to_netcdf(tmp)
-        return written + [store]
+        return written + [write_store(stored, store)]
 
     def evaluate(self, samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path) -> dict:
         """Audio scores for ``sciddpm evaluate`` (see ``sciddpm.data.audio_eval``)."""

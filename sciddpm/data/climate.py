@@ -50,11 +50,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, register_adapter
+from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, close_match, decode_mask, detect_layout,
                                        encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
+from sciddpm.data.stores import write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
 log = logging.getLogger(__name__)
@@ -357,11 +358,7 @@ class Era5Adapter(Adapter):
         out = Path(out)
         if out.suffix not in (".zarr", ".nc"):
             out = out / "samples.zarr"
-        with atomic_path(out) as tmp:
-            if out.suffix == ".zarr":
-                ds.to_zarr(tmp, mode="w", consolidated=False)
-            else:
-                ds.to_netcdf(tmp)
+        write_store(ds, out)
         png = out.with_name(out.stem + "_maps.png")
         maps_png(ds, [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])], png)
         return [out, png]

@@ -39,6 +39,10 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+def _dimensionless(units: str) -> bool:
+    return units in ("", "1")  # "1": the CF/UDUNITS spelling of a pure number
+
+
 @dataclass(frozen=True)
 class CondVar:
     """One named physical parameter, in the units the data declares (e.g. pitch in Hz).
@@ -99,8 +103,8 @@ class CondVar:
 
     def describe(self) -> str:
         """``pitch [Hz, trained 110–880]``: how error messages show this variable."""
-        units = f"{self.units}, " if self.units else ""
-        return f"{self.name} [{units}trained {_num(self.min)}–{_num(self.max)}]"
+        units = "dimensionless" if _dimensionless(self.units) else self.units
+        return f"{self.name} [{units}, trained {_num(self.min)}–{_num(self.max)}]"
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Feature columns ``[B, width]`` (float64) for already-validated physical values ``[B]``."""
@@ -197,9 +201,10 @@ class CondSchema:
             slack = 1e-6 * max(var.max - var.min, abs(var.max), 1e-12)  # float round-off in JSON
             outside = a[(a < var.min - slack) | (a > var.max + slack)]
             if warn and outside.size:
+                units = "" if _dimensionless(var.units) else f" {var.units}"
                 warnings.warn(
-                    f"condition {var.name}={outside[0]:g} {var.units} is outside the training range "
-                    f"{_num(var.min)}–{_num(var.max)} {var.units}; the model is extrapolating",
+                    f"condition {var.name}={outside[0]:g}{units} is outside the training range "
+                    f"{_num(var.min)}–{_num(var.max)}{units}; the model is extrapolating",
                     ConditionRangeWarning, stacklevel=3,
                 )
             out[var.name] = a

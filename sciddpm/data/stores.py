@@ -1,21 +1,27 @@
-"""Opening the stores data comes in: one function, ``open_store``, for every adapter and the CLI.
+"""Stores of labelled fields, read and written: ``open_store`` and ``write_store``, for every
+adapter and the CLI.
 
 A store is a zarr store (a local directory or ``*.zarr``, or a ``gs://``, ``s3://`` or
 ``http(s)://`` URL), a netCDF file or an HDF5 file. Every one opens lazily with ``chunks=None``
 and no dask: each variable stays a lazily indexed backend array, so ``isel`` reads only the
 chunks it touches. That is what keeps training memory flat in the length of a store
-(docs/climate.md), and what lets DataLoader workers open the store themselves.
+(docs/climate.md), and what lets DataLoader workers open the store themselves. Samples are
+written as zarr or netCDF, atomically.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import warnings
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import xarray as xr
+
+from sciddpm.data.base import atomic_path
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
@@ -60,3 +66,42 @@ def _open_hdf5(path: str) -> xr.Dataset:
         return xr.open_dataset(path, engine="netcdf4", chunks=None)
     raise ImportError(f"reading HDF5 ({PurePosixPath(path).name}) needs h5netcdf and h5py: "
                       "pip install 'sciddpm[hdf5]'")
+
+
+def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write ``ds`` atomically: a zarr store if ``path`` ends in .zarr, else a netCDF file.
+
+    netCDF attributes hold only strings, numbers and flat arrays of numbers. So in a netCDF file
+    booleans become int8 0/1, e.g. a store's ``periodic = [True, True, True]``, and any other
+    value becomes its JSON text: None, a mapping, strings in a list, nested lists. zarr keeps
+    every attribute as it is.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".zarr":
+            ds.to_zarr(tmp, mode="w", consolidated=False)  # consolidated metadata: not in zarr 3's spec
+        else:
+            _with_netcdf_attrs(ds).to_netcdf(tmp)
+    return path
+
+
+def _with_netcdf_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
+    for name in ds.variables:
+        ds[name].attrs = {k: _netcdf_attr(v) for k, v in ds[name].attrs.items()}
+    return ds
+
+
+def _netcdf_attr(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return np.int8(value)
+    if isinstance(value, (str, int, float, np.number)):
+        return value
+    items = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if items is not None and items.ndim == 1 and items.size:
+        if items.dtype == bool:
+            return items.astype(np.int8)
+        if items.dtype.kind in "iuf":
+            return items
+    return json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, default=str)

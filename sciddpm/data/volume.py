@@ -45,9 +45,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path, plain_json,
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, plain_json,
                                register_adapter, split_indices)
-from sciddpm.data.stores import open_store
+from sciddpm.data.stores import open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
 log = logging.getLogger(__name__)
@@ -369,13 +369,7 @@ class VolumeAdapter(Adapter):
             store, png = out, out.with_name(f"{out.stem}_slices.png")
         else:
             store, png = out / "samples.zarr", out / "slices.png"
-        store.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(store) as tmp:
-            if store.suffix == ".zarr":
-                ds.to_zarr(tmp, mode="w", consolidated=False)
-            else:
-                ds.to_netcdf(tmp)
-        return [store, slices_png(ds, spec, png)]
+        return [write_store(ds, store), slices_png(ds, spec, png)]
 
     def evaluate(self, samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path) -> dict:
         """Fitted spectral slopes per channel (k in [1, N/2]); for ``grf``, against the requested -alpha."""
