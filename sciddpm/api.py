@@ -244,7 +244,7 @@ class Model:
         (default: its case). ``wrap``, if given, wraps the denoiser (e.g. inpainting). Batches are runs of ``batch_size``
         consecutive items; :mod:`sciddpm.ensembles` relies on that to split work over ranks.
         """
-        batch = int(batch_size or len(items))
+        batch = len(items) if batch_size is None else _positive(batch_size, "batch_size")
         pieces = []
         with _progress(len(items), progress) as bar:
             for start in range(0, len(items), batch):

@@ -77,6 +77,9 @@ def test_ensemble_rejects_bad_cases(model):
         model.ensemble({"pitch": [[220.0, 330.0]]}, members=1, steps=2)
     with pytest.raises(ValueError, match="members must be"):
         model.ensemble({"pitch": [220.0]}, members=0)
+    for bad in (0, -2, 1.5):  # 0 used to mean "all in one batch"
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            model.sample(2, {"pitch": 220.0}, steps=2, batch_size=bad)
 
 
 def test_write_ensemble_equals_model_ensemble(model, tmp_path):
