@@ -16,7 +16,7 @@ import torch
 
 from sciddpm.data import DataSpec
 from sciddpm.diffusion import Denoiser, vp_schedule
-from sciddpm.nn import build_backbone
+from sciddpm.nn import BACKBONES, build_backbone
 
 
 class WithStaticInputs(torch.nn.Module):
@@ -34,6 +34,17 @@ class WithStaticInputs(torch.nn.Module):
         return self.net(torch.cat([x, fields], dim=1), noise_level, cond=cond, drop_cond=drop_cond)
 
 
+_PRESET_FOR_DIMS = {1: "model=audio or ", 2: "model=climate or ", 3: "model=volume or "}
+
+
+def _check_dims(dims: int, backbone: str, spec: DataSpec) -> None:
+    if dims != spec.dims:
+        raise ValueError(
+            f"backbone {backbone!r} is {dims}-D but the data ({spec.adapter}) is {spec.dims}-D with "
+            f"shape {list(spec.shape)}; pick a model preset with a {spec.dims}-D backbone "
+            f"({_PRESET_FOR_DIMS.get(spec.dims, '')}model.backbone=unet{spec.dims}d)")
+
+
 def build_denoiser(config: Mapping[str, Any], spec: DataSpec,
                    static_fields: torch.Tensor | None = None) -> Denoiser:
     """The denoiser a run describes. ``static_fields`` ``[K, *S]`` fill the static-input buffer on
@@ -41,6 +52,7 @@ def build_denoiser(config: Mapping[str, Any], spec: DataSpec,
     model_cfg = config["model"]
     diffusion_cfg = dict(config["diffusion"])
     channels, n_static = len(spec.channels), len(spec.static)
+    _check_dims(getattr(BACKBONES.get(model_cfg["backbone"]), "dims", spec.dims), model_cfg["backbone"], spec)
     net = build_backbone(
         model_cfg["backbone"],
         in_channels=channels + n_static,
@@ -49,12 +61,7 @@ def build_denoiser(config: Mapping[str, Any], spec: DataSpec,
         padding=list(spec.padding),
         **dict(model_cfg.get("kwargs") or {}),
     )
-    if getattr(net, "dims", spec.dims) != spec.dims:
-        raise ValueError(
-            f"backbone {model_cfg['backbone']!r} is {net.dims}-D but the data "
-            f"({spec.adapter}) is {spec.dims}-D with shape {list(spec.shape)}; pick a "
-            f"model preset with a {spec.dims}-D backbone (e.g. unet{spec.dims}d)"
-        )
+    _check_dims(getattr(net, "dims", spec.dims), model_cfg["backbone"], spec)  # plugins say it once built
     if n_static:
         expected = (n_static, *spec.shape)
         if static_fields is None:

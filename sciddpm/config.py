@@ -8,6 +8,8 @@ entries, never import paths.
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -33,7 +35,29 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
             cfg = hydra_compose(config_name="config", overrides=overrides)
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{error}\n(config groups live in {CONFIG_DIR})") from None
+        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}\n"
+                          f"(config groups live in {CONFIG_DIR})") from None
+
+
+def _close_key_hint(message: str, overrides: list[str]) -> str:
+    """For Hydra's "Could not override 'trainer.stepz'": the keys there, and the closest one."""
+    match = re.search(r"Could not override '([^']+)'", message)
+    if not match:
+        return ""
+    parent, _, leaf = match.group(1).rpartition(".")
+    try:  # the config without the offending override, to read the keys that do exist
+        node: Any = compose([o for o in overrides if not o.startswith(match.group(1) + "=")])
+        for part in filter(None, parent.split(".")):
+            node = node[part]
+    except (ConfigError, KeyError, TypeError):
+        return ""
+    if not isinstance(node, Mapping):
+        return ""
+    keys = sorted(map(str, node))
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    prefix = f"{parent}." if parent else ""
+    return (f"\n{parent or 'the config'} has keys: {', '.join(keys)}"
+            + (f" - did you mean {prefix}{close[0]}?" if close else ""))
 
 
 def options(group: str) -> list[str]:

@@ -26,7 +26,7 @@ from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
 from sciddpm.precision import network_autocast, network_dtype_name
-from sciddpm.runs import RunDir, RunError
+from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
 log = logging.getLogger("sciddpm.training")
 
@@ -51,6 +51,7 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:
+    _check_trainer(trainer)
     device = _pick_device(trainer["device"], local_rank)
     seed = int(cfg["seed"])
     if trainer["batch_size"] % world:
@@ -74,11 +75,10 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
         for note in spec.notes:
             log.warning("data: %s", note)
 
-    start_step = _prepare_run_dir(run, cfg, spec, rank, world)
-
-    # --- model, EMA, optimiser -------------------------------------------------------------------
+    # --- model (checked against the data before the run directory is claimed), EMA, optimiser ---
     torch.manual_seed(seed)  # identical initial weights on every rank
     denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
+    start_step = _prepare_run_dir(run, cfg, spec, rank, world)
     ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
                                   weight_decay=trainer["weight_decay"], fused=True)  # ~4x faster step on CPU
@@ -204,20 +204,15 @@ def _prepare_run_dir(run: RunDir, cfg: dict, spec: DataSpec, rank: int, world: i
 
 
 def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
+    """The start step: 0 for a new run, the last checkpoint's step when resuming the same run. A
+    directory whose run stopped before its first checkpoint holds nothing to protect, so it starts
+    afresh under the new settings (say, after fixing the model that made the first try fail)."""
     start_step = 0
-    if (run.path / "config.yaml").exists():
-        previous = run.load_config()
-        for key in _IDENTITY_KEYS:
-            if previous.get(key) != cfg.get(key):
-                raise RunError(
-                    f"run directory {run.path} already holds a run with a different '{key}' "
-                    f"({previous.get(key)!r} there, {cfg.get(key)!r} now). Resume it with the "
-                    f"same settings, or start a new run with name=<new name>."
-                )
-        if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
-            raise RunError(
-                f"the data's statistics/schema differ from those saved in {run.path}: the data "
-                f"changed since the run started. Start a new run with name=<new name>.")
+    if (run.path / CONFIG).exists():
+        if run.checkpoint_steps() or (run.path / WEIGHTS).exists():
+            _check_same_run(run, cfg, spec)
+        else:
+            log.info("%s holds no trained weights yet: starting it afresh", run.path)
         run.clean_staging()
         steps = run.checkpoint_steps()
         start_step = steps[-1] if steps else 0
@@ -226,6 +221,21 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
     run.save_config(cfg)
     run.save_data_spec(spec.to_dict())
     return start_step
+
+
+def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
+    previous = run.load_config()
+    for key in _IDENTITY_KEYS:
+        if previous.get(key) != cfg.get(key):
+            raise RunError(
+                f"run directory {run.path} already holds a run with a different '{key}' "
+                f"({previous.get(key)!r} there, {cfg.get(key)!r} now). Resume it with the "
+                f"same settings, or start a new run with name=<new name>."
+            )
+    if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
+        raise RunError(
+            f"the data's statistics/schema differ from those saved in {run.path}: the data "
+            f"changed since the run started. Start a new run with name=<new name>.")
 
 
 def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str, device: torch.device) -> None:
@@ -241,6 +251,35 @@ def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str,
 
 
 # ----------------------------------------------------------------------------- small loop helpers
+# trainer.<key>: (integer?, smallest allowed, largest allowed or None, whether the smallest is allowed)
+_TRAINER_LIMITS = {
+    "steps": (True, 1, None, True), "batch_size": (True, 1, None, True), "lr": (False, 0, None, False),
+    "warmup_steps": (True, 0, None, True), "weight_decay": (False, 0, None, True),
+    "grad_clip": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
+    "checkpoint_every": (True, 1, None, True), "log_every": (True, 1, None, True),
+    "num_workers": (True, 0, None, True),
+}
+
+
+def _check_trainer(trainer: Mapping[str, Any]) -> None:
+    """Every number of the trainer group in its range, before anything is built or written."""
+    for key, (integer, low, high, low_allowed) in _TRAINER_LIMITS.items():
+        value = trainer.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        valid = number and (not integer or float(value).is_integer()) and (
+            value >= low if low_allowed else value > low) and (high is None or value < high)
+        if not valid:
+            kind = "an integer" if integer else "a number"
+            bounds = f"{'>=' if low_allowed else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            raise ValueError(f"trainer.{key} must be {kind} {bounds}, got {value!r} "
+                             f"(e.g. trainer.{key}={_TRAINER_EXAMPLES[key]})")
+
+
+_TRAINER_EXAMPLES = {"steps": 1000, "batch_size": 32, "lr": 2e-4, "warmup_steps": 100, "weight_decay": 0,
+                     "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 500, "log_every": 50,
+                     "num_workers": 2}
+
+
 def _learning_rate(step: int, trainer: Mapping[str, Any]) -> float:
     warmup = max(1, int(trainer["warmup_steps"]))
     return float(trainer["lr"]) * min(1.0, (step + 1) / warmup)

@@ -16,8 +16,10 @@ def test_default_composition_names_registry_entries():
 def test_unknown_option_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"(?s)Available options in 'trainer'.*quick"):
         compose(["trainer=nosuch"])
-    with pytest.raises(ConfigError, match=r"trainer\.stepz"):
-        compose(["trainer.stepz=3"])
+    with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*trainer has keys: batch_size, .* - did you mean trainer\.steps\?"):
+        compose(["trainer=quick", "trainer.stepz=3"])
+    with pytest.raises(ConfigError, match=r"the config has keys: .* - did you mean seed\?"):
+        compose(["seedz=3"])
 
 
 def test_every_shipped_config_is_plain_and_has_no_target():

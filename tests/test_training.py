@@ -2,6 +2,7 @@
 SIGKILL with identical weights, 2-process gloo DDP, and refusal of crafted run directories."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,6 +163,34 @@ def test_resume_in_another_network_dtype_says_so(cache, tmp_path, monkeypatch, c
     assert len(warned) == 1 and "float32 up to step 10 and continues in bfloat16" in warned[0]
     assert "trainer.bf16=false" in warned[0]
     assert [r["network_dtype"] for r in RunDir(tmp_path / "moved").read_metrics()] == ["float32"] * 2 + ["bfloat16"] * 2
+
+
+def test_bad_trainer_numbers_are_named_before_anything_is_written(cache, tmp_path):
+    for override, message in [("trainer.lr=abc", "trainer.lr must be a number > 0, got 'abc'"),
+                              ("trainer.batch_size=0", "trainer.batch_size must be an integer >= 1, got 0"),
+                              ("trainer.steps=2.5", "trainer.steps must be an integer >= 1"),
+                              ("trainer.ema_decay=1", "trainer.ema_decay must be a number >= 0 and < 1")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sciddpm.train([*TINY, override, f"runs_dir={tmp_path}", "name=bad"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_failed_first_try_does_not_block_the_fixed_command(cache, tmp_path):
+    # A model that does not fit the data fails before the run directory is claimed; and a run
+    # directory left without any checkpoint (killed before its first) starts afresh under new
+    # settings instead of refusing them as "a different model".
+    run = [*TINY, "trainer.steps=4", "trainer.checkpoint_every=4", f"runs_dir={tmp_path}", "name=retry"]
+    with pytest.raises(ValueError, match="'unet2d' is 2-D but the data .* is 1-D .*model=audio or model.backbone=unet1d"):
+        sciddpm.train([*run, "model.backbone=unet2d"])
+    assert not (tmp_path / "retry").exists()
+    stale = RunDir(tmp_path / "retry")
+    stale.path.mkdir()
+    stale.save_config({"model": {"backbone": "unet1d", "kwargs": {"channels": 4}}})
+    stale.append_metrics({"step": 1, "loss": 1.0})
+    sciddpm.train(run)
+    assert [r["step"] for r in stale.read_metrics()] == [4] and stale.checkpoint_steps() == [4]
+    with pytest.raises(RunError, match="different 'model'"):  # now there are weights to protect
+        sciddpm.train([*run, "model.kwargs.channels=16"])
 
 
 def test_crafted_run_directory_is_refused(trained, tmp_path):

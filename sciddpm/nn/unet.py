@@ -272,6 +272,7 @@ def _builder(dims: int):
     build.__signature__ = inspect.Signature(parameters, return_annotation=UNet)
     build.__name__ = build.__qualname__ = f"unet{dims}d"
     build.__doc__ = f"Build a {dims}-D :class:`UNet`; keyword arguments as ``UNet``'s but ``dims``."
+    build.dims = dims  # known before building: a model/data mismatch is named before anything else
     return build
 
 
