@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from sciddpm.assembly import build_denoiser
 from sciddpm.config import CONFIG_DIR
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
+from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
 from sciddpm.precision import network_dtype_name
@@ -289,7 +290,7 @@ class Model:
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
                          "seed": seed,
                          "network_dtype": self.network_dtype})
-        return ds
+        return netcdf_safe(ds)  # so that a user's ds.to_netcdf works as well as ds.to_zarr
 
     def sampler_settings(self, method: str | None = None, steps: int | None = None,
                          guidance: float | None = None) -> dict:

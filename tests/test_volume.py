@@ -245,6 +245,20 @@ def test_store_source_reads_any_layout(custom_store, tmp_path, suffix):
     assert_roundtrip(adapter, ds, cond)
 
 
+@pytest.mark.parametrize("declared, padding", [([1, 0, 1], ["circular", "zeros", "circular"]),
+                                               (1, ["circular"] * 3), ([True, True, False], ["circular"] * 2 + ["zeros"])])
+def test_store_declares_periodicity_the_way_netcdf_can(custom_store, tmp_path, declared, padding):
+    # netCDF has no boolean attributes: a store says periodic = 0/1 per axis (int8 on disk)
+    path = tmp_path / "sims.nc"
+    custom_store.assign_attrs(periodic=np.asarray(declared, dtype=np.int8)).to_netcdf(path)
+    adapter = build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
+                            dims=["k", "j", "i"], sample_dim="run")
+    assert adapter.spec().padding == padding
+    with pytest.raises(ValueError, match=r"periodic must be a bool \(or 0/1\) or one per axis"):
+        build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
+                      dims=["k", "j", "i"], sample_dim="run", periodic=[1, 2, 1]).spec()
+
+
 def test_store_errors_name_the_fix(custom_store, tmp_path):
     path = tmp_path / "sims.zarr"
     custom_store.to_zarr(path, consolidated=False)
@@ -293,3 +307,5 @@ def test_cases_csv_ensemble_store_for_a_volume_model(tmp_path, monkeypatch):
     assert stored["field"].dims[:2] == ("case", "member") and stored["field"].shape == (2, 3, 8, 8, 8)
     np.testing.assert_array_equal(stored["alpha"].values, [2.0, 3.0])
     np.testing.assert_array_equal(stored["field"].transpose(*expected["field"].dims).values, expected["field"].values)
+    expected.to_netcdf(tmp_path / "direct.nc")  # a user's own to_netcdf, attributes and all
+    np.testing.assert_array_equal(xr.open_dataset(tmp_path / "direct.nc").attrs["periodic"], [1, 1, 1])

@@ -81,11 +81,13 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         if path.suffix == ".zarr":
             ds.to_zarr(tmp, mode="w", consolidated=False)  # consolidated metadata: not in zarr 3's spec
         else:
-            _with_netcdf_attrs(ds).to_netcdf(tmp)
+            netcdf_safe(ds).to_netcdf(tmp)
     return path
 
 
-def _with_netcdf_attrs(ds: xr.Dataset) -> xr.Dataset:
+def netcdf_safe(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy of ``ds`` whose attributes netCDF can hold (as :func:`write_store` says), so
+    that ``ds.to_netcdf`` works as well as ``ds.to_zarr``; the data is shared, not copied."""
     ds = ds.copy()
     ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
     for name in ds.variables:

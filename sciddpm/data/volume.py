@@ -230,9 +230,11 @@ class VolumeAdapter(Adapter):
             if self.source == "store" and stored is None:
                 log.info("the store declares no 'periodic' attribute: zero padding on every axis "
                          "(pass periodic=true for a periodic box)")
-        flags = [given] * 3 if isinstance(given, (bool, np.bool_, int)) else list(given)
-        if len(flags) != 3 or not all(isinstance(f, (bool, np.bool_, int)) for f in flags):
-            raise ValueError(f"periodic must be a bool or one bool per axis {self.dims}, got {given!r}")
+        # booleans, or 0/1 as netCDF stores them (it has no boolean attributes)
+        flags = np.asarray(given).reshape(-1).tolist()
+        flags = flags * 3 if len(flags) == 1 else flags
+        if len(flags) != 3 or not all(isinstance(f, (bool, int)) and f in (0, 1) for f in flags):
+            raise ValueError(f"periodic must be a bool (or 0/1) or one per axis {self.dims}, got {given!r}")
         return [bool(f) for f in flags]
 
     def _items(self, split: str, normaliser: Normaliser, cond: np.ndarray | None = None) -> VolumeItems:
