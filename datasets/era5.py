@@ -25,6 +25,7 @@ import numpy as np
 from sciddpm.data.base import atomic_path
 from sciddpm.data.era5_layouts import LAYOUTS, LEVEL, TIME, StorePlan, open_era5_store, parse_channel
 from sciddpm.data.era5_synthetic import DEFAULTS, describe, write_synthetic
+from sciddpm.data.stores import consolidate
 
 
 def subset(source: str, variables: list[str], out: str, start: str | None = None, stop: str | None = None,
@@ -57,6 +58,7 @@ def subset(source: str, variables: list[str], out: str, start: str | None = None
             else:
                 piece.drop_vars(list(static)).to_zarr(tmp, append_dim=TIME, consolidated=False)
             print(f"  {min(first + block, sub.sizes[TIME])}/{sub.sizes[TIME]} times", file=sys.stderr)
+        consolidate(tmp)
     return out
 
 

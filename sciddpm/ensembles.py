@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import zarr
 
 from sciddpm.api import Model, case_table
 from sciddpm.data.base import atomic_path, plain_json
+from sciddpm.data.stores import consolidate
 
 log = logging.getLogger("sciddpm")
 
@@ -93,9 +93,7 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     _agree(failure, world, f"ensemble sampling failed on at least one rank; {out} keeps the items that "
                            "finished - run the same command again to complete it")
     if rank == 0:
-        with warnings.catch_warnings():  # zarr 3 notes that consolidated metadata is not in its spec yet
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(out))
+        consolidate(out)
     _agree(None, world, "")
     return {"out": str(out), "items": len(items), "sampled": sampled, "skipped": skipped,
             "rank": rank, "world": world}

@@ -57,3 +57,12 @@ def test_netcdf_keeps_every_attribute_in_a_form_netcdf_holds(dataset, tmp_path):
     assert dataset.attrs == {"source": "test", **attrs} and dataset["u"].attrs["valid"] is False  # unchanged
     zarr_copy = open_store(write_store(dataset, tmp_path / "f.zarr")).load()
     assert zarr_copy.attrs == dataset.attrs  # zarr keeps them as they are
+
+
+def test_written_zarr_opens_without_the_consolidation_warning(dataset, tmp_path):
+    import warnings
+
+    path = write_store(dataset, tmp_path / "samples.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # xarray warns when a store lacks consolidated metadata
+        xr.testing.assert_identical(xr.open_zarr(path).load(), dataset)

@@ -48,6 +48,7 @@ import xarray as xr
 from sciddpm.data.base import atomic_path
 from sciddpm.data.era5_layouts import (COORD_ATTRS, LAT, LAYOUTS, LEVEL, LON, TIME, VARIABLE_ATTRS,
                                        parse_channel)
+from sciddpm.data.stores import consolidate
 from sciddpm.data.tones import cache_root
 
 SYNTHETIC_VERSION = 1  # part of the cache key: bump when a formula changes
@@ -240,6 +241,7 @@ def write_synthetic(out: str | Path, **params) -> Path:
                 block.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False)
             else:
                 block.to_zarr(tmp, append_dim=TIME, consolidated=False)
+        consolidate(tmp)
     return out
 
 

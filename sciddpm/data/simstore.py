@@ -30,6 +30,7 @@ import xarray as xr
 import zarr
 
 from sciddpm.data.base import atomic_path
+from sciddpm.data.stores import consolidate
 from sciddpm.data.tones import cache_root
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def _skeleton(path: Path, n: int, shape: tuple[int, ...], fields: Mapping[str, M
     data.update({name: ("sample", np.asarray(v, dtype=np.float64), dict(a)) for name, (v, a) in params.items()})
     encoding = {name: {"chunks": (1, *shape)} for name in fields}
     xr.Dataset(data, coords=coords, attrs=dict(attrs)).to_zarr(path, mode="w", consolidated=False, encoding=encoding)
+    consolidate(path)  # the fills that follow write chunks only: the metadata is final
 
 
 def _fill(path: str, generate: Generator, start: int, stop: int, params: Mapping[str, np.ndarray],

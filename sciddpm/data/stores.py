@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from sciddpm.data.base import atomic_path
 
@@ -79,10 +80,21 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".zarr":
-            ds.to_zarr(tmp, mode="w", consolidated=False)  # consolidated metadata: not in zarr 3's spec
+            ds.to_zarr(tmp, mode="w", consolidated=False)
+            consolidate(tmp)
         else:
             netcdf_safe(ds).to_netcdf(tmp)
     return path
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Consolidate a zarr store's metadata once it is complete, so that ``xr.open_zarr`` opens it
+    in one read and without its "Failed to open Zarr store with consolidated metadata" warning.
+    zarr 3 warns that consolidated metadata is not in its specification yet; xarray and the
+    WeatherBench2 stores rely on it, so that warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
 
 
 def netcdf_safe(ds: xr.Dataset) -> xr.Dataset:
