@@ -197,6 +197,13 @@ def test_write_wavs_png_and_store_without_clipping(tones_adapter, tmp_path, capl
     epaths = tones_adapter.write(ens, tmp_path / "ens")
     assert [p.name for p in epaths[:2]] == ["case000_member000.wav", "case000_member001.wav"] and len(epaths) == 8
     np.testing.assert_array_equal(sf.read(epaths[4], dtype="float32")[0], ds.waveform[1].values)  # case001_member001
+    (tmp_path / "ens" / "my_take.wav").write_bytes(b"not ours")
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio"):
+        fewer = tones_adapter.write(ds.isel(member=[0]), tmp_path / "ens")  # a smaller set, same folder
+    # the previous set's other clips go (no 440 Hz WAV left beside a 220 Hz samples.nc); others stay
+    assert sorted(p.name for p in (tmp_path / "ens").iterdir()) == ["member000.wav", "my_take.wav", "samples.nc",
+                                                                    "spectrogram.png"]
+    assert "removed 6 WAV(s)" in caplog.text and [p.name for p in fewer][0] == "member000.wav"
     pcm = AudioAdapter.from_spec(DataSpec.from_dict({**tones_adapter.spec().to_dict(),
                                                      "output": {"sample_rate": SR, "wav_subtype": "PCM_16"}}))
     assert sf.info(pcm.write(ds, tmp_path / "pcm")[0]).subtype == "PCM_16"

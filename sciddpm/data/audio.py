@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, rea
                                    spectrogram_db)
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path,
                                register_adapter, split_indices)
-from sciddpm.data.stores import write_store
+from sciddpm.data.stores import open_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,10 @@ class AudioAdapter(Adapter):
         else:
             folder, prefix, store = out, "", out / "samples.nc"
         folder.mkdir(parents=True, exist_ok=True)
+        labels = _clip_labels(lead, values.shape[: len(lead)])
+        stale = [label for label in _written_labels(store) if label not in labels]
         written, rescaled, gains = [], [], []
-        for index in np.ndindex(*values.shape[: len(lead)]):
-            label = "_".join(f"{d}{i:03d}" for d, i in zip(lead, index)) or "clip"
+        for index, label in zip(np.ndindex(*values.shape[: len(lead)]), labels):
             clip = values[index]
             peak = float(np.abs(clip).max())
             if peak > 1.0:  # scale this member down rather than clip it (module docstring)
@@ -335,8 +336,12 @@ class AudioAdapter(Adapter):
         if rescaled:
             log.warning("%d clip(s) exceed full scale; their WAVs were scaled down to peak 0.999 (not clipped): %s",
                         len(rescaled), ", ".join(f"{l} x{g:.3f}" for l, g in zip(rescaled, gains)))
-        labels = ["_".join(f"{d}{i:03d}" for d, i in zip(lead, index)) or "clip"
-                  for index in np.ndindex(*values.shape[: len(lead)])]
+        removed = [folder / f"{prefix}{label}.wav" for label in stale if (folder / f"{prefix}{label}.wav").exists()]
+        for path in removed:  # a WAV beside this set's samples.nc must be one of its clips
+            path.unlink()
+        if removed:
+            log.warning("removed %d WAV(s) of the sample set %s held before, which this one does not have: %s",
+                        len(removed), store, ", ".join(p.name for p in removed))
         written.append(self._spectrogram_png(values, lead, labels, rate, folder / f"{prefix}spectrogram.png"))
         stored = ds.copy()
         if rescaled:
@@ -374,3 +379,21 @@ class AudioAdapter(Adapter):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         return path
+
+
+def _clip_labels(lead: Sequence[str], shape: Sequence[int]) -> list[str]:
+    """WAV names of the clips of a Dataset with leading dims ``lead``: member003, case001_member002."""
+    return ["_".join(f"{d}{i:03d}" for d, i in zip(lead, index)) or "clip" for index in np.ndindex(*shape)]
+
+
+def _written_labels(store: Path) -> list[str]:
+    """The clip labels of the sample set already written at ``store`` (none if there is none)."""
+    if not store.exists():
+        return []
+    try:
+        with open_store(store) as previous:
+            da = previous["waveform"]
+            lead = [d for d in da.dims if d not in ("channel", "time")]
+            return _clip_labels(lead, [da.sizes[d] for d in lead])
+    except (OSError, KeyError, ValueError):  # not ours, or unreadable: leave its neighbours alone
+        return []
