@@ -48,10 +48,9 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
 
     ``compile``: run the denoiser through ``torch.compile`` with static shapes, and on CUDA also
     capture it in CUDA graphs (one launch per denoiser call). Each new batch shape compiles once
-    (15-60 s on a CPU), so it pays for large ensembles only; samples agree with the uncompiled
-    ones to the network's rounding, not bit for bit. On a 2-core CPU it made the climate net's
-    sampling 1.4x faster but a 3-D net's 3x slower (docs/performance.md): measure before relying
-    on it."""
+    (25-40 s on a 2-core CPU), so it pays for large ensembles only: there it made sampling
+    1.1-1.5x faster (docs/performance.md; ``benchmarks/compiled_sampling.py`` measures a run).
+    Samples agree with the uncompiled ones to the network's rounding, not bit for bit."""
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
