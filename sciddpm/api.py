@@ -33,7 +33,7 @@ from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
-from sciddpm.precision import network_dtype_name
+from sciddpm.precision import network_dtype_name, resolve_device
 from sciddpm.runs import RunDir, resolve_run
 
 log = logging.getLogger("sciddpm")
@@ -41,7 +41,8 @@ log = logging.getLogger("sciddpm")
 
 def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto", ema: bool = True,
          bf16: bool = True, compile: bool = False) -> "Model":
-    """Load a trained model from a run name (under ``runs_dir``) or a run directory path.
+    """Load a trained model from a run name (under ``runs_dir``) or a run directory path, onto
+    ``device``: auto (CUDA where visible, else the CPU), cpu, cuda or cuda:N.
 
     ``bf16``: run the network in bf16 autocast where the device computes bf16 natively (CUDA, CPUs
     with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere.
@@ -51,6 +52,7 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     (25-40 s on a 2-core CPU), so it pays for large ensembles only: there it made sampling
     1.1-1.5x faster (docs/performance.md; ``benchmarks/compiled_sampling.py`` measures a run).
     Samples agree with the uncompiled ones to the network's rounding, not bit for bit."""
+    torch_device = resolve_device(device)
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
@@ -58,8 +60,6 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     denoiser = build_denoiser(config, spec)
     model_state, ema_state, step = folder.load_weights()
     denoiser.net.load_state_dict(ema_state if ema else model_state)
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                else "cpu" if device == "auto" else device)
     return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16,
                  compile=compile)
 

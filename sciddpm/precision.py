@@ -1,4 +1,7 @@
-"""Where the network runs in bf16: the one precision policy shared by training and sampling.
+"""The device the network runs on, and where it runs in bf16: one policy for training and sampling.
+
+``resolve_device`` turns what a user asked for (``auto``, ``cpu``, ``cuda``, ``cuda:N``) into a
+device, or an error that says what is available.
 
 bf16 autocast pays only where the hardware multiplies bf16 natively: CUDA GPUs that support it
 (Ampere and later) and x86 CPUs with AVX512-BF16 or AMX-BF16 (AMD Zen 4 and later, Intel Cooper
@@ -31,6 +34,29 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])
     return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def resolve_device(requested: str, *, flag: str = "--device", local_rank: int | None = None) -> torch.device:
+    """``auto`` is CUDA where visible (GPU ``local_rank`` under torchrun), else the CPU; ``flag``
+    names the setting in errors (``--device``, ``trainer.device``)."""
+    requested = str(requested)
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"{flag}={requested} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{flag}={requested}: sciddpm runs on auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag}={requested} but no CUDA device is visible; use {flag}=cpu (or auto)")
+        index = local_rank if device.index is None and local_rank is not None else device.index
+        index = torch.cuda.current_device() if index is None else index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{flag}={requested} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        device = torch.device("cuda", index)
+    return device
 
 
 def network_dtype(device: torch.device, bf16: bool = True) -> torch.dtype:

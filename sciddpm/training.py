@@ -25,7 +25,7 @@ from sciddpm.assembly import build_denoiser
 from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
-from sciddpm.precision import network_autocast, network_dtype_name
+from sciddpm.precision import network_autocast, network_dtype_name, resolve_device
 from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
 log = logging.getLogger("sciddpm.training")
@@ -52,7 +52,9 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:
     _check_trainer(trainer)
-    device = _pick_device(trainer["device"], local_rank)
+    device = resolve_device(trainer["device"], flag="trainer.device", local_rank=local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     seed = int(cfg["seed"])
     if trainer["batch_size"] % world:
         raise ValueError(
@@ -312,18 +314,6 @@ def _progress(rank: int, start: int, total: int, name: str):
 
     return tqdm(total=total, initial=start, desc=f"train {name}", unit="step",
                 disable=rank != 0, dynamic_ncols=True)
-
-
-def _pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    return device
 
 
 # ---------------------------------------------------------------------------------- distributed
