@@ -12,7 +12,9 @@ any machine of one kind, and an ensemble split over ranks or resumed after a cra
 (``sciddpm.ensembles``) equals one sampled in a single go. Across kinds of machine the members
 agree to the network's arithmetic: bf16 where the device has it natively, float32 elsewhere
 (``sciddpm.precision``; ``load(..., bf16=False)`` for float32 everywhere), which moved same-seed
-samples by 0.02-0.9% of their RMS in docs/performance.md.
+samples by 0.02-0.9% of their RMS in docs/performance.md. ``compile=True`` changes the kernels,
+and so the members, by the network's rounding (0.01-0.6% RMS in bf16): keep it the same when
+resuming a store if bit-for-bit equality matters.
 """
 
 from __future__ import annotations
