@@ -253,19 +253,19 @@ def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str,
 
 
 # ----------------------------------------------------------------------------- small loop helpers
-# trainer.<key>: (integer?, smallest allowed, largest allowed or None, whether the smallest is allowed)
+# trainer.<key>: (integer?, smallest value, is the smallest allowed?, bound it stays below or None, example)
 _TRAINER_LIMITS = {
-    "steps": (True, 1, None, True), "batch_size": (True, 1, None, True), "lr": (False, 0, None, False),
-    "warmup_steps": (True, 0, None, True), "weight_decay": (False, 0, None, True),
-    "grad_clip": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
-    "checkpoint_every": (True, 1, None, True), "log_every": (True, 1, None, True),
-    "num_workers": (True, 0, None, True),
+    "steps": (True, 1, True, None, 1000), "batch_size": (True, 1, True, None, 32),
+    "lr": (False, 0, False, None, 2e-4), "warmup_steps": (True, 0, True, None, 100),
+    "weight_decay": (False, 0, True, None, 0), "grad_clip": (False, 0, False, None, 1.0),
+    "ema_decay": (False, 0, True, 1, 0.999), "checkpoint_every": (True, 1, True, None, 500),
+    "log_every": (True, 1, True, None, 50), "num_workers": (True, 0, True, None, 2),
 }
 
 
 def _check_trainer(trainer: Mapping[str, Any]) -> None:
     """Every number of the trainer group in its range, before anything is built or written."""
-    for key, (integer, low, high, low_allowed) in _TRAINER_LIMITS.items():
+    for key, (integer, low, low_allowed, high, example) in _TRAINER_LIMITS.items():
         value = trainer.get(key)
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         valid = number and (not integer or float(value).is_integer()) and (
@@ -273,13 +273,7 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
         if not valid:
             kind = "an integer" if integer else "a number"
             bounds = f"{'>=' if low_allowed else '>'} {low}" + (f" and < {high}" if high is not None else "")
-            raise ValueError(f"trainer.{key} must be {kind} {bounds}, got {value!r} "
-                             f"(e.g. trainer.{key}={_TRAINER_EXAMPLES[key]})")
-
-
-_TRAINER_EXAMPLES = {"steps": 1000, "batch_size": 32, "lr": 2e-4, "warmup_steps": 100, "weight_decay": 0,
-                     "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 500, "log_every": 50,
-                     "num_workers": 2}
+            raise ValueError(f"trainer.{key} must be {kind} {bounds}, got {value!r} (e.g. trainer.{key}={example})")
 
 
 def _learning_rate(step: int, trainer: Mapping[str, Any]) -> float:

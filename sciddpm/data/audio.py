@@ -336,7 +336,7 @@ class AudioAdapter(Adapter):
         if rescaled:
             log.warning("%d clip(s) exceed full scale; their WAVs were scaled down to peak 0.999 (not clipped): %s",
                         len(rescaled), ", ".join(f"{l} x{g:.3f}" for l, g in zip(rescaled, gains)))
-        removed = [folder / f"{prefix}{label}.wav" for label in stale if (folder / f"{prefix}{label}.wav").exists()]
+        removed = [path for path in (folder / f"{prefix}{label}.wav" for label in stale) if path.exists()]
         for path in removed:  # a WAV beside this set's samples.nc must be one of its clips
             path.unlink()
         if removed:
