@@ -13,8 +13,8 @@ any machine of one kind, and an ensemble split over ranks or resumed after a cra
 agree to the network's arithmetic: bf16 where the device has it natively, float32 elsewhere
 (``sciddpm.precision``; ``load(..., bf16=False)`` for float32 everywhere), which moved same-seed
 samples by 0.02-0.9% of their RMS in docs/performance.md. ``compile=True`` changes the kernels,
-and so the members, by the network's rounding (0.01-0.6% RMS in bf16): keep it the same when
-resuming a store if bit-for-bit equality matters.
+and so the members, by the network's rounding (0.01-0.6% RMS in bf16), so a resumed ensemble store
+must keep it as it was begun (both are recorded in each sample's attributes).
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class Model:
         self.denoiser = denoiser
         self.step = step
         self.bf16 = bf16  # network in bf16 where native (sciddpm.precision)
+        self.compiled = compile  # through torch.compile: same members to the network's rounding
         self._network = _compiled(denoiser, self.device) if compile else denoiser
         valid = self.adapter.static_mask()
         self._valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
@@ -290,7 +291,7 @@ class Model:
         ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
                          "seed": seed,
-                         "network_dtype": self.network_dtype})
+                         "network_dtype": self.network_dtype, "compiled": self.compiled})
         return netcdf_safe(ds)  # so that a user's ds.to_netcdf works as well as ds.to_zarr
 
     def sampler_settings(self, method: str | None = None, steps: int | None = None,

@@ -59,7 +59,7 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     fingerprint = {"run": model.name, "step": model.step, "seed": int(seed), "members": int(members),
                    "batch_size": int(batch_size), "sampler": settings,
                    "cases": {k: v.tolist() for k, v in table.items()},
-                   "network_dtype": model.network_dtype}
+                   "network_dtype": model.network_dtype, "compiled": model.compiled}
 
     rank, world = _join_group()
     # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier
@@ -142,6 +142,9 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
         if "network_dtype" in changed:  # bf16 follows the hardware (sciddpm.precision)
             hint = (f" (its network ran in {stored.get('network_dtype')}, here it would run in "
                     f"{expected['network_dtype']}: --fp32 / load(..., bf16=False) or the same kind of machine)")
+        elif "compiled" in changed:  # compiled kernels round differently (Model.compiled)
+            hint = (f" (it was begun {'with' if stored.get('compiled') else 'without'} --compile / "
+                    "load(..., compile=True); pass the same)")
         raise ValueError(f"{out} holds an ensemble made with different {', '.join(changed)}{hint}; rerun "
                          "with the same settings to complete it, or choose another --out")
 

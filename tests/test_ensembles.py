@@ -111,6 +111,16 @@ def test_store_refuses_members_in_another_precision(model, tmp_path, monkeypatch
         write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
 
 
+def test_store_refuses_members_from_compiled_kernels(runs, model, tmp_path):
+    # Compiled kernels round differently, so an eager store is not completed by a compiled model;
+    # the refusal comes before anything is compiled or sampled.
+    out = tmp_path / "ens.zarr"
+    write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+    compiled = sciddpm.load("tiny", runs_dir=runs, device="cpu", compile=True)
+    with pytest.raises(ValueError, match=r"different compiled \(it was begun without --compile"):
+        write_ensemble(compiled, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+    assert xr.open_zarr(out).attrs["compiled"] == 0
+
 def test_one_rank_and_two_gloo_ranks_write_identical_stores(runs, tmp_path):
     cases = _cases_csv(tmp_path / "cases.csv", [220.0, 330.0, 440.0])
     args = ["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(cases), "--members", "3", "--steps", "3",
