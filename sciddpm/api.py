@@ -197,11 +197,12 @@ class Model:
                iterations: int = 32) -> xr.Dataset:
         """Fill the gaps (NaN) of observed fields with ``n`` members consistent with the rest.
 
-        ``observed`` is in the data's layout and units, with a leading example dimension (e.g.
-        ``time``); its observed values are kept exactly and NaN where the data never has values
-        (the static mask, e.g. land for SST) stays NaN. Conditions come from ``cond`` or, when
-        not given, from the observations themselves (their dates). Returns dims
-        ``(<example dim>, "member", ...)``.
+        ``observed`` is in the data's layout and units, one example or several along a leading
+        dimension (e.g. ``time``); its observed values are kept exactly and NaN where the data
+        never has values (the static mask, e.g. land for SST) stays NaN. Each condition comes from
+        ``cond`` where given there, else from the observations themselves (their dates, or a
+        coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim
+        keeping its coordinate; an example dim named ``member`` becomes ``case``.
         """
         n = _positive(n, "n")
         x = self.adapter.to_tensor(observed).float()
@@ -211,16 +212,12 @@ class Model:
         gaps = (~known) if self._valid is None else (~known & self._valid)
         if not bool(gaps.any()):
             raise ValueError("the observations have no gaps (NaN) to fill outside the data's own mask")
-        if cond:
-            table = case_table({k: np.broadcast_to(np.atleast_1d(v), (x.shape[0],)) for k, v in cond.items()},
-                               self.spec.cond)
-        elif self.spec.cond.dim:
-            table = case_table(self.adapter.cond_from_xarray(observed), self.spec.cond)
-        else:
-            table = {}
+        given = {k: np.broadcast_to(np.atleast_1d(np.asarray(v, dtype=np.float64)), (x.shape[0],))
+                 for k, v in (cond or {}).items()}
+        unread = [name for name in self.spec.cond.names if name not in given]
+        read = self.adapter.cond_from_xarray(observed, unread) if unread else {}
+        table = case_table({**read, **given}, self.spec.cond)
         settings = self.sampler_settings(sampler, steps, guidance)
-        first = next(iter(observed.data_vars.values()))
-        lead = first.dims[0] if observed.sizes.get(first.dims[0]) == x.shape[0] and first.ndim > self.spec.dims else None
         filled = []
         for i in range(x.shape[0]):
             known_i, mask_i = x[i:i + 1].to(self.device), known[i:i + 1].to(self.device)
@@ -228,10 +225,12 @@ class Model:
             samples = self.generate(table, [(i, j) for j in range(n)],
                                     seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
             filled.append(self.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
+        lead = self.adapter.example_dim(observed)
         if lead is None:
             return filled[0]
-        ds = xr.concat(filled, dim=lead, coords="different", compat="equals", combine_attrs="drop_conflicts")
-        return ds.assign_coords({lead: observed[lead].values})
+        name = "case" if lead == "member" else lead
+        ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
+        return ds.assign_coords({name: observed[lead].values})
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""

@@ -33,6 +33,10 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
+        missing = sorted(OmegaConf.missing_keys(cfg))  # a preset's ??? (e.g. your data's path)
+        if missing:
+            raise ConfigError("this config needs " + ", ".join(missing) + " set: add "
+                              + " ".join(f"{key}=..." for key in missing) + " to the command")
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}\n"

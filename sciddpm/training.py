@@ -40,7 +40,7 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
     ``config`` is a composed config or a list of Hydra overrides, e.g.
     ``sciddpm.train(["data=audio", "trainer=quick"])``.
     """
-    cfg = as_config(config)
+    cfg = _with_absolute_data_path(as_config(config))
     trainer = cfg["trainer"]
     rank, world, local_rank = _init_distributed(trainer)
     try:
@@ -48,6 +48,16 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def _with_absolute_data_path(cfg: dict) -> dict:
+    """``data.kwargs.path`` made absolute when it is local, so that the saved config finds the data
+    again from any folder (``sciddpm evaluate``, a resumed run); URLs (``gs://...``) stay as given."""
+    kwargs = (cfg.get("data") or {}).get("kwargs") or {}
+    path = kwargs.get("path")
+    if isinstance(path, str) and "://" not in path:
+        kwargs["path"] = str(Path(path).expanduser().resolve())
+    return cfg
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:

@@ -80,6 +80,17 @@ def test_infill_keeps_observations_and_fills_the_gap(run, land, tmp_path):
     assert np.isnan(filled["sea_surface_temperature"].values[..., is_land]).all()  # ... and land stays NaN
 
 
+def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land):
+    # CDS files carry the land-sea mask beside the fields; listed first, it must not hide the
+    # time dim (infill used to return the first time only), and each time keeps its own date.
+    _, source = land
+    observed = source[["land_sea_mask", "2m_temperature", "sea_surface_temperature"]].isel(time=[400, 401, 402]).load()
+    observed["2m_temperature"][:, :4, :4] = np.nan
+    filled = sciddpm.load("sst", runs_dir=run / "runs").infill(observed, n=1, steps=2)
+    assert filled["2m_temperature"].dims[:2] == ("time", "member") and filled.sizes["time"] == 3
+    np.testing.assert_array_equal(filled["time"].values, observed["time"].values)
+    np.testing.assert_array_equal(filled["dayofyear"].values, observed["time"].dt.dayofyear.values)
+
 def test_sample_writes_zarr_in_source_units(run, tmp_path):
     out = tmp_path / "ens.zarr"
     assert main(["sample", "model=sst", f"runs_dir={run / 'runs'}", "--cond", "dayofyear=30", "--n", "2",

@@ -22,6 +22,13 @@ def test_unknown_option_lists_the_available_ones():
         compose(["seedz=3"])
 
 
+@pytest.mark.parametrize("preset", ["audio_folder", "volume_store"])
+def test_a_preset_for_your_own_data_asks_for_its_path(preset):
+    with pytest.raises(ConfigError, match=r"needs data\.kwargs\.path set: add data\.kwargs\.path=\.\.\."):
+        compose([f"data={preset}"])
+    assert compose([f"data={preset}", "data.kwargs.path=/data/x"])["data"]["kwargs"]["path"] == "/data/x"
+
+
 def test_every_shipped_config_is_plain_and_has_no_target():
     files = sorted(CONFIG_DIR.rglob("*.yaml"))
     assert len(files) >= 10

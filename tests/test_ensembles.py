@@ -197,3 +197,17 @@ def test_missing_cases_file_is_named(runs, tmp_path, capsys):
                  "--out", str(tmp_path / "z.zarr")]) == 1
     err = capsys.readouterr().err
     assert "--cases" in err and "none.csv: no such file" in err
+
+
+def test_infill_of_several_clips_gives_each_its_own_members(model):
+    # Observations laid out as samples are (dims member, time) get a "case" dim for the clips, so
+    # their members are not concatenated into one "member" dim; pitch is read from the coordinate.
+    observed = model.sample(2, {"pitch": 330.0}, steps=2, seed=5)
+    observed["waveform"][:, 40:80] = np.nan
+    filled = model.infill(observed, n=3, steps=2)
+    assert filled["waveform"].dims == ("case", "member", "time") and filled["waveform"].shape[:2] == (2, 3)
+    assert float(filled["pitch"]) == 330.0
+    keep = np.isfinite(observed["waveform"].values)
+    for member in range(3):
+        np.testing.assert_array_equal(filled["waveform"].isel(member=member).values[keep],
+                                      observed["waveform"].values[keep])

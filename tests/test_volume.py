@@ -309,3 +309,42 @@ def test_cases_csv_ensemble_store_for_a_volume_model(tmp_path, monkeypatch):
     np.testing.assert_array_equal(stored["field"].transpose(*expected["field"].dims).values, expected["field"].values)
     expected.to_netcdf(tmp_path / "direct.nc")  # a user's own to_netcdf, attributes and all
     np.testing.assert_array_equal(xr.open_dataset(tmp_path / "direct.nc").attrs["periodic"], [1, 1, 1])
+
+
+def test_own_store_preset_and_infill_of_several_samples(tmp_path, monkeypatch):
+    # `data=volume_store` trains on a user's store (its relative path saved absolute); infill keeps every observed sample even when
+    # the store lists its parameters (1-D along sample) before its fields, and reads from the
+    # observations the conditions it is not given.
+    from sciddpm.cli import main
+
+    import sciddpm
+
+    rng = np.random.default_rng(1)
+    n = 16
+    store = xr.Dataset({"mach": ("sample", rng.uniform(1, 3, n), {"units": "1"}),
+                        "Re": ("sample", rng.uniform(1e3, 1e4, n), {"units": "1"}),
+                        "rho": (("sample", "z", "y", "x"), rng.standard_normal((n, 8, 8, 8)), {"units": "kg m-3"})},
+                       coords={"sample": np.arange(100, 100 + n)})
+    store.to_zarr(tmp_path / "sims.zarr")
+    monkeypatch.chdir(tmp_path)  # a relative data path is saved absolute, to be found from anywhere
+    assert main(["train", "data=volume_store", "data.kwargs.path=sims.zarr",
+                 "data.kwargs.params=[mach,Re]", "model.kwargs.channels=8", "model.kwargs.channel_mult=[1,2]",
+                 "model.kwargs.attention_levels=[]", "model.kwargs.mid_attention=false", "model.kwargs.norm_groups=4",
+                 "trainer=quick", "trainer.steps=2", "trainer.batch_size=4", "trainer.log_every=1",
+                 "trainer.checkpoint_every=2", "trainer.device=cpu", f"runs_dir={tmp_path / 'runs'}", "name=sims"]) == 0
+    model = sciddpm.load("sims", runs_dir=tmp_path / "runs", device="cpu")
+    assert model.config["data"]["kwargs"]["path"] == str((tmp_path / "sims.zarr").resolve())
+    observed = store.isel(sample=[3, 4, 5]).load()
+    observed["rho"][:, 2:5, 2:5, 2:5] = np.nan
+    filled = model.infill(observed, n=2, cond={"mach": 2.0}, steps=2)
+    assert filled["rho"].dims == ("sample", "member", "z", "y", "x") and filled.sizes["sample"] == 3
+    np.testing.assert_array_equal(filled["sample"].values, [103, 104, 105])
+    np.testing.assert_array_equal(filled["mach"].values, [2.0, 2.0, 2.0])  # given
+    np.testing.assert_allclose(filled["Re"].values, observed["Re"].values)  # read from the observations
+    keep = np.isfinite(observed["rho"].values)
+    for member in range(2):
+        np.testing.assert_allclose(filled["rho"].isel(member=member).values[keep], observed["rho"].values[keep],
+                                   rtol=1e-6)
+    assert np.isfinite(filled["rho"].values).all()
+    with pytest.raises(ValueError, match=r"carries no condition 'Re'.*--cond Re=VALUE"):
+        model.infill(observed.drop_vars("Re"), n=1, steps=2)

@@ -275,7 +275,7 @@ class AudioAdapter(Adapter):
             attrs = {"units": var.units, "long_name": var.description or var.name}
             scalar = np.ndim(cond[var.name]) == 0  # one value for all members: a scalar coordinate
             coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
-        dims = ("member", "time") if len(spec.channels) == 1 else ("member", "channel", "time")
+        dims = ("member", *self._clip_dims())
         data = wave[:, 0] if len(spec.channels) == 1 else wave
         waveform = xr.Variable(dims, data, {"units": spec.output.get("units", "1"),
                                             "long_name": "waveform amplitude (full scale = 1)"})
@@ -291,12 +291,19 @@ class AudioAdapter(Adapter):
         if rate != self.sample_rate:
             raise ValueError(f"the Dataset is at {rate} Hz but the model works at {self.sample_rate} Hz; resample it first")
         da = ds["waveform"]
-        want = ("member", "time") if len(spec.channels) == 1 else ("member", "channel", "time")
-        if da.dims != want:
-            raise ValueError(f"expected waveform dims {want}, got {da.dims}")
+        tail = self._clip_dims()
+        if da.ndim != len(tail) + 1 or da.dims[1:] != tail:
+            raise ValueError(f"expected waveform dims (<member or clip>, {', '.join(tail)}), got {da.dims}")
         v = da.values.astype(np.float64)
         v = v[:, None] if len(spec.channels) == 1 else v
         return spec.normaliser.normalise(torch.from_numpy(v), channel_axis=1).float()
+
+    def example_dim(self, ds: xr.Dataset) -> str | None:
+        waveform = ds.get("waveform")
+        return waveform.dims[0] if waveform is not None and waveform.ndim == len(self._clip_dims()) + 1 else None
+
+    def _clip_dims(self) -> tuple[str, ...]:
+        return ("time",) if len(self.spec().channels) == 1 else ("channel", "time")
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         sf = soundfile()

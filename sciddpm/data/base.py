@@ -248,6 +248,11 @@ class Adapter(abc.ABC):
         """The exact inverse of ``to_xarray``: ``xr.Dataset`` -> normalised ``[N, C, *S]``."""
 
     @abc.abstractmethod
+    def example_dim(self, ds: Any) -> str | None:
+        """The dimension of ``ds`` that ``to_tensor`` stacks its N examples along (``member``,
+        ``time``, ``sample``...), or None when ``ds`` is one example without such a dimension."""
+
+    @abc.abstractmethod
     def write(self, ds: Any, out: str | Path) -> list[Path]:
         """Write the modality's natural files atomically; return the paths written."""
 
@@ -272,10 +277,25 @@ class Adapter(abc.ABC):
         """Per-cell weights ``[*S]`` with mean 1 for losses and scores (cos latitude), or None."""
         return None
 
-    def cond_from_xarray(self, ds: Any) -> dict[str, np.ndarray]:
-        """The conditions of each example in ``ds`` (e.g. day of year from its time coordinate)."""
-        raise NotImplementedError(
-            f"the {type(self).__name__} cannot read conditions from a dataset; pass them explicitly")
+    def cond_from_xarray(self, ds: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The conditions ``names`` (default: all of the schema) of each example in ``ds``, one value
+        per example: here a coordinate or variable of that name, scalar or along the example
+        dimension (what ``to_xarray`` writes); adapters that derive conditions (day of year from a
+        time coordinate) override it."""
+        names = self.spec().cond.names if names is None else list(names)
+        lead = self.example_dim(ds)
+        count = ds.sizes[lead] if lead is not None else 1
+        out = {}
+        for name in names:
+            if name not in ds.variables:
+                raise ValueError(f"the Dataset carries no condition {name!r} (it has {sorted(map(str, ds.variables))}); "
+                                 f"pass it explicitly (cond={{{name!r}: ...}} or --cond {name}=VALUE)")
+            values = np.asarray(ds[name].values, dtype=np.float64)
+            if ds[name].dims not in ((), (lead,)):
+                raise ValueError(f"condition {name!r} has dims {ds[name].dims}; expected a scalar or one value "
+                                 f"per {lead or 'example'}")
+            out[name] = np.broadcast_to(values, (count,)).copy()
+        return out
 
 
 ADAPTERS = Registry("adapter", entry_point_group="sciddpm.adapters")

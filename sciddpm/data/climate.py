@@ -290,22 +290,32 @@ class Era5Adapter(Adapter):
         return layout.dataset(data, TIME, sub[TIME].values, cond), cond
 
     # ------------------------------------------------------------------ shared (both sides)
-    def cond_from_xarray(self, ds: xr.Dataset) -> dict[str, np.ndarray]:
-        """Each condition of the schema for every ``time`` in ``ds`` (day of year, hour, scalars)."""
-        if TIME not in ds.coords:
-            raise ValueError(f"the Dataset has no '{TIME}' coordinate to read conditions from (coords: "
-                             f"{list(ds.coords)}); pass the conditions explicitly (--cond name=value)")
-        stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
-        days = stamps.astype("datetime64[D]")
-        names = self.spec().cond.names if self._spec is not None else list(TIME_CONDS)
+    def cond_from_xarray(self, ds: xr.Dataset, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The conditions ``names`` (default: the schema's) of every ``time`` in ``ds``: day of year
+        and hour from its time coordinate, the others from the scalar coordinate or variable along
+        time of that name."""
+        if names is None:
+            names = self.spec().cond.names if self._spec is not None else list(TIME_CONDS)
+        dated = [name for name in names if name in TIME_CONDS]
+        if dated and TIME not in ds.coords:
+            raise ValueError(f"the Dataset has no '{TIME}' coordinate to read {' and '.join(dated)} from (coords: "
+                             f"{list(ds.coords)}); pass them explicitly (--cond {dated[0]}=VALUE)")
+        if TIME in ds.coords:
+            stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
+            count = len(stamps)
+        else:
+            lead = self.example_dim(ds)
+            count = ds.sizes[lead] if lead is not None else 1
         out = {}
         for name in names:
             if name == "dayofyear":
+                days = stamps.astype("datetime64[D]")
                 out[name] = ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
             elif name == "hour":
-                out[name] = (stamps - days).astype("timedelta64[m]").astype(np.int64) / 60.0
+                out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
             else:
-                out[name] = np.broadcast_to(_scalar_condition(ds, name, "the Dataset"), stamps.shape).astype(np.float64)
+                values = _scalar_condition(ds, name, "the Dataset", f"; or pass it explicitly (--cond {name}=VALUE)")
+                out[name] = np.broadcast_to(values, (count,)).astype(np.float64)
         return out
 
     def static_mask(self) -> torch.Tensor | None:
@@ -353,6 +363,9 @@ class Era5Adapter(Adapter):
     def to_tensor(self, ds: xr.Dataset) -> torch.Tensor:
         return torch.from_numpy(OutputLayout(self.spec()).to_channels(ds)).float()
 
+    def example_dim(self, ds: xr.Dataset) -> str | None:
+        return OutputLayout(self.spec()).example_dim(ds)
+
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """``out`` ending in .zarr or .nc is the store; any other path is a directory for samples.zarr."""
         out = Path(out)
@@ -374,11 +387,12 @@ def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:
     return np.repeat(latitude_weights(lat_north_to_south)[:, None], n_lon, axis=1)
 
 
-def _scalar_condition(ds: xr.Dataset, name: str, where: str) -> np.ndarray:
+def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> np.ndarray:
     if name not in ds.variables or set(ds[name].dims) - {TIME}:
         scalars = sorted(str(k) for k, v in ds.variables.items() if set(v.dims) <= {TIME} and k != TIME)
         raise ValueError(f"condition {name!r} is not a scalar coordinate or a variable along time in {where}; "
-                         f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour{close_match(name, scalars)}")
+                         f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour"
+                         f"{close_match(name, scalars)}{fix}")
     return np.asarray(ds[name].values, dtype=np.float64)
 
 

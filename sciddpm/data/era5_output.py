@@ -87,8 +87,26 @@ class OutputLayout:
                      for v in self.variables}
         return xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
 
+    def example_dim(self, ds: xr.Dataset) -> str | None:
+        """The one dimension besides latitude, longitude and level that the model's variables in
+        ``ds`` share (``member``, ``time``...), or None when they have none (a single field)."""
+        found = {}
+        for var in self.variables:
+            if var["name"] in ds.data_vars:
+                found[var["name"]] = tuple(d for d in ds[var["name"]].dims if d not in (LAT, LON, LEVEL))
+        for name, lead in found.items():
+            if len(lead) > 1:
+                raise ValueError(f"{name!r} has dims {ds[name].dims}; expected one leading dim (member or time) "
+                                 "besides latitude, longitude and level; stack the others first")
+        leads = set(found.values())
+        if len(leads) > 1:
+            raise ValueError("the Dataset's variables do not share one leading dim: "
+                             + ", ".join(f"{k} {ds[k].dims}" for k in found))
+        return next(iter(leads))[0] if leads and next(iter(leads)) else None
+
     def to_channels(self, ds: xr.Dataset) -> np.ndarray:
         """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
+        lead = [d for d in [self.example_dim(ds)] if d is not None]
         out = []
         for name in self.spec.channels:
             var_name, level = parse_channel(name)
@@ -101,10 +119,9 @@ class OutputLayout:
                     have = da[LEVEL].values.tolist() if LEVEL in da.coords else "no level dimension"
                     raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})")
                 da = da.sel({LEVEL: level})
-            lead = [d for d in da.dims if d not in (LAT, LON)]
-            if len(lead) > 1:
-                raise ValueError(f"{var_name!r} has dims {da.dims}; expected one leading dim (member or time) "
-                                 "before latitude/longitude; stack the others first")
+            elif LEVEL in da.dims:
+                raise ValueError(f"{var_name!r} in the Dataset has a level dimension but the model takes it "
+                                 "at the surface; select its level or drop the dimension")
             da = da.transpose(*lead, LAT, LON)
             array = np.asarray(da.values, dtype=np.float64)
             if not lead:

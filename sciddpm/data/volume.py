@@ -123,7 +123,8 @@ class VolumeAdapter(Adapter):
         if source != "store" and path is not None:
             raise ValueError(f"the {source} source builds its own data; drop path= or use source='store'")
         if source == "store" and build is not None:
-            raise ValueError("build= sets the recipe of a simulated source (grf, gray_scott), not of a store")
+            raise ValueError("build= sets the recipe of a simulated source (grf, gray_scott), not of a store; "
+                             "train on a store with data=volume_store data.kwargs.path=... (or data.kwargs.build=null)")
         dims = list(dims)
         if len(dims) != 3 or len(set(dims)) != 3 or sample_dim in dims:
             raise ValueError(f"dims must name 3 distinct spatial dims other than sample_dim={sample_dim!r}, got {dims}")
@@ -333,28 +334,20 @@ class VolumeAdapter(Adapter):
         if missing:
             raise ValueError(f"the Dataset lacks field(s) {missing}; it has {sorted(ds.data_vars)}")
         dims = list(spec.output["dims"])
+        lead = self.example_dim(ds)
         arrays = []
         for name in spec.channels:
             da = ds[name]
-            if da.ndim != 4 or list(da.dims[1:]) != dims or list(da.shape[1:]) != list(spec.shape):
-                raise ValueError(f"field {name!r} must have dims (<member or sample>, {', '.join(dims)}) and shape "
-                                 f"(N, {', '.join(map(str, spec.shape))}); got {da.dims} {da.shape}")
+            if da.ndim != 4 or da.dims[0] != lead or list(da.dims[1:]) != dims or list(da.shape[1:]) != list(spec.shape):
+                raise ValueError(f"field {name!r} must have dims ({lead or '<member or sample>'}, {', '.join(dims)}) "
+                                 f"and shape (N, {', '.join(map(str, spec.shape))}); got {da.dims} {da.shape}")
             arrays.append(np.asarray(da.values, dtype=np.float64))
         x = torch.from_numpy(np.stack(arrays, axis=1))
         return spec.normaliser.normalise(x, channel_axis=1).float()
 
-    def cond_from_xarray(self, ds: xr.Dataset) -> dict[str, np.ndarray]:
-        spec = self.spec()
-        lead = ds[spec.channels[0]].dims[0]
-        out = {}
-        for name in spec.cond.names:
-            if name not in ds.variables:
-                raise ValueError(f"the Dataset has no condition {name!r} (coordinates: {sorted(ds.coords)}); "
-                                 "pass cond= explicitly")
-            v = ds[name]
-            out[name] = np.broadcast_to(v.values, (ds.sizes[lead],)).astype(np.float64) if v.ndim == 0 \
-                else np.asarray(v.values, dtype=np.float64)
-        return out
+    def example_dim(self, ds: xr.Dataset) -> str | None:
+        field = ds.get(self.spec().channels[0])
+        return field.dims[0] if field is not None and field.ndim == len(self.spec().shape) + 1 else None
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         spec = self.spec()
