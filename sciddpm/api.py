@@ -272,10 +272,12 @@ class Model:
         denoiser = self._denoiser(settings["guidance"], conditional=bool(table))
         if wrap is not None:
             denoiser = wrap(denoiser)
-        # stochastic samplers draw their step noise from a generator seeded by the batch's first item
-        step_generator = torch.Generator(self.device).manual_seed(item_seed(seed, *items[0]) ^ 0x5DEECE66D)
+        # stochastic samplers (ddpm, ddim eta > 0, heun with churn) draw each item's step noise from
+        # its own generator, so that an item does not depend on the items batched with it either
+        step_generators = [torch.Generator(self.device).manual_seed(item_seed(seed, i, j) ^ 0x5DEECE66D)
+                           for i, j in items]
         out = run_sampler(denoiser, noise.to(self.device), method=settings["method"], steps=settings["steps"],
-                          schedule=settings["schedule"], generator=step_generator, denoiser_kwargs=kwargs,
+                          schedule=settings["schedule"], generator=step_generators, denoiser_kwargs=kwargs,
                           **settings["opts"]).float().cpu()
         if not torch.isfinite(out if self._valid is None else out[:, self._valid]).all():
             raise FloatingPointError(

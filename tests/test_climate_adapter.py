@@ -87,6 +87,34 @@ def test_unknown_variable_and_level_list_what_the_store_has(stores):
         adapter(stores["64x32"], ["2m_temperature"], cond=["dayofyear", "co2"]).spec()
 
 
+def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature", "geopotential"]].load()
+
+    def refused(ds, match, **kw):
+        path = tmp_path / f"case{len(list(tmp_path.iterdir()))}.zarr"
+        ds.to_zarr(path)
+        with pytest.raises(ValueError, match=match):
+            adapter(path, ["2m_temperature"], **kw).spec()
+
+    # the new CDS names its dims valid_time and pressure_level
+    refused(src.rename(time="valid_time", level="pressure_level"),
+            r"no 'time' dimension .*ds\.rename\(valid_time='time', pressure_level='level'\)")
+    refused(src.drop_vars("latitude"), r"'latitude' dimension has no coordinate values.*assign_coords")
+    refused(src.assign_coords(time=xr.date_range("2017-01-01", periods=src.sizes["time"], freq="6h",
+                                                 calendar="noleap", use_cftime=True)),
+            r"time holds object values, not datetime64 \(calendar 'noleap'\).*convert_calendar")
+    shuffled = src.isel(latitude=np.r_[1, 0, 2:src.sizes["latitude"]])
+    refused(shuffled, r"latitude is not strictly monotonic; sort it first")
+    wrapped = xr.concat([src, src.isel(longitude=[0]).assign_coords(longitude=[360.0])], dim="longitude")
+    refused(wrapped, r"longitude names a meridian twice")
+    broken = src.copy(deep=True)
+    broken["2m_temperature"][2, 3, 4] = np.inf
+    refused(broken, r"time index 2: 2m_temperature hold\(s\) \+-inf; NaN marks missing")
+    with pytest.raises(ValueError, match=r"time_range starts after it stops"):
+        adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
+    with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):
+        adapter(stores["64x32"], ["2m_temperature"], time_range=["2016-12-25", "soon"])
+
 def test_items_spec_and_static_inputs(stores):
     a = adapter(stores["64x32"], SMALL["64x32"]["variables"], static=["land_sea_mask", "geopotential_at_surface"])
     spec = a.spec()

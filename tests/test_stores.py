@@ -56,7 +56,7 @@ def test_netcdf_keeps_every_attribute_in_a_form_netcdf_holds(dataset, tmp_path):
     assert (got["title"], got["scale"]) == ("t", 2.5)
     assert dataset.attrs == {"source": "test", **attrs} and dataset["u"].attrs["valid"] is False  # unchanged
     zarr_copy = open_store(write_store(dataset, tmp_path / "f.zarr")).load()
-    assert zarr_copy.attrs == dataset.attrs  # zarr keeps them as they are
+    assert zarr_copy.attrs == {**dataset.attrs, "written_by": "sciddpm write_store"}  # zarr keeps them as they are
 
 
 def test_written_zarr_opens_without_the_consolidation_warning(dataset, tmp_path):
@@ -65,4 +65,26 @@ def test_written_zarr_opens_without_the_consolidation_warning(dataset, tmp_path)
     path = write_store(dataset, tmp_path / "samples.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # xarray warns when a store lacks consolidated metadata
-        xr.testing.assert_identical(xr.open_zarr(path).load(), dataset)
+        xr.testing.assert_identical(xr.open_zarr(path).load(), dataset.assign_attrs(written_by="sciddpm write_store"))
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_samples_replace_earlier_samples_but_never_a_data_store(dataset, tmp_path, suffix):
+    data = tmp_path / f"data{suffix}"
+    dataset.to_zarr(data) if suffix == ".zarr" else dataset.to_netcdf(data)  # the user's own data
+    with pytest.raises(FileExistsError, match=r"data\.(zarr|nc) exists and was not written as samples by sciddpm"):
+        write_store(dataset, data)
+    xr.testing.assert_identical(open_store(data).load(), dataset)  # untouched
+    out = tmp_path / f"samples{suffix}"
+    write_store(dataset, out)
+    write_store(dataset.assign_attrs(seed=2), out)  # a second sample set replaces the first
+    assert open_store(out).attrs["seed"] == 2 and open_store(out).attrs["written_by"] == "sciddpm write_store"
+
+
+def test_an_unreadable_store_is_named_with_its_format(tmp_path):
+    (tmp_path / "cut.nc").write_bytes(b"CDF\x01 truncated")
+    with pytest.raises(ValueError, match=r"cannot read .*cut\.nc as a netCDF store .*is it complete"):
+        open_store(tmp_path / "cut.nc")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"cannot read .*empty as a zarr store"):
+        open_store(tmp_path / "empty")

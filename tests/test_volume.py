@@ -189,7 +189,8 @@ def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
     ds, cond = grf_adapter.heldout(2)
     paths = grf_adapter.write(ds, tmp_path / "ens.zarr")
     assert [p.name for p in paths] == ["ens.zarr", "ens_slices.png"]
-    xr.testing.assert_identical(xr.open_zarr(paths[0], consolidated=False, chunks=None).load(), ds)
+    xr.testing.assert_identical(xr.open_zarr(paths[0], consolidated=False, chunks=None).load(),
+                                ds.assign_attrs(written_by="sciddpm write_store"))
     assert paths[1].read_bytes()[:4] == b"\x89PNG"
     # netCDF too, although the store's attrs hold booleans (periodic), which netCDF cannot
     nc = grf_adapter.write(ds, tmp_path / "ens.nc")[0]

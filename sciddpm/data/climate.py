@@ -121,8 +121,8 @@ class Era5Adapter(Adapter):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
             raise ValueError(f"stats_samples must be a positive integer, got {stats_samples!r}")
-        if time_range is not None and len(time_range) != 2:
-            raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
+        if time_range is not None:
+            _check_time_range(time_range)
         if path is not None and synthetic:  # the preset always carries them; a real store wins
             log.info("data.kwargs.path is set, so the synthetic-sample options are not used")
             synthetic = None
@@ -394,6 +394,18 @@ def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> n
                          f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour"
                          f"{close_match(name, scalars)}{fix}")
     return np.asarray(ds[name].values, dtype=np.float64)
+
+
+def _check_time_range(time_range: Sequence[Any]) -> None:
+    if isinstance(time_range, str) or len(time_range) != 2:
+        raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
+    try:
+        start, stop = (np.datetime64(str(t)) for t in time_range)
+    except ValueError:
+        raise ValueError(f"time_range {list(time_range)!r}: give ISO dates or times such as "
+                         "['2018-01-01', '2019-12-31T18']") from None
+    if start > stop:
+        raise ValueError(f"time_range starts after it stops ({time_range[0]} > {time_range[1]}); swap them")
 
 
 def _day(stamp: np.datetime64) -> str:

@@ -190,6 +190,39 @@ def decode_mask(blob: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- reading plan
+# other names of ERA5's dimensions: the new CDS (valid_time, pressure_level), CMIP-style files
+ALIASES = {"valid_time": TIME, "lat": LAT, "lon": LON, "pressure_level": LEVEL, "plev": LEVEL,
+           "isobaricInhPa": LEVEL}
+
+
+def _check_grid_and_time(ds: Any, path: str) -> None:
+    """Named errors for a store the adapter would misread: dims under other names, a dimension
+    without coordinate values, a non-standard calendar, an unsorted latitude, a repeated meridian."""
+    for dim in (TIME, LAT, LON):
+        if dim not in ds.dims:
+            renames = {alias: name for alias, name in ALIASES.items() if alias in ds.dims and name not in ds.dims}
+            fix = ", ".join(f"{alias}={name!r}" for alias, name in renames.items()) or "lat='latitude', lon='longitude'"
+            raise ValueError(f"{path} has no {dim!r} dimension (dims: {dict(ds.sizes)}); ERA5 stores have time, "
+                             f"[level,] latitude, longitude - rename yours (ds.rename({fix}))")
+        if dim not in ds.coords:
+            raise ValueError(f"{path}: the {dim!r} dimension has no coordinate values, and the grid and dates come "
+                             f"from them; assign them (ds.assign_coords({dim}=...))")
+    if ds[TIME].dtype.kind != "M":
+        calendar = getattr(ds.indexes.get(TIME), "calendar", None) or ds[TIME].encoding.get("calendar")
+        raise ValueError(f"{path}: time holds {ds[TIME].dtype} values, not datetime64"
+                         + (f" (calendar {calendar!r})" if calendar else "")
+                         + "; convert it to the standard calendar first, e.g. "
+                           "ds.convert_calendar('standard', align_on='date', use_cftime=False)")
+    lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    step = np.diff(lat)
+    if lat.size > 1 and not ((step > 0).all() or (step < 0).all()):
+        raise ValueError(f"{path}: latitude is not strictly monotonic; sort it first (ds.sortby('latitude'))")
+    lon = np.asarray(ds[LON].values, dtype=np.float64)
+    if np.unique(np.round(lon % 360.0, 6)).size < lon.size:
+        raise ValueError(f"{path}: longitude names a meridian twice (e.g. both 0 and 360); drop the repeat, "
+                         "e.g. ds.isel(longitude=slice(None, -1))")
+
+
 @dataclass
 class StorePlan:
     """Which store variables and level positions make each channel, and how to orient them.
@@ -219,10 +252,7 @@ class StorePlan:
     @classmethod
     def build(cls, ds: Any, path: str, storage_options: dict | None, channels: list[str],
               static: list[str]) -> StorePlan:
-        for dim in (TIME, LAT, LON):
-            if dim not in ds.dims:
-                raise ValueError(f"{path} has no {dim!r} dimension (dims: {dict(ds.sizes)}); ERA5 stores have time, "
-                                 "latitude, longitude - rename yours (ds.rename(lat='latitude', lon='longitude'))")
+        _check_grid_and_time(ds, path)
         known = sorted(str(v) for v in ds.data_vars)
         level_values = ds[LEVEL].values.tolist() if LEVEL in ds.coords else []
         sources: dict[str, tuple[list[int] | None, list[int]]] = {}
@@ -243,7 +273,9 @@ class StorePlan:
                     raise ValueError(f"{name!r} has pressure levels {level_values}; choose one per channel as "
                                      f"'{name}@<level>', e.g. '{name}@{level_values[len(level_values) // 2]}'")
                 if level is not None and LEVEL not in dims:
-                    raise ValueError(f"{name!r} has no level dimension (dims {dims}); drop '@{level}'")
+                    other = [d for d in dims if ALIASES.get(d) == LEVEL]
+                    fix = f"rename {other[0]!r} to 'level' (ds.rename({other[0]}='level'))" if other else f"drop '@{level}'"
+                    raise ValueError(f"{name!r} has no level dimension (dims {dims}); {fix}")
                 raise ValueError(f"{name!r} has dims {dims}; a channel needs (time, [level,] latitude, longitude)")
             levels, indices = sources.setdefault(name, ([] if level is not None else None, []))
             if level is not None:
@@ -290,6 +322,10 @@ def read_time(ds: Any, plan: StorePlan, position: int) -> np.ndarray:
         else:
             block = var.isel({TIME: position, LEVEL: levels}).transpose(LEVEL, LAT, LON).values
         out[indices] = plan._orient(np.asarray(block, dtype=np.float64))
+    if np.isinf(out).any():  # NaN marks missing data; an infinity is a broken value
+        bad = [plan.channels[k] for k in np.flatnonzero(np.isinf(out).any(axis=(1, 2)))]
+        raise ValueError(f"{plan.path}, time index {position}: {', '.join(bad)} hold(s) +-inf; NaN marks missing "
+                         "values, so replace the infinities first (ds.where(np.isfinite(ds)) makes them NaN)")
     return out
 
 

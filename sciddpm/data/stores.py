@@ -27,6 +27,7 @@ from sciddpm.data.base import atomic_path
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
 REMOTE_PREFIXES = ("gs://", "s3://", "http://", "https://")
+WRITTEN_BY = "sciddpm write_store"  # the stamp that lets a later write replace a store
 
 
 def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
@@ -47,15 +48,28 @@ def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | Non
         raise FileNotFoundError(f"no {what} at {text}" + (f"; {hint}" if hint else ""))
     suffix = PurePosixPath(text.rstrip("/")).suffix.lower()
     if suffix in NETCDF_SUFFIXES:
-        return xr.open_dataset(text, chunks=None)
-    if suffix in HDF5_SUFFIXES:
-        return _open_hdf5(text)
-    if remote or suffix == ".zarr" or os.path.isdir(text):
-        with warnings.catch_warnings():  # no consolidated metadata is fine, only slower to open
-            warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-            return xr.open_zarr(text, chunks=None, consolidated=None, storage_options=options or None)
-    raise ValueError(f"cannot tell the format of {text}: use a zarr directory or *.zarr, netCDF "
-                     f"({', '.join(NETCDF_SUFFIXES)}) or HDF5 ({', '.join(HDF5_SUFFIXES)})")
+        fmt, opener = "netCDF", lambda: xr.open_dataset(text, chunks=None)
+    elif suffix in HDF5_SUFFIXES:
+        fmt, opener = "HDF5", lambda: _open_hdf5(text)
+    elif remote or suffix == ".zarr" or os.path.isdir(text):
+        fmt, opener = "zarr", lambda: _open_zarr(text, options)
+    else:
+        raise ValueError(f"cannot tell the format of {text}: use a zarr directory or *.zarr, netCDF "
+                         f"({', '.join(NETCDF_SUFFIXES)}) or HDF5 ({', '.join(HDF5_SUFFIXES)})")
+    try:
+        return opener()
+    except (OSError, ValueError, KeyError) as err:
+        if remote and isinstance(err, OSError):
+            raise  # the network's own words (permissions, not found) say more
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"cannot read {text} as a {fmt} store ({type(err).__name__}: {first_line}); is it complete "
+                         "and in that format?") from None
+
+
+def _open_zarr(path: str, options: dict[str, Any]) -> xr.Dataset:
+    with warnings.catch_warnings():  # no consolidated metadata is fine, only slower to open
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+        return xr.open_zarr(path, chunks=None, consolidated=None, storage_options=options or None)
 
 
 def _open_hdf5(path: str) -> xr.Dataset:
@@ -76,8 +90,15 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     booleans become int8 0/1, e.g. a store's ``periodic = [True, True, True]``, and any other
     value becomes its JSON text: None, a mapping, strings in a list, nested lists. zarr keeps
     every attribute as it is.
+
+    The store is stamped with a ``written_by`` attribute, and an existing ``path`` is replaced
+    only when it carries that stamp: a mistyped ``--out`` must not destroy a data store (nor an
+    ensemble store, which ``sciddpm.ensembles`` writes by region).
     """
     path = Path(path)
+    if path.exists():
+        _check_replaceable(path)
+    ds = ds.assign_attrs(written_by=WRITTEN_BY)
     with atomic_path(path) as tmp:
         if path.suffix == ".zarr":
             ds.to_zarr(tmp, mode="w", consolidated=False)
@@ -85,6 +106,17 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         else:
             netcdf_safe(ds).to_netcdf(tmp)
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    try:
+        with open_store(path) as existing:
+            stamp = existing.attrs.get("written_by")
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours to replace
+        stamp = None
+    if stamp != WRITTEN_BY:
+        raise FileExistsError(f"{path} exists and was not written as samples by sciddpm; choose another --out, "
+                              "or remove it first if it is to be replaced")
 
 
 def consolidate(path: str | os.PathLike) -> None:

@@ -4,7 +4,8 @@ Every sampler has the signature ``fn(denoiser, x, sigmas, *, generator=None, cal
 **opts) -> x`` (DESIGN.md house rule 2): ``x`` is already at noise level ``sigmas[0]``, ``sigmas``
 is a float64 table decreasing to 0, and ``denoiser(x, sigma) -> x0_hat`` (``sigma`` of shape [B])
 is all a sampler knows of the model. No state survives a call; all randomness comes from
-``generator``; the update arithmetic runs in the dtype of ``x`` (at least float32, chosen by the
+``generator`` (a ``torch.Generator``, or a list of them, one per batch row, so that each row's
+noise does not depend on the rows batched with it); the update arithmetic runs in the dtype of ``x`` (at least float32, chosen by the
 caller) and denoiser outputs are cast to it. ``callback(i, sigma, x, x0_hat)``, if given, sees
 each state before its update together with the denoiser's estimate there.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -47,7 +48,12 @@ def _denoise(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: floa
     return x0.to(x.dtype)
 
 
-def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):  # one per row: a row's noise is its own, whatever the batch
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}; give one per row")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype)
+                            for g in generator])
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -198,7 +204,7 @@ def _check_options(fn: Callable[..., Any], method: str, opts: dict[str, Any]) ->
 def sample(denoiser: Callable[..., torch.Tensor], noise: torch.Tensor, *, method: str = "heun",
            steps: int | None = None, schedule: str | VPSchedule | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-           generator: torch.Generator | None = None, callback: Callback | None = None,
+           generator: torch.Generator | Sequence[torch.Generator] | None = None, callback: Callback | None = None,
            denoiser_kwargs: dict[str, Any] | None = None, **opts: Any) -> torch.Tensor:
     """Draw samples: build the sigma table, scale ``noise`` to its first level, run ``method``.
 
@@ -208,7 +214,8 @@ def sample(denoiser: Callable[..., torch.Tensor], noise: torch.Tensor, *, method
     euler: karras, 32; heun: karras, 18; dpmpp_2m: karras, 32). Karras tables span ``sigma_min``
     (0.002) to ``sigma_max`` (80) with exponent ``rho``. ``denoiser_kwargs`` (e.g. ``cond``) go to
     every denoiser call and ``opts`` to the sampler (``eta`` for ddim; ``S_churn``, ``S_tmin``,
-    ``S_tmax``, ``S_noise`` for heun). Arithmetic runs in noise's dtype, promoted to float32.
+    ``S_tmax``, ``S_noise`` for heun). ``generator``: the step noise of the stochastic samplers,
+    one generator or one per row of ``noise``. Arithmetic runs in noise's dtype, promoted to float32.
     """
     fn = SAMPLERS.get(method)  # unknown methods list the known ones
     _check_options(fn, method, opts)
