@@ -35,6 +35,7 @@ from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
+from sciddpm.diffusion.samplers import check_settings
 from sciddpm.precision import network_dtype_name, resolve_device
 from sciddpm.runs import RunDir, resolve_run
 
@@ -301,7 +302,7 @@ class Model:
         configured = dict(self.config.get("sampler") or {})
         settings = {"method": configured.get("method", "heun"), "steps": configured.get("steps"),
                     "schedule": configured.get("schedule"), "opts": dict(configured.get("opts") or {}),
-                    "guidance": float(configured.get("guidance", 1.0))}
+                    "guidance": configured.get("guidance", 1.0) if guidance is None else guidance}
         if method is not None and method != settings["method"]:
             # another sampler: its shipped preset (configs/sampler/<method>.yaml), not this run's
             preset = sampler_preset(method)
@@ -309,8 +310,8 @@ class Model:
                             opts=dict(preset.get("opts") or {}))
         if steps is not None:
             settings["steps"] = _positive(steps, "steps")
-        if guidance is not None:
-            settings["guidance"] = float(guidance)
+        check_settings(settings["method"], settings["steps"], settings["guidance"], settings["opts"])
+        settings["guidance"] = float(settings["guidance"])
         return settings
 
     def _denoiser(self, guidance: float, *, conditional: bool):

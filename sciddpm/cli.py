@@ -16,9 +16,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sciddpm.config import GROUPS, options
+
+if TYPE_CHECKING:
+    from sciddpm.data import CondSchema
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +74,11 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
         out = Path(args.out) if args.out else Path("samples") / model.name / "ensemble.zarr"
         if out.suffix != ".zarr":
             raise ValueError(f"--cases writes one zarr store; give --out a path ending in .zarr, got {out}")
-        cases = {**_read_cases(args.cases), **cond}
+        cases = _read_cases(args.cases, model.conditions)
+        both = sorted(set(cases) & set(cond))
+        if both:
+            raise ValueError(f"{', '.join(both)} given both as a --cases column and as --cond; give each once")
+        cases.update(cond)
         summary = write_ensemble(model, cases, args.members or args.n, out, batch_size=args.batch_size or 8,
                                  **options)
         if summary["rank"] == 0:
@@ -106,17 +113,28 @@ def _device(device: str) -> str:
     return device
 
 
-def _read_cases(path: str) -> dict[str, list[float]]:
-    """A CSV with a header of condition names (``name`` or ``name[units]``), one row per case."""
+def _read_cases(path: str, schema: CondSchema) -> dict[str, list[float]]:
+    """A CSV with a header of condition names (``name`` or ``name[units]``, the units then being
+    the model's), one row per case."""
     import csv
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
-    names = [cell.strip().split("[", 1)[0].strip() for cell in rows[0]]
+    names = []
+    for cell in rows[0]:
+        name, _, units = cell.strip().partition("[")
+        name, units = name.strip(), units.rstrip("]").strip() if units else None
+        if name in names:
+            raise ValueError(f"{path}: column {name!r} appears twice in the header")
+        known = name in schema.names
+        if known and units is not None and units != schema[name].units:
+            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
+                             f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
+        names.append(name)
     columns: dict[str, list[float]] = {name: [] for name in names}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(names):
@@ -164,6 +182,8 @@ def _parse_cond(items: list[str] | None) -> dict[str, float]:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise ValueError(f"--cond takes name=value (e.g. --cond pitch=440), got {item!r}")
+        if name.strip() in cond:
+            raise ValueError(f"--cond {name.strip()} is given twice ({cond[name.strip()]:g} and {value}); give it once")
         try:
             cond[name.strip()] = float(value)
         except ValueError:

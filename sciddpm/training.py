@@ -25,6 +25,7 @@ from sciddpm.assembly import build_denoiser
 from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
+from sciddpm.diffusion.samplers import check_settings
 from sciddpm.precision import network_autocast, network_dtype_name, resolve_device
 from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
@@ -62,6 +63,9 @@ def _with_absolute_data_path(cfg: dict) -> dict:
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:
     _check_trainer(trainer)
+    sampler = dict(cfg.get("sampler") or {})  # what sampling from this run will use: checked now
+    check_settings(sampler.get("method", "heun"), sampler.get("steps"), sampler.get("guidance", 1.0),
+                   sampler.get("opts"))
     device = resolve_device(trainer["device"], flag="trainer.device", local_rank=local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -177,6 +177,21 @@ def test_cases_csv_errors(runs, tmp_path, capsys):
     bad.write_text("speed\n3\n")
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "y.zarr")]) == 1
     assert "unknown condition 'speed'; known: pitch [Hz" in capsys.readouterr().err
+    # a header's units are the model's or an error, never silently read as the model's
+    bad.write_text("pitch[kHz]\n0.22\n")
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "z.zarr")]) == 1
+    assert "column 'pitch[kHz]' is in kHz but the model takes pitch in Hz" in capsys.readouterr().err
+    assert not (tmp_path / "z.zarr").exists()
+    bad.write_text("pitch,pitch\n220,330\n")
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "w.zarr")]) == 1
+    assert "column 'pitch' appears twice" in capsys.readouterr().err
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cond", "pitch=440", "--cond", "pitch=220"]) == 1
+    assert "--cond pitch is given twice (440 and 220)" in capsys.readouterr().err
+    # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+    bad.write_bytes("\ufeffpitch[Hz]\n220\n".encode("utf-8"))
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--members", "1", "--steps", "2",
+                 "--out", str(tmp_path / "bom.zarr")]) == 0
+    assert float(xr.open_zarr(tmp_path / "bom.zarr")["pitch"][0]) == 220.0
 
 
 def test_sample_with_one_condition_per_member(model):

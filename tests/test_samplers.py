@@ -227,3 +227,16 @@ def test_sample_errors_name_the_problem():
         sample(denoiser, noise, method="heun", churn=1.0)
     with pytest.raises(ValueError, match="more than the 1000 levels"):
         sample(denoiser, noise, method="ddim", steps=1001)
+
+
+def test_a_bad_sampler_config_is_refused_before_training_starts(tmp_path):
+    from sciddpm.training import train
+
+    base = ["data=audio", "trainer=quick", "trainer.device=cpu", f"runs_dir={tmp_path}", "name=bad"]
+    for override, message in [("sampler.guidance=abc", r"sampler\.guidance must be a finite number"),
+                              ("sampler.method=foo", r"unknown sampler 'foo'; known samplers: ddim, ddpm"),
+                              ("sampler.steps=0", r"sampler\.steps must be a positive integer"),
+                              ("+sampler.opts.etta=1", r"sampler 'heun' got unknown option\(s\) 'etta'")]:
+        with pytest.raises((ValueError, TypeError, UnknownNameError), match=message):
+            train([*base, override])
+    assert not (tmp_path / "bad").exists()

@@ -124,7 +124,7 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             "put audio files there with a CSV whose header is 'filename,<param>[<unit>],...' "
             "(e.g. filename,pitch[Hz])"
         )
-    with open(table, newline="") as fh:
+    with open(table, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
     if not rows or "filename" not in [c.strip() for c in rows[0]]:
         raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")

@@ -31,7 +31,7 @@ from sciddpm.diffusion import schedules
 from sciddpm.diffusion.schedules import VPSchedule
 from sciddpm.registry import Registry
 
-__all__ = ["SAMPLERS", "ddim", "ddpm", "dpmpp_2m", "euler", "heun", "sample"]
+__all__ = ["SAMPLERS", "check_settings", "ddim", "ddpm", "dpmpp_2m", "euler", "heun", "sample"]
 
 SAMPLERS = Registry("sampler", entry_point_group="sciddpm.samplers")
 
@@ -199,6 +199,25 @@ def _check_options(fn: Callable[..., Any], method: str, opts: dict[str, Any]) ->
             f"sampler {method!r} got unknown option(s) {', '.join(map(repr, unknown))}; it accepts: "
             f"{', '.join(accepted) or '(no options)'}"
         )
+
+
+def check_settings(method: Any, steps: Any = None, guidance: Any = 1.0, opts: Any = None) -> None:
+    """Named errors for a sampler config (``sampler.*``) before anything runs: an unknown method
+    (listing the known ones), steps that are not a positive integer, a guidance that is not a
+    finite number, options the method does not take."""
+    fn = SAMPLERS.get(str(method))
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"sampler.steps must be a positive integer (or null for the method's default), got {steps!r}")
+    try:
+        finite = math.isfinite(float(guidance))
+    except (TypeError, ValueError):
+        finite = False
+    if isinstance(guidance, bool) or not finite:
+        raise ValueError(f"sampler.guidance must be a finite number (1 = no guidance), got {guidance!r}")
+    if opts is not None and not isinstance(opts, dict):
+        raise ValueError(f"sampler.opts must be a mapping of option: value, got {opts!r}")
+    table = ("sigma_min", "sigma_max", "rho")  # options of the sigma table, taken by sample() itself
+    _check_options(fn, str(method), {k: v for k, v in (opts or {}).items() if k not in table})
 
 
 def sample(denoiser: Callable[..., torch.Tensor], noise: torch.Tensor, *, method: str = "heun",
