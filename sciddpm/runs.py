@@ -34,7 +34,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sciddpm.data.base import atomic_path
+from sciddpm.data.base import atomic_path, follow_umask
 
 CONFIG = "config.yaml"
 DATA_SPEC = "data_spec.json"
@@ -67,6 +67,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def _atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        follow_umask(tmp)
 
 
 # ------------------------------------------------------------------------------------ config safety
@@ -197,11 +198,12 @@ class RunDir:
         root = self.path / CHECKPOINTS
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step_{step:08d}"
-        staging = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root))
+        staging = follow_umask(Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root)))
         try:
             tensors = {**{f"model.{k}": v for k, v in model.items()}, **{f"ema.{k}": v for k, v in ema.items()}}
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                       staging / WEIGHTS, metadata={"step": str(step)})
+            follow_umask(staging / WEIGHTS)
             torch.save(dict(train_state), staging / TRAIN_STATE)
             if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
                 shutil.rmtree(final)

@@ -95,6 +95,11 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     torch.manual_seed(seed)  # identical initial weights on every rank
     denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
     start_step = _prepare_run_dir(run, cfg, spec, rank, world)
+    if start_step >= int(trainer["steps"]):
+        if rank == 0:
+            log.info("%s is already trained to step %d (trainer.steps=%d): nothing to do; raise trainer.steps "
+                     "to train on", run.path, start_step, trainer["steps"])
+        return run.path
     ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
                                   weight_decay=trainer["weight_decay"], fused=True)  # ~4x faster step on CPU
@@ -232,6 +237,8 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
         run.clean_staging()
         steps = run.checkpoint_steps()
         start_step = steps[-1] if steps else 0
+        if start_step and start_step >= int(cfg["trainer"]["steps"]):
+            return start_step  # nothing to train: the run and its config stay as they are
         run.truncate_metrics(start_step)
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(cfg)

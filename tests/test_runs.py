@@ -24,6 +24,22 @@ def test_checkpoints_keep_last_two_and_publish_weights(tmp_path):
     assert state["step"] == 20
 
 
+def test_weights_and_checkpoints_follow_the_umask(tmp_path):
+    # safetensors and mkdtemp write private files; a run must be as readable as its config.yaml
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run = RunDir(tmp_path / "r")
+        run.save_checkpoint(1, _state(1), _state(1), {"step": 1})
+        run.save_config({"seed": 0})
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    folder = tmp_path / "r" / "checkpoints" / "step_00000001"
+    assert mode(folder) == 0o755 and mode(folder / "model.safetensors") == 0o644
+    assert mode(tmp_path / "r" / "model.safetensors") == mode(tmp_path / "r" / "config.yaml") == 0o644
+
 def test_half_written_checkpoint_is_ignored_and_cleaned(tmp_path):
     run = RunDir(tmp_path / "r")
     run.save_checkpoint(5, _state(1), _state(1), {"step": 5})

@@ -151,6 +151,14 @@ def test_resume_with_different_model_is_refused(trained):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
 
 
+def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):
+    before = {name: (trained / "tiny" / name).read_bytes() for name in ("config.yaml", "model.safetensors",
+                                                                          "metrics.jsonl")}
+    with caplog.at_level("INFO", logger="sciddpm"):
+        sciddpm.train([*TINY, "trainer.steps=10", "trainer.checkpoint_every=10", f"runs_dir={trained}", "name=tiny"])
+    assert "already trained to step 20 (trainer.steps=10): nothing to do" in caplog.text
+    assert {name: (trained / "tiny" / name).read_bytes() for name in before} == before
+
 def test_resume_in_another_network_dtype_says_so(cache, tmp_path, monkeypatch, caplog):
     # As on a machine without native bf16 first, then on one with it.
     from sciddpm import precision

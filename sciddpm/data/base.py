@@ -357,6 +357,16 @@ def plain_json(value: Any, where: str = "attrs") -> Any:
     return str(value)
 
 
+def follow_umask(path: Path) -> Path:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 less the umask).
+    ``mkdtemp`` and safetensors make their files private, which would keep a run's weights from
+    the colleagues who can read the rest of it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success move it into place with os.replace.

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sciddpm.data.base import follow_umask
+
 TONES_VERSION = 1  # bump when the recipe changes: it is part of the cache key
 DEFAULTS = {"n_clips": 2000, "sample_rate": 8000, "clip_samples": 2048, "fmin": 110.0, "fmax": 880.0, "seed": 0}
 METADATA = "metadata.csv"
@@ -87,10 +89,7 @@ def write_tones(out: str | Path, **params) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder follows the umask
+    tmp = follow_umask(Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)))
     try:
         waves, pitch = make_tones(**p)
         lines = ["filename,pitch[Hz]"]
