@@ -83,10 +83,16 @@ def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
         cases = {str(name): cases[name].to_numpy() for name in cases.columns}
     if not isinstance(cases, Mapping):
         raise TypeError(f"cases must be a mapping name -> values or a DataFrame, got {type(cases).__name__}")
-    columns = {name: np.atleast_1d(np.asarray(values, dtype=float)) for name, values in cases.items()}
-    for name, values in columns.items():
-        if values.ndim != 1:
-            raise ValueError(f"condition {name!r}: give one value per case (a flat list), got shape {values.shape}")
+    columns = {}
+    for name, values in cases.items():
+        try:
+            columns[name] = np.atleast_1d(np.asarray(values, dtype=float))
+        except (TypeError, ValueError):
+            raise ValueError(f"condition {name!r}: values must be numbers in the condition's units, got "
+                             f"{values!r}") from None
+        if columns[name].ndim != 1 or columns[name].size == 0:
+            raise ValueError(f"condition {name!r}: give one value per case (a flat, non-empty list), got "
+                             f"shape {columns[name].shape}")
     count = max((len(v) for v in columns.values()), default=1)
     for name, values in columns.items():
         if len(values) not in (1, count):
@@ -151,8 +157,8 @@ class Model:
         unconditional samples. Member ``j`` starts from the noise of case 0, member ``j`` of an
         ensemble with the same ``seed``: the same on any device and with any ``batch_size``.
         """
-        n = _positive(n, "n")
-        seed = _seed(seed)
+        n = as_count(n, "n")
+        seed = as_seed(seed)
         cond = dict(cond or {})
         if not cond and self.spec.cond.dim:
             log.info("no conditions given: sampling unconditionally (the null condition)")
@@ -176,7 +182,8 @@ class Model:
         or is a pandas DataFrame with one row per case. Each condition becomes a coordinate along
         ``case``. Member ``j`` of case ``i`` starts from noise seeded by ``item_seed(seed, i, j)``.
         """
-        members = _positive(members, "members")
+        members = as_count(members, "members")
+        seed = as_seed(seed)
         table = case_table(cases, self.spec.cond)
         count = len(next(iter(table.values()))) if table else 1
         settings = self.sampler_settings(sampler, steps, guidance)
@@ -205,7 +212,8 @@ class Model:
         coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim
         keeping its coordinate; an example dim named ``member`` becomes ``case``.
         """
-        n = _positive(n, "n")
+        n = as_count(n, "n")
+        seed = as_seed(seed)
         x = self.adapter.to_tensor(observed).float()
         known = torch.isfinite(x)
         if self._valid is not None:
@@ -247,7 +255,7 @@ class Model:
         (default: its case). ``wrap``, if given, wraps the denoiser (e.g. inpainting). Batches are runs of ``batch_size``
         consecutive items; :mod:`sciddpm.ensembles` relies on that to split work over ranks.
         """
-        batch = len(items) if batch_size is None else _positive(batch_size, "batch_size")
+        batch = len(items) if batch_size is None else as_count(batch_size, "batch_size")
         pieces = []
         with _progress(len(items), progress) as bar:
             for start in range(0, len(items), batch):
@@ -309,7 +317,7 @@ class Model:
             settings.update(method=method, steps=preset.get("steps"), schedule=preset.get("schedule"),
                             opts=dict(preset.get("opts") or {}))
         if steps is not None:
-            settings["steps"] = _positive(steps, "steps")
+            settings["steps"] = as_count(steps, "steps")
         check_settings(settings["method"], settings["steps"], settings["guidance"], settings["opts"])
         settings["guidance"] = float(settings["guidance"])
         return settings
@@ -351,14 +359,25 @@ def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
     return masked_denoiser
 
 
-def _positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
+def as_count(value: Any, what: str) -> int:
+    """``value`` as a count (n, members, steps, batch_size): an integer >= 1, or a named error."""
+    if not _is_integer(value) or value < 1:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
-def _seed(seed: int | None) -> int:
-    return int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+def as_seed(seed: Any) -> int:
+    """``None`` draws a fresh seed (recorded in the samples' attributes); else an integer >= 0."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()).item())
+    if not _is_integer(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (or None for a fresh one), got {seed!r}")
+    return int(seed)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool) \
+        and np.isfinite(value) and float(value).is_integer()
 
 
 def _progress(total: int, show: bool) -> tqdm:

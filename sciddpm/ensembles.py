@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import zarr
 
-from sciddpm.api import Model, case_table
+from sciddpm.api import Model, as_count, as_seed, case_table
 from sciddpm.data.base import atomic_path, plain_json
 from sciddpm.data.stores import consolidate
 
@@ -46,10 +46,11 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     ``torchrun`` (``WORLD_SIZE`` > 1) the work is split over the ranks. The summary says how many
     items this call sampled (``sampled``), how many were already done (``skipped``) and where.
     """
-    if isinstance(members, bool) or int(members) != members or members < 1:
-        raise ValueError(f"members must be an integer >= 1, got {members!r}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    members, batch_size = as_count(members, "members"), as_count(batch_size, "batch_size")
+    if seed is None:
+        raise ValueError("an ensemble store needs a fixed seed: it is how a rerun finds the members still "
+                         "to draw; pass seed= (--seed)")
+    seed = as_seed(seed)
     out = Path(out)
     table = case_table(cases, model.spec.cond)
     count = len(next(iter(table.values()))) if table else 1

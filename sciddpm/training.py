@@ -69,7 +69,9 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     device = resolve_device(trainer["device"], flag="trainer.device", local_rank=local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    seed = int(cfg["seed"])
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r} (e.g. seed=1)")
     if trainer["batch_size"] % world:
         raise ValueError(
             f"trainer.batch_size={trainer['batch_size']} is the global batch and must divide "

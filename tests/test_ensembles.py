@@ -241,3 +241,25 @@ def test_a_members_step_noise_does_not_depend_on_its_batch(model, sampler):
     np.testing.assert_allclose(three.numpy(), five[:3].numpy(), rtol=0, atol=1e-5)
     other_seed = model.generate(table, [(0, 0)], seed=8, settings=settings)
     assert not torch.allclose(three[:1], other_seed)
+
+
+def test_counts_and_seeds_are_checked_the_same_way_everywhere(model, tmp_path):
+    for bad in (-1, 1.7, "3", True):
+        with pytest.raises(ValueError, match=r"seed must be an integer >= 0 \(or None for a fresh one\)"):
+            model.sample(1, {"pitch": 220.0}, steps=2, seed=bad)
+        with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+            model.ensemble({"pitch": [220.0]}, 1, steps=2, seed=bad, progress=False)
+    with pytest.raises(ValueError, match=r"n must be an integer >= 1, got nan"):
+        model.sample(float("nan"), {"pitch": 220.0})
+    fresh = model.ensemble({"pitch": [220.0]}, 1, steps=2, seed=None, progress=False)
+    assert isinstance(fresh.attrs["seed"], int)  # a drawn seed, recorded
+    assert model.sample(1, {"pitch": 220.0}, steps=2, seed=np.int64(3)).attrs["seed"] == 3
+    with pytest.raises(ValueError, match="an ensemble store needs a fixed seed"):
+        write_ensemble(model, {"pitch": [220.0]}, 1, tmp_path / "e.zarr", seed=None, progress=False)
+
+
+def test_case_tables_name_the_column_that_is_wrong(model):
+    with pytest.raises(ValueError, match=r"condition 'note': values must be numbers"):
+        model.ensemble(pd.DataFrame({"pitch": [220.0, 440.0], "note": ["A3", "A4"]}), 1, steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"condition 'pitch': give one value per case \(a flat, non-empty list\)"):
+        model.ensemble(pd.DataFrame({"pitch": []}), 1, steps=2, progress=False)

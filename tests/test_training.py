@@ -177,7 +177,9 @@ def test_bad_trainer_numbers_are_named_before_anything_is_written(cache, tmp_pat
     for override, message in [("trainer.lr=abc", "trainer.lr must be a number > 0, got 'abc'"),
                               ("trainer.batch_size=0", "trainer.batch_size must be an integer >= 1, got 0"),
                               ("trainer.steps=2.5", "trainer.steps must be an integer >= 1"),
-                              ("trainer.ema_decay=1", "trainer.ema_decay must be a number >= 0 and < 1")]:
+                              ("trainer.ema_decay=1", "trainer.ema_decay must be a number >= 0 and < 1"),
+                              ("seed=1.5", "seed must be an integer >= 0, got 1.5"),
+                              ("seed=abc", "seed must be an integer >= 0, got 'abc'")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             sciddpm.train([*TINY, override, f"runs_dir={tmp_path}", "name=bad"])
     assert not (tmp_path / "bad").exists()
