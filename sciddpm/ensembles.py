@@ -138,7 +138,14 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
                          "choose another --out or remove it") from None
     expected = json.loads(json.dumps(fingerprint))
     if stored != expected:
-        changed = sorted(k for k in expected if stored.get(k) != expected[k])
+        changed = []
+        for key in sorted(k for k in expected if stored.get(k) != expected[k]):
+            before, now = stored.get(key), expected[key]
+            if isinstance(before, dict) and isinstance(now, dict):  # e.g. sampler.steps, not "sampler"
+                changed += [f"{key}.{sub} ({before.get(sub)!r} there, {now.get(sub)!r} now)"
+                            for sub in sorted(set(before) | set(now)) if before.get(sub) != now.get(sub)]
+            else:
+                changed.append(key)
         hint = ""
         if "network_dtype" in changed:  # bf16 follows the hardware (sciddpm.precision)
             hint = (f" (its network ran in {stored.get('network_dtype')}, here it would run in "

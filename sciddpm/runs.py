@@ -71,25 +71,23 @@ def _atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], me
 
 
 # ------------------------------------------------------------------------------------ config safety
-def assert_safe_config(node: Any, where: str = "config") -> None:
-    """Refuse configs that ask for code to be imported (``_target_`` and friends), at any depth."""
+def assert_safe_config(node: Any, where: str = "config", at: str = "") -> None:
+    """Refuse configs that ask for code to be imported (``_target_`` and friends), at any depth.
+    ``where`` names the config (a file) in the error, ``at`` is the key path inside it."""
     if isinstance(node, Mapping):
         for key, value in node.items():
+            inner = f"{at}.{key}" if at else str(key)
             if key in _FORBIDDEN_KEYS:
                 raise RunError(
-                    f"{where} contains {key!r} at '{_path_of(where)}'. sciddpm never imports code named "
+                    f"{where} contains {key!r} at '{at or '(top level)'}'. sciddpm never imports code named "
                     "in a config: configs hold registry names and plain keyword arguments "
                     "(e.g. `backbone: unet2d`). Remove the key, or register your class with "
                     "sciddpm.nn.register_backbone / sciddpm.data.register_adapter and name it."
                 )
-            assert_safe_config(value, f"{where}.{key}")
+            assert_safe_config(value, where, inner)
     elif isinstance(node, (list, tuple)):
         for index, value in enumerate(node):
-            assert_safe_config(value, f"{where}[{index}]")
-
-
-def _path_of(where: str) -> str:
-    return where.split(".", 1)[1] if "." in where else where
+            assert_safe_config(value, where, f"{at}[{index}]")
 
 
 # --------------------------------------------------------------------------------------- run paths

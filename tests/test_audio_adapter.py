@@ -288,6 +288,9 @@ def _break(folder, how):
     elif how == "unreadable":
         (folder / "bad.wav").write_bytes(b"RIFF not really a wav")
         meta.write_text(meta.read_text() + "bad.wav,100,0\n")
+    elif how == "nan samples":
+        sf.write(folder / "nan.wav", np.full(800, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+        meta.write_text(meta.read_text() + "nan.wav,100,0\n")
     elif how == "non-numeric":
         meta.write_text("filename,pitch[Hz],gain\nlong.wav,high,0\nshort.wav,440,1\n")
     elif how == "empty":
@@ -300,6 +303,7 @@ def _break(folder, how):
     ("missing csv", FileNotFoundError, r"no metadata CSV .*clips/metadata.csv; put audio files there"),
     ("missing file", FileNotFoundError, r"line 6 names 'ghost.wav', which is not in .*clips"),
     ("unreadable", ValueError, r"cannot read audio file .*bad.wav: .*Format not recognised"),
+    ("nan samples", ValueError, r"nan\.wav holds NaN or infinite samples; audio must be finite"),
     ("non-numeric", ValueError, r"non-numeric value 'high' in column 'pitch' for 'long.wav' \(metadata.csv line 2\)"),
     ("empty", FileNotFoundError, r"audio folder .*clips is empty"),
 ])
@@ -405,3 +409,13 @@ def test_optional_audio_stack_is_imported_lazily_and_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchaudio.functional", None)
     with pytest.raises(ImportError, match=r"needs torchaudio: pip install 'sciddpm\[audio\]'"):
         audio_io.resample(np.zeros((1, 16)), 16000, 8000)
+
+
+def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
+    ds, _ = tones_adapter.heldout(3, seed=1)
+    picked = ds.isel(member=[0, 2])
+    paths = tones_adapter.write(picked, tmp_path / "sel")
+    assert [p.name for p in paths[:2]] == ["member000.wav", "member002.wav"]  # as samples.nc labels them
+    with pytest.raises(ValueError, match=r"a440\.wav names a file, but audio samples are written as one WAV per clip"):
+        tones_adapter.write(ds, tmp_path / "a440.wav")
+    np.testing.assert_array_equal(sf.read(paths[1], dtype="float32")[0], ds.waveform[2].values)

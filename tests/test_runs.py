@@ -58,10 +58,10 @@ def test_config_with_target_is_refused_at_any_depth(tmp_path):
     run.path.mkdir()
     (run.path / "config.yaml").write_text(yaml.safe_dump(
         {"model": {"backbone": "unet1d", "kwargs": {"act": {"_target_": "os.system", "command": "touch pwned"}}}}))
-    with pytest.raises(RunError, match=r"_target_.*model.kwargs.act"):
+    with pytest.raises(RunError, match=r"config\.yaml contains '_target_' at 'model\.kwargs\.act'\."):
         run.load_config()
     assert not (tmp_path / "pwned").exists()
-    with pytest.raises(RunError, match="_target_"):
+    with pytest.raises(RunError, match=r"'_target_' at 'a\[0\]\.b'"):
         assert_safe_config({"a": [{"b": {"_target_": "x"}}]})
 
 

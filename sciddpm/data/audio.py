@@ -158,7 +158,8 @@ class AudioAdapter(Adapter):
         if self.sample_rate is None:
             rates = sorted({f.rate for f in files})
             if len(rates) > 1:
-                raise ValueError(f"the files have sample rates {rates} Hz; pass sample_rate= to resample them to one")
+                raise ValueError(f"the files have sample rates {rates} Hz; pass sample_rate= "
+                                 f"(data.kwargs.sample_rate={rates[-1]}, say) to resample them to one")
             self.sample_rate = rates[0]
         self._report(files)
         return files, values, meta
@@ -323,10 +324,13 @@ class AudioAdapter(Adapter):
         out = Path(out)
         if out.suffix in (".nc", ".zarr"):
             folder, prefix, store = out.parent, out.stem + "_", out
+        elif out.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3") or out.is_file():
+            raise ValueError(f"{out} names a file, but audio samples are written as one WAV per clip: give "
+                             "a folder (or a .nc / .zarr path, the WAVs going beside it)")
         else:
             folder, prefix, store = out, "", out / "samples.nc"
         folder.mkdir(parents=True, exist_ok=True)
-        labels = _clip_labels(lead, values.shape[: len(lead)])
+        labels = _clip_labels(da, lead)
         stale = [label for label in _written_labels(store) if label not in labels]
         written, rescaled, gains = [], [], []
         for index, label in zip(np.ndindex(*values.shape[: len(lead)]), labels):
@@ -388,9 +392,14 @@ class AudioAdapter(Adapter):
         return path
 
 
-def _clip_labels(lead: Sequence[str], shape: Sequence[int]) -> list[str]:
-    """WAV names of the clips of a Dataset with leading dims ``lead``: member003, case001_member002."""
-    return ["_".join(f"{d}{i:03d}" for d, i in zip(lead, index)) or "clip" for index in np.ndindex(*shape)]
+def _clip_labels(da: xr.DataArray, lead: Sequence[str]) -> list[str]:
+    """WAV names of the clips of ``da`` along its leading dims ``lead``: member003, case001_member002,
+    numbered by each dim's integer coordinate (a selection of members keeps their names), else by
+    position."""
+    numbers = [da[d].values if d in da.coords and da[d].dtype.kind in "iu" else np.arange(da.sizes[d])
+               for d in lead]
+    return ["_".join(f"{d}{int(numbers[k][i]):03d}" for k, (d, i) in enumerate(zip(lead, index))) or "clip"
+            for index in np.ndindex(*[da.sizes[d] for d in lead])]
 
 
 def _written_labels(store: Path) -> list[str]:
@@ -400,7 +409,6 @@ def _written_labels(store: Path) -> list[str]:
     try:
         with open_store(store) as previous:
             da = previous["waveform"]
-            lead = [d for d in da.dims if d not in ("channel", "time")]
-            return _clip_labels(lead, [da.sizes[d] for d in lead])
+            return _clip_labels(da, [d for d in da.dims if d not in ("channel", "time")])
     except (OSError, KeyError, ValueError):  # not ours, or unreadable: leave its neighbours alone
         return []

@@ -81,6 +81,8 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
     data = np.zeros((0, f.channels), dtype=np.float32)
     if hi > lo:
         data = sf.read(f.path, start=lo, stop=hi, dtype="float32", always_2d=True)[0]
+        if not np.isfinite(data).all():  # float WAV/FLAC can hold them; they would poison the statistics
+            raise ValueError(f"{f.path} holds NaN or infinite samples; audio must be finite (fix or drop the file)")
     data = data.T  # [file channels, frames]
     if channels == 1:
         data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
