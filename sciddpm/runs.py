@@ -71,6 +71,17 @@ def _atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], me
 
 
 # ------------------------------------------------------------------------------------ config safety
+class _PlainYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases. The configs sciddpm writes have none, and in a file from
+    someone else a few lines of nested aliases expand to billions of nodes (seconds to hours)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a run config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def assert_safe_config(node: Any, where: str = "config", at: str = "") -> None:
     """Refuse configs that ask for code to be imported (``_target_`` and friends), at any depth.
     ``where`` names the config (a file) in the error, ``at`` is the key path inside it."""
@@ -135,10 +146,10 @@ class RunDir:
     def load_config(self) -> dict[str, Any]:
         path = self.path / CONFIG
         try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            config = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainYamlLoader)
         except FileNotFoundError:
             raise RunError(f"'{self.path}' is not a run directory: it has no {CONFIG}") from None
-        except yaml.YAMLError as error:  # safe_load refuses python/object tags too
+        except yaml.YAMLError as error:  # python/object tags and aliases included
             raise RunError(f"{path} is not plain YAML ({error}); refusing to load it") from None
         if not isinstance(config, dict):
             raise RunError(f"{path} must hold a mapping, found {type(config).__name__}")
@@ -255,7 +266,10 @@ class RunDir:
         path = self.path / WEIGHTS
         tensors, metadata = read_safetensors(path, with_metadata=True)
         model, ema = split_weights(tensors)
-        return model, ema, int(metadata.get("step", 0))
+        step = str(metadata.get("step", 0))
+        if not step.isdigit():
+            raise RunError(f"{path}: its metadata gives step {step!r}, not a step number; refusing to load it")
+        return model, ema, int(step)
 
 
 def read_safetensors(path: Path, *, with_metadata: bool = False):

@@ -74,6 +74,21 @@ def test_python_tags_in_yaml_are_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_yaml_aliases_are_refused_and_none_are_written(tmp_path):
+    # a few lines of nested aliases expand to 10**9 nodes ("billion laughs")
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (run.path / "config.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunError, match=r"not plain YAML .*aliases \(\*name\) are not allowed"):
+        run.load_config()
+    shared = [1, 2]
+    run.save_config({"model": {"channel_mult": shared}, "data": {"levels": shared}})  # one list, twice
+    assert "*" not in (run.path / "config.yaml").read_text()
+    assert run.load_config()["data"]["levels"] == [1, 2]
+
+
 class _Exploit:
     def __reduce__(self):
         import os

@@ -272,6 +272,9 @@ def test_store_errors_name_the_fix(custom_store, tmp_path):
         build_adapter("volume", fields=["rho"], params=["seed"], **common).spec()
     with pytest.raises(ValueError, match="field 'rho' has dims .*sample_dim= and dims="):
         build_adapter("volume", source="store", path=str(path), fields=["rho"], params=[]).spec()
+    with pytest.raises(ValueError, match=r"no variable is over the dims \['z', 'y', 'x'\].*rho \('run', 'k', 'j', 'i'\)"
+                                         r".*name the store's dims with dims=\[...\] and sample_dim="):
+        build_adapter("volume", source="store", path=str(path), params=[]).spec()
     with pytest.raises(FileNotFoundError, match="no volume store"):
         build_adapter("volume", source="store", path=str(tmp_path / "missing.zarr")).spec()
     with pytest.raises(ValueError, match="needs path="):

@@ -171,8 +171,13 @@ class VolumeAdapter(Adapter):
         fields = self.fields if self.fields is not None else volumes
         missing = [f for f in fields if f not in ds.data_vars]
         if missing or not fields:
+            if not volumes:  # nothing is over dims: the names are what is wrong, not the fields
+                shapes = ", ".join(f"{n} {tuple(v.dims)}" for n, v in sorted(ds.data_vars.items()))
+                raise ValueError(f"{path}: no variable is over the dims {self.dims} (sample_dim={self.sample_dim!r}); "
+                                 f"the variables are {shapes}; name the store's dims with dims=[...] and "
+                                 "sample_dim=... (a volume is 3-D: sample_dim plus three spatial dims)")
             raise ValueError(f"{path}: no field(s) {missing or '(none chosen)'}; the store's 3-D variables over "
-                             f"{self.dims} are {volumes or 'none'} (all variables: {sorted(ds.data_vars)}); "
+                             f"{self.dims} are {volumes} (all variables: {sorted(ds.data_vars)}); "
                              "pass fields=[...]")
         want = {self.sample_dim, *self.dims}
         for f in fields:
