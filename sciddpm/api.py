@@ -85,6 +85,8 @@ def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
         raise TypeError(f"cases must be a mapping name -> values or a DataFrame, got {type(cases).__name__}")
     columns = {}
     for name, values in cases.items():
+        if isinstance(values, torch.Tensor):  # any dtype, on any device, with or without grad
+            values = values.detach().to("cpu", torch.float64).numpy()
         try:
             columns[name] = np.atleast_1d(np.asarray(values, dtype=float))
         except (TypeError, ValueError):

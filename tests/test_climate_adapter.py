@@ -115,6 +115,15 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2016-12-25", "soon"])
 
+def test_a_scalar_condition_needs_units(stores, tmp_path):
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature"]].load()
+    src["co2"] = ("time", np.linspace(400.0, 410.0, src.sizes["time"]))  # no units attribute
+    src.to_zarr(tmp_path / "co2.zarr")
+    with pytest.raises(ValueError, match=r"condition 'co2' .* has no 'units' attribute.*data\.kwargs\.units=\{co2: ppm\}"):
+        adapter(tmp_path / "co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"]).spec()
+    spec = adapter(tmp_path / "co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"], units={"co2": "ppm"}).spec()
+    assert spec.cond["co2"].units == "ppm" and 400.0 <= spec.cond["co2"].min < spec.cond["co2"].max <= 410.0
+
 def test_items_spec_and_static_inputs(stores):
     a = adapter(stores["64x32"], SMALL["64x32"]["variables"], static=["land_sea_mask", "geopotential_at_surface"])
     spec = a.spec()

@@ -256,6 +256,8 @@ def test_counts_and_seeds_are_checked_the_same_way_everywhere(model, tmp_path):
     fresh = model.ensemble({"pitch": [220.0]}, 1, steps=2, seed=None, progress=False)
     assert isinstance(fresh.attrs["seed"], int)  # a drawn seed, recorded
     assert model.sample(1, {"pitch": 220.0}, steps=2, seed=np.int64(3)).attrs["seed"] == 3
+    as_tensor = torch.tensor(220.0, dtype=torch.bfloat16, requires_grad=True)  # a value from a torch pipeline
+    assert float(model.sample(1, {"pitch": as_tensor}, steps=2, seed=3)["pitch"]) == 220.0
     with pytest.raises(ValueError, match="an ensemble store needs a fixed seed"):
         write_ensemble(model, {"pitch": [220.0]}, 1, tmp_path / "e.zarr", seed=None, progress=False)
 

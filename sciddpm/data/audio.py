@@ -233,7 +233,7 @@ class AudioAdapter(Adapter):
         files, values = self._split("val")
         if not 1 <= n <= len(files):
             raise ValueError(f"asked for {n} held-out clips but the val split has {len(files)}; "
-                             "lower n or raise val_fraction")
+                             "lower n (sciddpm evaluate --n), or train with a larger data.kwargs.val_fraction")
         pick = np.random.default_rng(seed).choice(len(files), size=n, replace=False)
         x = np.stack([load_clip(files[i], self.sample_rate, self.clip_samples, self.offset_s, self.channels)
                       for i in pick])

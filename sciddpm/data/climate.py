@@ -17,6 +17,8 @@ Options:
 * ``cond`` - conditions: ``"dayofyear"`` (cyclic, period 365.25 d, range 1..366), ``"hour"`` (UTC,
   cyclic, 24 h; only for sub-daily stores) and the name of any scalar coordinate or variable along
   ``time`` (linear, its units). Default: dayofyear, plus hour when the store is sub-daily.
+* ``units`` - units of scalar conditions whose variable has no ``units`` attribute, e.g.
+  ``{co2: ppm}`` (a condition without units is an error).
 * ``time_range`` - ``[start, stop]`` (inclusive dates) of the times used at all.
 * Train/val split by time, one block: times from ``val_start`` on are validation; else the last
   ``val_fraction`` of the times; by default the last calendar year (the last 10 % when the range
@@ -111,7 +113,8 @@ class Era5Adapter(Adapter):
                  static: Sequence[str] = (), cond: Sequence[str] | None = None,
                  time_range: Sequence[str] | None = None, val_start: str | None = None,
                  val_fraction: float | None = None, stats_samples: int = 256, mask: bool | None = None,
-                 layout: str | None = None, storage_options: dict | None = None, synthetic: dict | None = None):
+                 layout: str | None = None, storage_options: dict | None = None, synthetic: dict | None = None,
+                 units: Mapping[str, str] | None = None):
         if isinstance(variables, str) or not variables:
             raise ValueError(f"variables must be a non-empty list such as ['2m_temperature', 'geopotential@500'], "
                              f"got {variables!r}")
@@ -131,6 +134,7 @@ class Era5Adapter(Adapter):
         self.time_range, self.val_start, self.val_fraction = time_range, val_start, val_fraction
         self.stats_samples, self.mask, self.layout = stats_samples, mask, layout
         self.storage_options, self.synthetic = storage_options, dict(synthetic or {})
+        self.units = {str(k): str(v) for k, v in (units or {}).items()}
         self._spec: DataSpec | None = None
         self._index: dict | None = None
 
@@ -190,7 +194,12 @@ class Era5Adapter(Adapter):
                 out.append(CondVar(name, min=float(hours.min()), max=float(hours.max()), **TIME_CONDS[name]))
             else:
                 values = np.broadcast_to(_scalar_condition(ds, name, index["path"]), index["stamps"].shape)[train]
-                out.append(CondVar(name, units=str(ds[name].attrs.get("units", "")), min=float(values.min()),
+                units = self.units.get(name, ds[name].attrs.get("units"))
+                if units is None:
+                    raise ValueError(f"condition {name!r} in {index['path']} has no 'units' attribute, and conditions "
+                                     f"are given in their units; pass units={{{name}: <units>}} "
+                                     f"(data.kwargs.units={{{name}: ppm}}, say; '1' if dimensionless)")
+                out.append(CondVar(name, units=str(units), min=float(values.min()),
                                    max=float(values.max()), description=str(ds[name].attrs.get("long_name", ""))))
         return CondSchema(out)
 

@@ -83,7 +83,7 @@ class CondVar:
         if self.feature == "log" and self.min <= 0:
             raise ValueError(
                 f"condition {self.name!r}: a 'log' feature needs positive values, but the range "
-                f"starts at {self.min:g}; use feature='linear'"
+                f"starts at {self.min:g}; use feature='linear' (data.kwargs.features={{{self.name}: linear}})"
             )
         if self.feature == "cyclic":
             p = self.period

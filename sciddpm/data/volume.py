@@ -188,6 +188,9 @@ class VolumeAdapter(Adapter):
         params = self.params if self.params is not None else [
             name for name, v in ds.variables.items() if v.dims == (self.sample_dim,) and name not in fields
             and name != self.sample_dim and np.issubdtype(v.dtype, np.number)]
+        if self.params is None:
+            log.info("%s: conditioning on every numeric variable along %s: %s (params=[...] chooses)", path,
+                     self.sample_dim, ", ".join(params) or "none")
         values, meta = {}, {}
         for name in params:
             values[name], meta[name] = self._param(ds, path, name, n)
@@ -291,7 +294,7 @@ class VolumeAdapter(Adapter):
         val = self._items("val", spec.normaliser)
         if not 1 <= n <= len(val):
             raise ValueError(f"asked for {n} held-out volumes but the val split has {len(val)}; "
-                             "lower n or raise val_fraction")
+                             "lower n (sciddpm evaluate --n), or train with a larger data.kwargs.val_fraction")
         pick = np.random.default_rng(seed).choice(len(val), size=n, replace=False)
         x = np.stack([val.raw(i) for i in pick])
         index = val.indices[pick]
