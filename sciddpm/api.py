@@ -223,11 +223,14 @@ class Model:
         gaps = (~known) if self._valid is None else (~known & self._valid)
         if not bool(gaps.any()):
             raise ValueError("the observations have no gaps (NaN) to fill outside the data's own mask")
-        given = {k: np.broadcast_to(np.atleast_1d(np.asarray(v, dtype=np.float64)), (x.shape[0],))
-                 for k, v in (cond or {}).items()}
+        given = dict(cond or {})
         unread = [name for name in self.spec.cond.names if name not in given]
         read = self.adapter.cond_from_xarray(observed, unread) if unread else {}
         table = case_table({**read, **given}, self.spec.cond)
+        if any(len(v) not in (1, x.shape[0]) for v in table.values()):
+            raise ValueError(f"the observations hold {x.shape[0]} example(s); give each condition one value "
+                             "for all of them or one per example")
+        table = {k: np.broadcast_to(v, (x.shape[0],)) for k, v in table.items()}
         settings = self.sampler_settings(sampler, steps, guidance)
         filled = []
         for i in range(x.shape[0]):
