@@ -8,7 +8,7 @@ import xarray as xr
 from scipy.stats import chisquare, norm
 
 from sciddpm.data.climate_eval import _north_up, score_climate_ensemble
-from sciddpm.metrics import area_weights, crps, rank_histogram, rmse, spread_skill, zonal_power_spectrum
+from sciddpm.metrics import area_weights, crps, power_spectrum, rank_histogram, rmse, spread_skill, zonal_power_spectrum
 from sciddpm.metrics.summary import compare, summarise
 
 
@@ -88,6 +88,8 @@ def test_crps_weights_nan_truth_and_datasets():
     assert float(crps(ens, truth, weights=w)) == pytest.approx(manual, rel=1e-12)  # excluded, not zero
     per_case = crps(ens, truth, weights=w, reduce_dims=("latitude", "longitude"))
     assert per_case.dims == ("case",)
+    with pytest.raises(ValueError, match=r"reduce_dims \['longitdue'\] not among the score's dims"):
+        crps(ens, truth, weights=w, reduce_dims=("latitude", "longitdue"))  # not a per-longitude score
     # a NaN member at a point where the truth is finite is not hidden
     broken = ens.copy()
     broken[0, 0, 2, 2] = np.nan
@@ -143,6 +145,11 @@ def test_area_weights():
     assert labelled.dims == ("latitude",) and np.allclose(labelled.values, w)
     with pytest.raises(ValueError, match="repeat"):
         area_weights([0.0, 10.0, 10.0])
+    # a regional grid's edge rows are bands of one spacing too, not bands reaching the poles
+    regional = np.arange(20.0, 61.0)
+    edges = np.deg2rad(np.concatenate([[19.5], regional[:-1] + 0.5, [60.5]]))
+    cells = np.diff(np.sin(edges))
+    np.testing.assert_allclose(area_weights(regional), cells / cells.mean(), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- rank histogram
@@ -247,6 +254,14 @@ def test_compare_same_distribution_and_scaled():
     json.dumps(other, allow_nan=False)
     bands = compare(a, b, bands={"large": (1, 4)})["u"]["power_ratio"]
     assert list(bands) == ["large"]
+    # a band is whole shells: (1, 2) + (3, 4) is (1, 4), whatever the shells' mean |k|
+    split = compare(a * 2, a + 0, bands={"low": (1, 2), "high": (3, 4), "all": (1, 4)})["u"]["power_ratio"]
+    k, p_a = power_spectrum(a.u.values, dims=2)
+    _, p_b = power_spectrum(b.u.values, dims=2)
+    halves = compare(a, b, bands={"low": (1, 2), "high": (3, 4)})["u"]["power_ratio"]
+    assert halves["low"]["ratio"] == pytest.approx(p_a[:2].sum() / p_b[:2].sum(), rel=1e-12)
+    assert halves["high"]["ratio"] == pytest.approx(p_a[2:4].sum() / p_b[2:4].sum(), rel=1e-12)
+    assert split["all"]["k_min"] == 1 and split["all"]["k_max"] == 4
     with pytest.raises(ValueError, match=r"reference lacks variables \['u'\]"):
         compare(a, b.rename(u="v"))
 

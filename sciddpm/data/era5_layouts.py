@@ -208,7 +208,8 @@ def _check_grid_and_time(ds: Any, path: str) -> None:
             raise ValueError(f"{path}: the {dim!r} dimension has no coordinate values, and the grid and dates come "
                              f"from them; assign them (ds.assign_coords({dim}=...))")
     if ds[TIME].dtype.kind != "M":
-        calendar = getattr(ds.indexes.get(TIME), "calendar", None) or ds[TIME].encoding.get("calendar")
+        calendar = (getattr(ds.indexes.get(TIME), "calendar", None) or ds[TIME].encoding.get("calendar")
+                    or ds[TIME].attrs.get("calendar"))  # the last when cftime was missing to decode it
         raise ValueError(f"{path}: time holds {ds[TIME].dtype} values, not datetime64"
                          + (f" (calendar {calendar!r})" if calendar else "")
                          + "; convert it to the standard calendar first, e.g. "

@@ -66,9 +66,10 @@ def _cmndf(x: np.ndarray, tau_max: int) -> np.ndarray:
 
 
 def _parabola(a: float, b: float, c: float) -> float:
-    """Offset in (-1/2, 1/2) of the vertex of the parabola through (-1, a), (0, b), (1, c)."""
+    """Offset in [-1/2, 1/2] of the vertex of the parabola through (-1, a), (0, b), (1, c): the
+    interpolated position of a dip (YIN's minimum) or of a peak (a harmonic); 0 when collinear."""
     den = a - 2.0 * b + c
-    return 0.0 if den <= 0 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+    return 0.0 if den == 0 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
 
 
 def _harmonic_refine(mag: np.ndarray, df: float, f0: float, f_limit: float) -> float:

@@ -3,8 +3,9 @@
 What this module owns, and the definition each function follows:
 
 * ``area_weights`` - WeatherBench2's latitude weights (``metrics.get_lat_weights``): the area of
-  each latitude band between the midpoints of neighbouring grid latitudes (the outermost bands
-  reach the poles), ``sin(upper) - sin(lower)``, normalised to mean 1 over the latitudes. On a
+  each latitude band between the midpoints of neighbouring grid latitudes (on a global grid the
+  outermost bands reach the poles; on a regional one they end half a spacing beyond the last
+  rows), ``sin(upper) - sin(lower)``, normalised to mean 1 over the latitudes. On a
   regular grid this is cos(latitude) up to O(dlat^2), and it keeps a non-zero weight for the
   polar rows of the 721-point grid, where cos(latitude) is 0.
 * ``crps`` - the ensemble CRPS ``E|X - y| - 1/2 E|X - X'|`` (Gneiting & Raftery 2007). The fair
@@ -60,7 +61,13 @@ def area_weights(latitude: Any) -> np.ndarray | xr.DataArray:
     ascending = np.deg2rad(lat[order])
     if (np.diff(ascending) <= 0).any():
         raise ValueError("area_weights: latitudes repeat; each grid row needs its own latitude")
-    bounds = np.concatenate([[-np.pi / 2], (ascending[:-1] + ascending[1:]) / 2, [np.pi / 2]])
+    half_south, half_north = (ascending[1] - ascending[0]) / 2, (ascending[-1] - ascending[-2]) / 2
+    south, north = ascending[0] - half_south, ascending[-1] + half_north
+    # a grid whose last row lies within a spacing of the pole is global there: its band reaches the
+    # pole (WeatherBench2's rule, exact for grids with pole rows and for equiangular ones)
+    south = -np.pi / 2 if south - half_south <= -np.pi / 2 else south
+    north = np.pi / 2 if north + half_north >= np.pi / 2 else north
+    bounds = np.concatenate([[south], (ascending[:-1] + ascending[1:]) / 2, [north]])
     weights = np.empty_like(lat)
     weights[order] = np.sin(bounds[1:]) - np.sin(bounds[:-1])
     weights /= weights.mean()
@@ -149,10 +156,10 @@ def _check_pair(ens: xr.DataArray, truth: xr.DataArray, member_dim: str | None) 
 def _weighted_mean(score: xr.DataArray, valid: xr.DataArray, weights: xr.DataArray | None,
                    reduce_dims: tuple | None) -> xr.DataArray:
     """Weighted mean of ``score`` over ``reduce_dims`` where ``valid``; NaN in valid points propagates."""
-    dims = tuple(score.dims) if reduce_dims is None else tuple(d for d in reduce_dims if d in score.dims)
-    unknown = [] if reduce_dims is None else [d for d in reduce_dims if d not in score.dims]
-    if unknown and len(unknown) == len(reduce_dims):
-        raise ValueError(f"reduce_dims {list(reduce_dims)} not among the score's dims {tuple(score.dims)}")
+    dims = tuple(score.dims) if reduce_dims is None else tuple(reduce_dims)
+    unknown = [d for d in dims if d not in score.dims]
+    if unknown:  # a mistyped name must not quietly leave that dim unreduced
+        raise ValueError(f"reduce_dims {[str(d) for d in unknown]} not among the score's dims {tuple(score.dims)}")
     valid = valid.broadcast_like(score)
     if weights is None:
         w = xr.ones_like(score, dtype=np.float64)

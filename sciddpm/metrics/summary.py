@@ -64,8 +64,9 @@ def compare(ens: xr.Dataset, reference: xr.Dataset, member_dim_ens: str = "membe
     """Per variable of ``ens``: moments, band power ratios and Wasserstein-1 against ``reference``.
 
     ``spatial_dims`` (default: every dim but the member dim and ``case``) are the axes of the power
-    spectrum. ``bands`` is a number of equal slices of the wavenumber range (3: low/mid/high) or
-    a mapping name -> (k_min, k_max) in cycles per domain, inclusive. Cases (and any other
+    spectrum. ``bands`` is a number of equal slices of the wavenumber shells (3: low/mid/high) or
+    a mapping name -> (k_min, k_max) of shells, inclusive: shell k holds the modes whose |k|
+    (cycles per domain) rounds to k, as in :func:`power_spectrum`. Cases (and any other
     non-spatial dims) must have the same coordinates in both datasets; member counts may differ.
     """
     missing = [v for v in ens.data_vars if v not in reference.data_vars]
@@ -94,8 +95,8 @@ def _compare_variable(ens: xr.DataArray, ref: xr.DataArray, member_ens: str, mem
                                       join="exact")
     except ValueError as err:
         raise ValueError(f"{ens.name}: ensemble and reference are not on the same cases/grid ({err})") from None
-    var_ens = float(ens.var(member_ens, ddof=1).mean())
-    var_ref = float(ref.var(member_ref, ddof=1).mean())
+    var_ens = float(ens.var(member_ens, ddof=1, skipna=False).mean())  # cells the means see, no others
+    var_ref = float(ref.var(member_ref, ddof=1, skipna=False).mean())
     diff = (mean_ens - mean_ref).values
     values_ens, values_ref = ens.values[np.isfinite(ens.values)], ref.values[np.isfinite(ref.values)]
     ref_std = float(values_ref.std())
@@ -121,6 +122,7 @@ def _band_power(ens: xr.DataArray, ref: xr.DataArray, spatial: tuple, bands: Any
         return {"power_ratio": None, "power_ratio_note": "fields hold NaN (masked); the radially averaged "
                 "spectrum needs complete fields, so no power ratio is given"}
     (k, p_ens), (_, p_ref) = (power_spectrum(f, dims=len(spatial)) for f in fields)
+    shells = np.arange(1, k.size + 1)  # power_spectrum's shells 1..k_max (k holds their mean |k|)
     if isinstance(bands, Mapping):
         ranges = {str(name): (float(lo), float(hi)) for name, (lo, hi) in bands.items()}
     else:
@@ -129,13 +131,13 @@ def _band_power(ens: xr.DataArray, ref: xr.DataArray, spatial: tuple, bands: Any
             raise ValueError(f"bands={bands}: need between 1 and {k.size} bands (the number of wavenumber shells)")
         names = BAND_NAMES.get(n, tuple(f"band{i}" for i in range(n)))
         edges = np.linspace(0, k.size, n + 1).round().astype(int)
-        ranges = {name: (float(k[a]), float(k[b - 1])) for name, a, b in zip(names, edges[:-1], edges[1:])}
+        ranges = {name: (float(shells[a]), float(shells[b - 1])) for name, a, b in zip(names, edges[:-1], edges[1:])}
     ratios = {}
     for name, (lo, hi) in ranges.items():
-        inside = (k >= lo) & (k <= hi)
+        inside = (shells >= lo) & (shells <= hi)
         if not inside.any():
-            raise ValueError(f"band {name!r} = [{lo:g}, {hi:g}] holds no wavenumber shell; k spans "
-                             f"[{k.min():g}, {k.max():g}]")
+            raise ValueError(f"band {name!r} = [{lo:g}, {hi:g}] holds no wavenumber shell; the shells are "
+                             f"1..{shells[-1]}")
         ratios[name] = {"k_min": lo, "k_max": hi, "ratio": float(p_ens[inside].sum() / p_ref[inside].sum())}
     return {"power_ratio": ratios, "log_spectral_distance": log_spectral_distance(p_ens, p_ref)}
 
