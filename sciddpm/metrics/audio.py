@@ -133,13 +133,14 @@ def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2
         fine_x = resample_poly(chunk, up, 1, axis=1) if up > 1 else chunk
         for row, dp in enumerate(_cmndf(fine_x, tau_max), start=start):
             search = dp[tau_min : tau_max + 1]
-            # YIN step 4: the first dip under the threshold, followed down to its minimum. The
-            # threshold is relative to the best dip, so a slightly aperiodic note (decay, noise)
-            # still takes its period and not a multiple of it.
-            below = np.flatnonzero(search < threshold + search.min())
-            tau = tau_min + int(below[0])
-            while tau < tau_max and dp[tau + 1] < dp[tau]:
-                tau += 1
+            # YIN step 4: the first dip under the threshold, at its lowest point: the minimum of
+            # the run of lags that stay under it (following the slope down stopped at the first
+            # noise ripple). The threshold is relative to the best dip, so a slightly aperiodic
+            # note (decay, noise) still takes its period and not a multiple of it.
+            under = search < threshold + search.min()
+            first = int(np.flatnonzero(under)[0])
+            last = first + int(np.argmin(under[first:])) - 1 if not under[first:].all() else len(search) - 1
+            tau = tau_min + first + int(np.argmin(search[first : last + 1]))
             if not dp[tau] < voicing:
                 continue
             shift = _parabola(dp[tau - 1], dp[tau], dp[tau + 1]) if tau < tau_max else 0.0
