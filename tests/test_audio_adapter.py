@@ -418,4 +418,6 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     assert [p.name for p in paths[:2]] == ["member000.wav", "member002.wav"]  # as samples.nc labels them
     with pytest.raises(ValueError, match=r"a440\.wav names a file, but audio samples are written as one WAV per clip"):
         tones_adapter.write(ds, tmp_path / "a440.wav")
+    with pytest.raises(ValueError, match=r"sample_rate attribute is 8000\.5; WAV files need a whole number of Hz"):
+        tones_adapter.write(ds.assign_attrs(sample_rate=8000.5), tmp_path / "odd")
     np.testing.assert_array_equal(sf.read(paths[1], dtype="float32")[0], ds.waveform[2].values)

@@ -320,7 +320,10 @@ class AudioAdapter(Adapter):
             where = np.argwhere(bad.reshape(*values.shape[: len(lead)], -1).any(-1))[0]
             raise ValueError(f"waveform has NaN/Inf at {dict(zip(lead, where.tolist()))}; nothing was written "
                              "(a diverged sampler? try more steps or check the model)")
-        rate = int(ds.attrs.get("sample_rate", self.sample_rate))
+        rate = ds.attrs.get("sample_rate", self.sample_rate)
+        if isinstance(rate, bool) or not float(rate).is_integer() or rate <= 0:  # a WAV header holds whole Hz
+            raise ValueError(f"the Dataset's sample_rate attribute is {rate!r}; WAV files need a whole number of Hz")
+        rate = int(rate)
         out = Path(out)
         if out.suffix in (".nc", ".zarr"):
             folder, prefix, store = out.parent, out.stem + "_", out
