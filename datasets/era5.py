@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from sciddpm.data.base import atomic_path
-from sciddpm.data.era5_layouts import LAYOUTS, LEVEL, TIME, StorePlan, open_era5_store, parse_channel
+from sciddpm.data.era5_layouts import LAYOUTS, LEVEL, TIME, StorePlan, canonical_dims, open_era5_store, parse_channel
 from sciddpm.data.era5_synthetic import DEFAULTS, describe, write_synthetic
 from sciddpm.data.stores import consolidate
 
@@ -33,7 +33,7 @@ def subset(source: str, variables: list[str], out: str, start: str | None = None
     """Copy ``variables`` (at their levels), ``static`` fields and ``[start, stop]`` to the zarr ``out``."""
     if not out.endswith(".zarr"):
         raise ValueError(f"--out must end in .zarr, got {out}")
-    ds = open_era5_store(source, storage_options)
+    ds = canonical_dims(open_era5_store(source, storage_options))[0]  # a new-CDS file's valid_time -> time
     StorePlan.build(ds, source, storage_options, list(variables), list(static))  # names/levels, or errors listing them
     lo, hi = start, stop
     if "valid_time_start" in ds.attrs and (lo is None or str(lo) < str(ds.attrs["valid_time_start"])):

@@ -96,9 +96,7 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
         with pytest.raises(ValueError, match=match):
             adapter(path, ["2m_temperature"], **kw).spec()
 
-    # the new CDS names its dims valid_time and pressure_level
-    refused(src.rename(time="valid_time", level="pressure_level"),
-            r"no 'time' dimension .*ds\.rename\(valid_time='time', pressure_level='level'\)")
+    refused(src.rename(latitude="lat", longitude="lon"), r"no 'latitude' dimension .*ds\.rename\(lat='latitude', lon='longitude'\)")
     refused(src.drop_vars("latitude"), r"'latitude' dimension has no coordinate values.*assign_coords")
     refused(src.assign_coords(time=xr.date_range("2017-01-01", periods=src.sizes["time"], freq="6h",
                                                  calendar="noleap", use_cftime=True)),
@@ -114,6 +112,21 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2016-12-25", "soon"])
+
+def test_a_new_cds_store_is_read_and_written_under_its_own_names(stores, tmp_path):
+    # Since 2024 the CDS names the dims valid_time and pressure_level
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature", "geopotential"]].load()
+    cds = src.rename(time="valid_time", level="pressure_level")
+    cds.to_zarr(tmp_path / "cds.zarr")
+    a = adapter(tmp_path / "cds.zarr", ["2m_temperature", "geopotential@500"])
+    reference = adapter(stores["64x32"], ["2m_temperature", "geopotential@500"])
+    assert a.spec().normaliser == reference.spec().normaliser and a.spec().cond == reference.spec().cond
+    ds, cond = a.heldout(2, seed=0)
+    assert ds["geopotential"].dims == ("valid_time", "pressure_level", "longitude", "latitude")
+    assert_roundtrip(a, ds, {**cond, "time": ds["valid_time"].values})
+    samples = a.to_xarray(a.to_tensor(ds), {"dayofyear": 100.0})
+    assert samples["geopotential"].dims == ("member", "pressure_level", "longitude", "latitude")
+    assert a.example_dim(ds) == "valid_time" and a.cond_from_xarray(ds)["dayofyear"].shape == (2,)
 
 def test_a_scalar_condition_needs_units(stores, tmp_path):
     src = open_era5_store(str(stores["64x32"]))[["2m_temperature"]].load()

@@ -54,8 +54,8 @@ import xarray as xr
 
 from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter
 from sciddpm.data.climate_eval import score_climate_ensemble
-from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, close_match, decode_mask, detect_layout,
-                                       encode_mask, open_era5_store, read_time)
+from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
+                                       detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.stores import write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
@@ -161,7 +161,7 @@ class Era5Adapter(Adapter):
             raise RuntimeError("this era5 adapter was rebuilt from a run's DataSpec and has no data; use "
                                "build_adapter('era5', path=...) to read a store")
         path, notes = self._source()
-        ds = open_era5_store(path, self.storage_options)
+        ds, source_names = canonical_dims(open_era5_store(path, self.storage_options))
         detected = detect_layout(ds)
         if self.layout is not None and detected != self.layout:
             raise ValueError(f"{path} does not follow the {self.layout} layout ({LAYOUTS[self.layout].description}); "
@@ -176,8 +176,11 @@ class Era5Adapter(Adapter):
                      f"(one block, held out): {len(val)} times {_day(stamps[val[0]])}..{_day(stamps[val[-1]])}")
         hours = np.unique((stamps[train] - stamps[train].astype("datetime64[D]")).astype("timedelta64[m]")
                           .astype(np.int64) / 60.0)
+        if source_names:
+            notes.append(f"read with the dims {', '.join(f'{v} as {k}' for k, v in source_names.items())}; "
+                         "samples carry the store's own names")
         self._index = {"ds": ds, "path": path, "plan": plan, "layout": detected, "train": train, "val": val,
-                       "notes": notes, "hours": hours, "stamps": stamps}
+                       "notes": notes, "hours": hours, "stamps": stamps, "source_names": source_names}
         return self._index
 
     def _schema(self, index: dict) -> CondSchema:
@@ -246,7 +249,8 @@ class Era5Adapter(Adapter):
             notes.append(f"the data has NaN ({int(always_nan.sum())} cell(s) NaN in every sampled time: the static "
                          "mask); NaNs are masked out of the loss, never zero-filled")
         output = plan.describe(index["layout"])
-        output.update(nan_mask=encode_mask(~always_nan) if always_nan.any() else None,
+        output.update(source_names=index["source_names"],
+                      nan_mask=encode_mask(~always_nan) if always_nan.any() else None,
                       static_stats=static_stats, with_mask=with_mask,
                       source=index["path"] if self.path is not None else "synthetic:" + index["path"])
         self._spec = DataSpec(
@@ -303,6 +307,7 @@ class Era5Adapter(Adapter):
         """The conditions ``names`` (default: the schema's) of every ``time`` in ``ds``: day of year
         and hour from its time coordinate, the others from the scalar coordinate or variable along
         time of that name."""
+        ds = canonical_dims(ds)[0]
         if names is None:
             names = self.spec().cond.names if self._spec is not None else list(TIME_CONDS)
         dated = [name for name in names if name in TIME_CONDS]
@@ -382,13 +387,15 @@ class Era5Adapter(Adapter):
             out = out / "samples.zarr"
         write_store(ds, out)
         png = out.with_name(out.stem + "_maps.png")
-        maps_png(ds, [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])], png)
+        maps_png(canonical_dims(ds)[0], [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])], png)
         return [out, png]
 
 
     def evaluate_ensemble(self, ensemble: xr.Dataset, truth: xr.Dataset, climatology: xr.Dataset | None,
                           out: str | Path) -> dict:
         """WeatherBench2-style scores in physical units, maps, zonal spectra and rank histograms."""
+        ensemble, truth = canonical_dims(ensemble)[0], canonical_dims(truth)[0]
+        climatology = None if climatology is None else canonical_dims(climatology)[0]
         return score_climate_ensemble(ensemble, truth, climatology, out)
 
 

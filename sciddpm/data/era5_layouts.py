@@ -22,7 +22,8 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
   carry, for the variables the synthetic writer produces.
 * ``parse_channel("geopotential@500") -> ("geopotential", 500)`` and ``detect_layout(ds)``, which
   names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
-* ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``StorePlan`` +
+* ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``canonical_dims``
+  (the new CDS's ``valid_time``/``pressure_level`` read as ``time``/``level``), ``StorePlan`` +
   ``read_time`` (which variable/level positions make each channel; one ``isel`` per variable per
   time, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
   masks (``encode_mask``/``decode_mask``). Outputs live in ``era5_output``.
@@ -190,9 +191,19 @@ def decode_mask(blob: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- reading plan
-# other names of ERA5's dimensions: the new CDS (valid_time, pressure_level), CMIP-style files
-ALIASES = {"valid_time": TIME, "lat": LAT, "lon": LON, "pressure_level": LEVEL, "plev": LEVEL,
-           "isobaricInhPa": LEVEL}
+# The new CDS (since 2024) names ERA5's time and level dims valid_time and pressure_level: such a
+# store is read under the names above (canonical_dims) and samples go back under its own names.
+CDS_NAMES = {"valid_time": TIME, "pressure_level": LEVEL}
+# other names that are only pointed out (CMIP-style files; plev is in Pa, not hPa)
+ALIASES = {**CDS_NAMES, "lat": LAT, "lon": LON, "plev": LEVEL, "isobaricInhPa": LEVEL}
+
+
+def canonical_dims(ds: Any) -> tuple[Any, dict[str, str]]:
+    """``ds`` with new-CDS dim names renamed to the ones used here, and ``{name here: name in
+    ds}`` for each rename (empty for WeatherBench2/ARCO stores), to name outputs as the source."""
+    renames = {cds: name for cds, name in CDS_NAMES.items()
+               if cds in ds.variables and name not in ds.variables}
+    return (ds.rename(renames) if renames else ds), {name: cds for cds, name in renames.items()}
 
 
 def _check_grid_and_time(ds: Any, path: str) -> None:
@@ -248,7 +259,7 @@ class StorePlan:
         return (self.lat_north_to_south.size, self.n_lon)
 
     def open(self) -> Any:
-        return open_era5_store(self.path, self.storage_options)
+        return canonical_dims(open_era5_store(self.path, self.storage_options))[0]
 
     @classmethod
     def build(cls, ds: Any, path: str, storage_options: dict | None, channels: list[str],

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from sciddpm.data.base import atomic_path
-from sciddpm.data.era5_layouts import LAT, LEVEL, LON, channel_name, close_match, parse_channel
+from sciddpm.data.era5_layouts import LAT, LEVEL, LON, canonical_dims, channel_name, close_match, parse_channel
 
 
 class OutputLayout:
@@ -39,6 +39,7 @@ class OutputLayout:
             raise ValueError(f"malformed era5 DataSpec output: {err!r} missing or malformed") from None
         self.spec = spec
         self.lat_descending = bool(out["lat_descending"])
+        self.source_names = dict(out.get("source_names") or {})  # e.g. time -> valid_time (new CDS)
 
     def channel_of(self, name: str, level: Any) -> int:
         return self.spec.channels.index(channel_name(name, level))
@@ -85,11 +86,13 @@ class OutputLayout:
             coords[name] = ((), float(value), attrs) if np.ndim(value) == 0 else (lead, np.asarray(value, np.float64), attrs)
         variables = {v["name"]: xr.Variable(data[v["name"]][0], data[v["name"]][1], dict(v["attrs"]))
                      for v in self.variables}
-        return xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
+        ds = xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
+        return ds.rename({k: v for k, v in self.source_names.items() if k in ds.variables})
 
     def example_dim(self, ds: xr.Dataset) -> str | None:
         """The one dimension besides latitude, longitude and level that the model's variables in
         ``ds`` share (``member``, ``time``...), or None when they have none (a single field)."""
+        ds, source = canonical_dims(ds)
         found = {}
         for var in self.variables:
             if var["name"] in ds.data_vars:
@@ -102,10 +105,12 @@ class OutputLayout:
         if len(leads) > 1:
             raise ValueError("the Dataset's variables do not share one leading dim: "
                              + ", ".join(f"{k} {ds[k].dims}" for k in found))
-        return next(iter(leads))[0] if leads and next(iter(leads)) else None
+        lead = next(iter(leads))[0] if leads and next(iter(leads)) else None
+        return source.get(lead, lead)  # under the name the given Dataset has
 
     def to_channels(self, ds: xr.Dataset) -> np.ndarray:
         """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
+        ds = canonical_dims(ds)[0]
         lead = [d for d in [self.example_dim(ds)] if d is not None]
         out = []
         for name in self.spec.channels:
