@@ -29,6 +29,7 @@ import xarray as xr
 import yaml
 from tqdm.auto import tqdm
 
+from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.config import CONFIG_DIR
 from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
@@ -303,7 +304,8 @@ class Model:
                  seed: int) -> xr.Dataset:
         """Normalised samples of one case -> the adapter's Dataset, with the sampling recorded."""
         ds = self.adapter.to_xarray(samples, cond)
-        ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sampler": settings["method"],
+        ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sciddpm_version": __version__,
+                         "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
                          "seed": seed,
                          "network_dtype": self.network_dtype, "compiled": self.compiled})

@@ -111,6 +111,10 @@ def resolve_run(name_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "
             candidate = named
         else:
             available = list_runs(runs_dir)
+            if candidate.is_dir() or len(candidate.parts) > 1:  # a path, not a name
+                raise RunError(f"{candidate} is not a run directory (it has no {CONFIG}); give the folder that "
+                               f"`sciddpm train` printed, or a run name under '{runs_dir}/': "
+                               f"{', '.join(available) or '(none there)'}")
             raise RunError(
                 f"no run {str(name_or_path)!r}: neither a run directory nor a name under "
                 f"'{runs_dir}/'. Runs there: {', '.join(available) or '(none)'}. Train one with "

@@ -87,6 +87,9 @@ def test_out_of_range_warns_naming_the_range_but_in_range_is_silent():
     with pytest.warns(ConditionRangeWarning, match=r"pitch=1000 Hz is outside the training range 110–880 Hz"):
         enc = schema.encode({"pitch": 1000, "velocity": 100})
     assert enc[0, 0] > 1  # extrapolated, not clamped
+    with pytest.warns(ConditionRangeWarning, match=r"pitch=50, 1000 Hz are outside the training range"):
+        schema.encode({"pitch": [50.0, 440.0, 1000.0], "velocity": 100})  # every value outside is named
+    assert "CondSchema: pitch [Hz, trained 110–880]" in repr(schema)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         schema.encode({"pitch": [110.0, 880.0], "velocity": [25, 127]})  # the endpoints are in range

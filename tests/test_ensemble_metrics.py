@@ -264,6 +264,16 @@ def test_compare_same_distribution_and_scaled():
     assert split["all"]["k_min"] == 1 and split["all"]["k_max"] == 4
     with pytest.raises(ValueError, match=r"reference lacks variables \['u'\]"):
         compare(a, b.rename(u="v"))
+    # a perfect surrogate scores sqrt(1/24 + 1/24) on the mean RMSE over the spread, not 0
+    assert same["mean_rmse_over_ref_spread_if_perfect"] == pytest.approx(np.sqrt(2 / 24))
+    assert same["mean_rmse_over_ref_spread"] == pytest.approx(np.sqrt(2 / 24), rel=0.2)
+    # the reference must be at the same parameters, case by case
+    with pytest.raises(ValueError, match=r"different 'alpha' per case \(\[2\.0, 3\.0\] vs \[3\.0, 2\.0\]\)"):
+        compare(a, b.assign_coords(alpha=("case", [3.0, 2.0])))
+    # an ensemble store as sciddpm writes it carries a bool "done" flag per member: not a field
+    store = a.assign(done=(("case", "member"), np.ones((2, 24), dtype=bool)))
+    assert set(compare(store, b)) == {"u"}
+    assert summarise(store)["done"].dtype == bool
 
 
 # --------------------------------------------------------------------------- climate evaluation

@@ -116,3 +116,5 @@ def test_resolve_run_lists_available_runs(tmp_path):
         resolve_run("gamma", tmp_path)
     with pytest.raises(RunError, match="has not finished its first checkpoint"):
         resolve_run("alpha", tmp_path)
+    with pytest.raises(RunError, match=r"nope is not a run directory \(it has no config\.yaml\).*alpha, beta"):
+        resolve_run(tmp_path / "nope", tmp_path)  # a path gets no "train one with name=/tmp/..." advice

@@ -36,6 +36,8 @@ def test_white_noise_is_flat_and_obeys_parseval():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="finite"):
-        power_spectrum(np.array([1.0, np.nan, 2.0]))
+        power_spectrum(np.array([1.0, np.nan, 2.0]), dims=1)
     with pytest.raises(ValueError, match="dims"):
         power_spectrum(np.zeros((4, 4)), dims=3)
+    with pytest.raises(TypeError, match="dims"):  # no default: a member axis must not join the FFT silently
+        power_spectrum(np.zeros((2, 4, 4)))

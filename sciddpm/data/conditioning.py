@@ -152,7 +152,7 @@ class CondSchema:
         return isinstance(other, CondSchema) and self.vars == other.vars
 
     def __repr__(self) -> str:
-        return f"CondSchema({self.vars!r})"
+        return f"CondSchema: {self.describe()}"
 
     def describe(self) -> str:
         return ", ".join(v.describe() for v in self.vars) or "(none: this model takes no conditions)"
@@ -202,9 +202,11 @@ class CondSchema:
             outside = a[(a < var.min - slack) | (a > var.max + slack)]
             if warn and outside.size:
                 units = "" if _dimensionless(var.units) else f" {var.units}"
+                shown = np.unique(outside)
+                values = ", ".join(f"{v:g}" for v in shown[:6]) + (f" and {shown.size - 6} more" if shown.size > 6 else "")
                 warnings.warn(
-                    f"condition {var.name}={outside[0]:g}{units} is outside the training range "
-                    f"{_num(var.min)}–{_num(var.max)}{units}; the model is extrapolating",
+                    f"condition {var.name}={values}{units} {'is' if shown.size == 1 else 'are'} outside the "
+                    f"training range {_num(var.min)}–{_num(var.max)}{units}; the model is extrapolating",
                     ConditionRangeWarning, stacklevel=3,
                 )
             out[var.name] = a

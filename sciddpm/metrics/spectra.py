@@ -10,17 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def power_spectrum(field: np.ndarray, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def power_spectrum(field: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """(k, P(k)) of ``field`` averaged over its leading axes and over shells of |k|.
 
-    ``field`` has shape [..., *spatial] with ``dims`` spatial axes (default: all axes). ``k`` holds
+    ``field`` has shape [..., *spatial] with ``dims`` spatial axes, the last ones (required: with
+    a default of "every axis" a member or case axis would silently join the FFT). ``k`` holds
     the mean |k| of the modes in shells 1..k_max (the mean, k=0, is left out); ``P`` the mean power per mode in
     each shell, normalised so that sum over all modes equals the field's mean square (Parseval).
     """
     field = np.asarray(field, dtype=np.float64)
-    dims = field.ndim if dims is None else int(dims)
-    if dims < 1 or dims > field.ndim:
-        raise ValueError(f"dims must be between 1 and field.ndim={field.ndim}, got {dims}")
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= field.ndim:
+        raise ValueError(f"dims (the number of trailing spatial axes) must be between 1 and field.ndim={field.ndim}, "
+                         f"got {dims!r}")
     if not np.isfinite(field).all():
         raise ValueError("power_spectrum needs finite values; mask or fill NaNs explicitly first")
     spatial = field.shape[field.ndim - dims:]

@@ -4,15 +4,19 @@
 labelled ``mean``, ``std`` (ddof=1) and ``q<quantile>`` (``q0.05``, ``q0.5``, ...). Every
 statistic has the variable's units, so each variable keeps its name, attributes and other dims,
 and ``summary.sel(statistic="std")`` reads like the data. Variables without the member dim
-(static fields) are carried over unchanged.
+(static fields) and flags that are not numbers (an ensemble store's ``done``) are carried over
+unchanged.
 
 ``compare`` answers "does the surrogate reproduce the solver at these parameters?" per variable,
 as plain JSON-able numbers: the RMSE between the two ensemble-mean fields (absolute and over the
-reference's spread), the ratio of the ensembles' standard deviations (root of the mean
+reference's spread, with the value a perfect surrogate would score, ``sqrt(1/M_ens + 1/M_ref)``,
+beside it: two ensembles of the same distribution differ by their sampling noise), the ratio of
+the ensembles' standard deviations (root of the mean
 within-case member variance), the ratio of radially averaged power spectra of the fields
 (``sciddpm.metrics.spectra.power_spectrum``, full fields, the k = 0 mean left out) summed over
 wavenumber bands, and the Wasserstein-1 distance between the pooled marginal distributions.
-Non-finite results are written as ``None``, so ``json.dumps`` gives strict JSON.
+Both ensembles must be at the same cases: coordinates along ``case`` that both carry (the
+parameters) must agree. Non-finite results are written as ``None``, so ``json.dumps`` gives strict JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def summarise(ens: xr.Dataset, member_dim: str = "member",
     labels = ["mean", "std", *[f"q{q:g}" for q in quantiles]]
     out = {}
     for name, da in ens.data_vars.items():
-        if member_dim not in da.dims:
+        if member_dim not in da.dims or not _is_number(da):
             out[name] = da
             continue
         parts = [da.mean(member_dim, skipna=False), da.std(member_dim, ddof=1, skipna=False)]
@@ -69,11 +73,38 @@ def compare(ens: xr.Dataset, reference: xr.Dataset, member_dim_ens: str = "membe
     (cycles per domain) rounds to k, as in :func:`power_spectrum`. Cases (and any other
     non-spatial dims) must have the same coordinates in both datasets; member counts may differ.
     """
-    missing = [v for v in ens.data_vars if v not in reference.data_vars]
+    ens, reference = (d.to_dataset() if isinstance(d, xr.DataArray) else d for d in (ens, reference))
+    names = [v for v, da in ens.data_vars.items() if _is_number(da)]  # not flags such as a store's done
+    missing = [v for v in names if v not in reference.data_vars]
     if missing:
         raise ValueError(f"reference lacks variables {missing}; it has {sorted(map(str, reference.data_vars))}")
+    _check_same_cases(ens, reference)
     return {str(name): _compare_variable(ens[name], reference[name], member_dim_ens, member_dim_ref,
-                                         spatial_dims, bands) for name in ens.data_vars}
+                                         spatial_dims, bands) for name in names}
+
+
+def _is_number(da: xr.DataArray) -> bool:
+    return da.dtype.kind in "fiuc"
+
+
+def _check_same_cases(ens: xr.Dataset, reference: xr.Dataset) -> None:
+    """Coordinates along ``case`` that both carry (e.g. F, k) must agree: scores against solver
+    runs at other parameters would be numbers about nothing."""
+    if "case" not in ens.dims or "case" not in reference.dims:
+        return
+    if ens.sizes["case"] != reference.sizes["case"]:
+        raise ValueError(f"the ensemble has {ens.sizes['case']} cases and the reference {reference.sizes['case']}; "
+                         "compare them at the same cases")
+    for name, coord in ens.coords.items():
+        if coord.dims != ("case",) or name == "case" or name not in reference.coords:
+            continue
+        mine, theirs = np.asarray(coord.values), np.asarray(reference[name].values)
+        same = np.allclose(mine, theirs, rtol=1e-9) if mine.dtype.kind in "fiu" and theirs.dtype.kind in "fiu" \
+            else np.array_equal(mine, theirs)
+        if not same:
+            raise ValueError(f"the ensemble and the reference are at different {name!r} per case ({mine.tolist()} "
+                             f"vs {theirs.tolist()}); put them in the same case order first, e.g. "
+                             "reference.sortby(...) or reference.isel(case=[...])")
 
 
 def _compare_variable(ens: xr.DataArray, ref: xr.DataArray, member_ens: str, member_ref: str,
@@ -104,6 +135,7 @@ def _compare_variable(ens: xr.DataArray, ref: xr.DataArray, member_ens: str, mem
     result = {
         "mean_rmse": float(np.sqrt(np.nanmean(diff**2))),
         "mean_rmse_over_ref_spread": float(np.sqrt(np.nanmean(diff**2) / var_ref)),
+        "mean_rmse_over_ref_spread_if_perfect": float(np.sqrt(1 / ens.sizes[member_ens] + 1 / ref.sizes[member_ref])),
         "std_ensemble": float(np.sqrt(var_ens)),
         "std_reference": float(np.sqrt(var_ref)),
         "std_ratio": float(np.sqrt(var_ens / var_ref)),
