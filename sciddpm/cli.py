@@ -37,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args, overrides)
+    except KeyboardInterrupt:
+        print(f"sciddpm {args.command}: interrupted. Files are only ever complete or absent; the same command "
+              "again resumes (train: from its last checkpoint; --cases: the members not yet written)",
+              file=sys.stderr)
+        return 130
     except Exception as error:  # one readable line for users; SCIDDPM_DEBUG=1 for the traceback
         if os.environ.get("SCIDDPM_DEBUG"):
             raise

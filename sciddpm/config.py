@@ -39,7 +39,10 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
                               + " ".join(f"{key}=..." for key in missing) + " to the command")
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}\n"
+        quoting = ("\nA value with non-ASCII letters or characters such as ( ) [ ] needs quotes inside the override: "
+                   "'runs_dir=\"/my runs/x\"'" if "LexerNoViableAlt" in str(error) or "no viable alternative"
+                   in str(error) else "")
+        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}\n"
                           f"(config groups live in {CONFIG_DIR})") from None
 
 

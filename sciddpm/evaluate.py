@@ -39,11 +39,12 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     """Score ``model`` on ``n`` held-out examples and ``cases`` x ``members`` ensembles;
     returns the files written under ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data_cfg = model.config["data"]
     adapter = build_adapter(data_cfg["name"], **dict(data_cfg.get("kwargs") or {}))
     heldout, cond = adapter.heldout(n, seed=seed)
     samples = model.sample(n, cond, steps=steps, sampler=sampler, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # written last: present only beside a complete set
 
     truth = adapter.to_tensor(heldout).numpy()
     generated = adapter.to_tensor(samples).numpy()
@@ -76,10 +77,12 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
         metrics["ensemble"] = scores
         written += files
     written.append(_plot_spectra(spectra, out / "spectra.png"))
+    # the samples as the modality's own files (audio: WAVs, spectrogram grid, samples.nc), then
+    # metrics.json, last, so that an evaluation killed midway leaves no scores beside other samples
+    written += model.write(samples, out / "samples")
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
-    # the samples as the modality's own files (audio: WAVs, spectrogram grid, samples.nc)
-    return [metrics_path, *written, *model.write(samples, out / "samples")]
+    return [metrics_path, *written]
 
 
 def _ensemble_scores(model: Model, adapter: Adapter, heldout: xr.Dataset, cond: dict, *, cases: int,

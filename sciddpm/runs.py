@@ -22,7 +22,9 @@ Loading never unpickles (weights are safetensors; training state goes through
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -43,6 +45,7 @@ METRICS = "metrics.jsonl"
 TRAIN_STATE = "train_state.pt"
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
+log = logging.getLogger("sciddpm")
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Keys Hydra's instantiate() would act on. We never call instantiate, but a config carrying them
@@ -64,10 +67,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(handle.fileno())
 
 
-def _atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        follow_umask(tmp)
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place (a power cut must not leave a
+    complete-looking name over empty blocks)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 # ------------------------------------------------------------------------------------ config safety
@@ -199,6 +203,31 @@ class RunDir:
         kept = [r for r in self.read_metrics() if int(r.get("step", 0)) <= after_step]
         atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
+    # one writer --------------------------------------------------------------------------------
+    def lock(self) -> Any:
+        """Hold the run for this process: an exclusive ``flock`` on ``.lock`` in the run directory,
+        released when the returned file is closed or the process ends (a kill included). A second
+        ``sciddpm train`` into the same run gets an error naming the first one's pid."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one writer is the user's to ensure
+            return None
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"run directory {self.path} is in use by {holder}; wait for it to finish (or stop it), "
+                           "or train under another name=") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"sciddpm train, pid {os.getpid()}")
+        handle.flush()
+        return handle
+
     # checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(
         self,
@@ -218,16 +247,44 @@ class RunDir:
                       staging / WEIGHTS, metadata={"step": str(step)})
             follow_umask(staging / WEIGHTS)
             torch.save(dict(train_state), staging / TRAIN_STATE)
+            for name in (WEIGHTS, TRAIN_STATE):
+                _fsync(staging / name)
             if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _atomic_save_safetensors(self.path / WEIGHTS, tensors, {"step": str(step)})
+        self.publish(step)
+        return final
+
+    def publish(self, step: int) -> None:
+        """Make checkpoint ``step`` the run's weights (``model.safetensors``, a copy of its file)
+        and keep only the last two checkpoints. Resuming calls it too: a process killed between
+        a checkpoint and its publication leaves the older weights published."""
+        root = self.path / CHECKPOINTS
+        with atomic_path(self.path / WEIGHTS) as tmp:
+            shutil.copyfile(root / f"step_{step:08d}" / WEIGHTS, tmp)
+            follow_umask(tmp)
+            _fsync(tmp)
         for old in self.checkpoint_steps()[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(root / f"step_{old:08d}", ignore_errors=True)
-        return final
+
+    def usable_checkpoint(self) -> int:
+        """The newest checkpoint that loads (0 if none). One that does not - cut short by a crash
+        or a full disk - is moved aside with a warning, and the one before it is used."""
+        for step in reversed(self.checkpoint_steps()):
+            try:
+                self.load_checkpoint(step)
+                return step
+            except (RunError, OSError) as error:
+                folder = self.path / CHECKPOINTS / f"step_{step:08d}"
+                aside = folder.with_name(f".step_{step:08d}.unreadable")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(folder, aside)
+                log.warning("checkpoint %s does not load (%s); moved to %s, resuming from the one before",
+                            folder, error, aside.name)
+        return 0
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the complete checkpoints present, ascending (staging leftovers ignored)."""
@@ -258,11 +315,14 @@ class RunDir:
         model, ema = split_weights(read_safetensors(folder / WEIGHTS))
         try:
             state = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=True)
-        except Exception as error:  # UnpicklingError for anything beyond tensors and plain data
+        except pickle.UnpicklingError as error:  # anything beyond tensors and plain data
             raise RunError(
                 f"{folder / TRAIN_STATE} holds more than tensors and plain data ({error}); "
                 "refusing to load it"
             ) from None
+        except Exception as error:  # noqa: BLE001 - an empty or truncated file: torch's many ways to say it
+            raise RunError(f"{folder / TRAIN_STATE} cannot be read ({type(error).__name__}: {error}); it is "
+                           "empty or cut short") from None
         return model, ema, state
 
     def load_weights(self) -> tuple[dict, dict, int]:

@@ -9,6 +9,7 @@ of an uninterrupted run (on the same device and thread count).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -45,7 +46,8 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
     trainer = cfg["trainer"]
     rank, world, local_rank = _init_distributed(trainer)
     try:
-        return _train(cfg, trainer, rank, world, local_rank)
+        with contextlib.ExitStack() as held:
+            return _train(cfg, trainer, rank, world, local_rank, held)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -61,7 +63,7 @@ def _with_absolute_data_path(cfg: dict) -> dict:
     return cfg
 
 
-def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> Path:
+def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:
     _check_trainer(trainer)
     sampler = dict(cfg.get("sampler") or {})  # what sampling from this run will use: checked now
     check_settings(sampler.get("method", "heun"), sampler.get("steps"), sampler.get("guidance", 1.0),
@@ -96,6 +98,10 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int) -> 
     # --- model (checked against the data before the run directory is claimed), EMA, optimiser ---
     torch.manual_seed(seed)  # identical initial weights on every rank
     denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
+    if rank == 0:
+        lock = run.lock()
+        if lock is not None:
+            held.enter_context(lock)  # released when training ends, however it ends
     start_step = _prepare_run_dir(run, cfg, spec, rank, world)
     if start_step >= int(trainer["steps"]):
         if rank == 0:
@@ -237,8 +243,9 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
         else:
             log.info("%s holds no trained weights yet: starting it afresh", run.path)
         run.clean_staging()
-        steps = run.checkpoint_steps()
-        start_step = steps[-1] if steps else 0
+        start_step = run.usable_checkpoint()
+        if start_step:
+            run.publish(start_step)  # a kill between checkpoint and publication left older weights
         if start_step and start_step >= int(cfg["trainer"]["steps"]):
             return start_step  # nothing to train: the run and its config stay as they are
         run.truncate_metrics(start_step)

@@ -421,3 +421,10 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     with pytest.raises(ValueError, match=r"sample_rate attribute is 8000\.5; WAV files need a whole number of Hz"):
         tones_adapter.write(ds.assign_attrs(sample_rate=8000.5), tmp_path / "odd")
     np.testing.assert_array_equal(sf.read(paths[1], dtype="float32")[0], ds.waveform[2].values)
+    # clips of a write killed before its samples.nc (no record of them) are still recognised as ours
+    (tmp_path / "sel" / "member007.wav").write_bytes(b"from a killed, larger set")
+    (tmp_path / "sel" / "samples.nc").unlink()
+    (tmp_path / "sel" / "take007.wav").write_bytes(b"the user's own")
+    tones_adapter.write(picked, tmp_path / "sel")
+    assert sorted(p.name for p in (tmp_path / "sel").glob("*.wav")) == ["member000.wav", "member002.wav",
+                                                                        "take007.wav"]

@@ -20,6 +20,9 @@ def test_unknown_option_lists_the_available_ones():
         compose(["trainer=quick", "trainer.stepz=3"])
     with pytest.raises(ConfigError, match=r"the config has keys: .* - did you mean seed\?"):
         compose(["seedz=3"])
+    with pytest.raises(ConfigError, match=r"needs quotes inside the override"):
+        compose(["runs_dir=/tmp/rüns"])  # a non-ASCII letter: Hydra's grammar wants quotes
+    assert compose(['runs_dir="/tmp/rüns"'])["runs_dir"] == "/tmp/rüns"
 
 
 @pytest.mark.parametrize("preset", ["audio_folder", "volume_store"])

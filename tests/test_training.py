@@ -159,6 +159,35 @@ def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):
     assert "already trained to step 20 (trainer.steps=10): nothing to do" in caplog.text
     assert {name: (trained / "tiny" / name).read_bytes() for name in before} == before
 
+def test_a_kill_between_checkpoint_and_publication_is_repaired(cache, tmp_path, caplog):
+    run = [*TINY, "trainer.checkpoint_every=5", f"runs_dir={tmp_path}", "name=cut"]
+    sciddpm.train([*run, "trainer.steps=10"])
+    folder = RunDir(tmp_path / "cut")
+    newest = (tmp_path / "cut" / "checkpoints" / "step_00000010" / "model.safetensors").read_bytes()
+    # as if killed after checkpoint 10 was renamed into place but before it was published
+    (tmp_path / "cut" / "model.safetensors").write_bytes(
+        (tmp_path / "cut" / "checkpoints" / "step_00000005" / "model.safetensors").read_bytes())
+    sciddpm.train([*run, "trainer.steps=10"])  # nothing to train, but the weights are put right
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == newest and folder.load_weights()[2] == 10
+    # a newest checkpoint cut short (full disk, power cut) is set aside; training resumes before it
+    cut = tmp_path / "cut" / "checkpoints" / "step_00000010" / "model.safetensors"
+    cut.write_bytes(newest[:1000])
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        sciddpm.train([*run, "trainer.steps=15"])
+    assert "step_00000010 does not load" in caplog.text and folder.checkpoint_steps() == [10, 15]
+    assert [r["step"] for r in folder.read_metrics()][-1] == 15
+
+def test_a_run_directory_has_one_writer(cache, tmp_path):
+    # Two trains into one run used to interleave their metrics and delete each other's checkpoints
+    run = [*TINY, "trainer.steps=5", "trainer.checkpoint_every=5", f"runs_dir={tmp_path}", "name=busy"]
+    other = RunDir(tmp_path / "busy").lock()  # as a first `sciddpm train` holds it
+    with pytest.raises(RunError, match=rf"busy is in use by sciddpm train, pid {os.getpid()}; wait for it"):
+        sciddpm.train(run)
+    other.close()  # the first one ends (a kill releases it too)
+    sciddpm.train(run)
+    assert RunDir(tmp_path / "busy").checkpoint_steps() == [5]
+    RunDir(tmp_path / "busy").lock().close()  # and training let go of it
+
 def test_resume_in_another_network_dtype_says_so(cache, tmp_path, monkeypatch, caplog):
     # As on a machine without native bf16 first, then on one with it.
     from sciddpm import precision

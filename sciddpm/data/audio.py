@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, rea
                                    spectrogram_db)
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path,
                                register_adapter, split_indices)
-from sciddpm.data.stores import open_store, write_store
+from sciddpm.data.stores import check_replaceable, write_store
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +336,9 @@ class AudioAdapter(Adapter):
             folder, prefix, store = out, "", out / "samples.nc"
         folder.mkdir(parents=True, exist_ok=True)
         labels = _clip_labels(da, lead)
-        stale = [label for label in _written_labels(store) if label not in labels]
+        if store.exists():  # samples.nc is written last: while it is missing the set is incomplete
+            check_replaceable(store)
+            shutil.rmtree(store) if store.is_dir() else store.unlink()
         written, rescaled, gains = [], [], []
         for index, label in zip(np.ndindex(*values.shape[: len(lead)]), labels):
             clip = values[index]
@@ -350,12 +354,14 @@ class AudioAdapter(Adapter):
         if rescaled:
             log.warning("%d clip(s) exceed full scale; their WAVs were scaled down to peak 0.999 (not clipped): %s",
                         len(rescaled), ", ".join(f"{l} x{g:.3f}" for l, g in zip(rescaled, gains)))
-        removed = [path for path in (folder / f"{prefix}{label}.wav" for label in stale) if path.exists()]
-        for path in removed:  # a WAV beside this set's samples.nc must be one of its clips
+        ours = re.compile(rf"{re.escape(prefix)}(?:(?:{'|'.join({'case', 'member', *lead})})\d{{3,}}_?)+\.wav")
+        removed = sorted(path for path in folder.glob(f"{prefix}*.wav") if ours.fullmatch(path.name)
+                         and path.stem[len(prefix):] not in labels)
+        for path in removed:  # a clip named as ours beside this set's samples.nc must be one of its clips
             path.unlink()
         if removed:
-            log.warning("removed %d WAV(s) of the sample set %s held before, which this one does not have: %s",
-                        len(removed), store, ", ".join(p.name for p in removed))
+            log.warning("removed %d WAV(s) of an earlier sample set in %s, which this one does not have: %s",
+                        len(removed), folder, ", ".join(p.name for p in removed))
         written.append(self._spectrogram_png(values, lead, labels, rate, folder / f"{prefix}spectrogram.png"))
         stored = ds.copy()
         if rescaled:
@@ -405,13 +411,3 @@ def _clip_labels(da: xr.DataArray, lead: Sequence[str]) -> list[str]:
             for index in np.ndindex(*[da.sizes[d] for d in lead])]
 
 
-def _written_labels(store: Path) -> list[str]:
-    """The clip labels of the sample set already written at ``store`` (none if there is none)."""
-    if not store.exists():
-        return []
-    try:
-        with open_store(store) as previous:
-            da = previous["waveform"]
-            return _clip_labels(da, [d for d in da.dims if d not in ("channel", "time")])
-    except (OSError, KeyError, ValueError):  # not ours, or unreadable: leave its neighbours alone
-        return []

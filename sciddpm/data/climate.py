@@ -387,7 +387,8 @@ class Era5Adapter(Adapter):
             out = out / "samples.zarr"
         write_store(ds, out)
         png = out.with_name(out.stem + "_maps.png")
-        maps_png(canonical_dims(ds)[0], [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])], png)
+        channels = [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])]
+        maps_png(canonical_dims(ds)[0], channels, png)
         return [out, png]
 
 

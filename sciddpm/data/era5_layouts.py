@@ -286,7 +286,8 @@ class StorePlan:
                                      f"'{name}@<level>', e.g. '{name}@{level_values[len(level_values) // 2]}'")
                 if level is not None and LEVEL not in dims:
                     other = [d for d in dims if ALIASES.get(d) == LEVEL]
-                    fix = f"rename {other[0]!r} to 'level' (ds.rename({other[0]}='level'))" if other else f"drop '@{level}'"
+                    fix = (f"rename {other[0]!r} to 'level' (ds.rename({other[0]}='level'))" if other
+                           else f"drop '@{level}'")
                     raise ValueError(f"{name!r} has no level dimension (dims {dims}); {fix}")
                 raise ValueError(f"{name!r} has dims {dims}; a channel needs (time, [level,] latitude, longitude)")
             levels, indices = sources.setdefault(name, ([] if level is not None else None, []))

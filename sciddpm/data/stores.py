@@ -97,7 +97,7 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.exists():
-        _check_replaceable(path)
+        check_replaceable(path)
     ds = ds.assign_attrs(written_by=WRITTEN_BY)
     with atomic_path(path) as tmp:
         if path.suffix == ".zarr":
@@ -108,7 +108,8 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path) -> None:
+    """An error unless ``path`` holds a store ``write_store`` wrote (its ``written_by`` stamp)."""
     try:
         with open_store(path) as existing:
             stamp = existing.attrs.get("written_by")
