@@ -20,6 +20,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -71,7 +73,7 @@ def build_store(out: str | Path, *, shape: tuple[int, ...], fields: Mapping[str,
                     bar.update(_fill(*job))
             else:
                 spawn = multiprocessing.get_context("spawn")  # zarr 3 + fork can deadlock
-                with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_end_with_parent) as pool:
                     for done in as_completed([pool.submit(_fill, *job) for job in jobs]):
                         bar.update(done.result())
         _check_complete(tmp, list(fields))
@@ -90,6 +92,15 @@ def _skeleton(path: Path, n: int, shape: tuple[int, ...], fields: Mapping[str, M
     encoding = {name: {"chunks": (1, *shape)} for name in fields}
     xr.Dataset(data, coords=coords, attrs=dict(attrs)).to_zarr(path, mode="w", consolidated=False, encoding=encoding)
     consolidate(path)  # the fills that follow write chunks only: the metadata is final
+
+
+def _end_with_parent() -> None:
+    """A worker ends when the process that started it does, a SIGKILLed one included (left alone,
+    the workers of a killed build wait on their pipe for ever). Linux only: prctl(PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _fill(path: str, generate: Generator, start: int, stop: int, params: Mapping[str, np.ndarray],
