@@ -56,11 +56,12 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
 def _with_absolute_data_path(cfg: dict) -> dict:
     """``data.kwargs.path`` made absolute when it is local, so that the saved config finds the data
     again from any folder (``sciddpm evaluate``, a resumed run); URLs (``gs://...``) stay as given."""
-    kwargs = (cfg.get("data") or {}).get("kwargs") or {}
-    path = kwargs.get("path")
-    if isinstance(path, str) and "://" not in path:
-        kwargs["path"] = str(Path(path).expanduser().resolve())
-    return cfg
+    data = cfg.get("data") or {}
+    path = (data.get("kwargs") or {}).get("path")
+    if not isinstance(path, str) or "://" in path:
+        return cfg
+    absolute = str(Path(path).expanduser().resolve())  # a copy: the caller's config stays as given
+    return {**cfg, "data": {**data, "kwargs": {**data["kwargs"], "path": absolute}}}
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:

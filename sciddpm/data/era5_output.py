@@ -105,13 +105,14 @@ class OutputLayout:
         if len(leads) > 1:
             raise ValueError("the Dataset's variables do not share one leading dim: "
                              + ", ".join(f"{k} {ds[k].dims}" for k in found))
-        lead = next(iter(leads))[0] if leads and next(iter(leads)) else None
-        return source.get(lead, lead)  # under the name the given Dataset has
+        lead = next(iter(leads), ())
+        return source.get(lead[0], lead[0]) if lead else None  # under the name the given Dataset has
 
     def to_channels(self, ds: xr.Dataset) -> np.ndarray:
         """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
         ds = canonical_dims(ds)[0]
-        lead = [d for d in [self.example_dim(ds)] if d is not None]
+        example = self.example_dim(ds)
+        lead = [] if example is None else [example]
         out = []
         for name in self.spec.channels:
             var_name, level = parse_channel(name)
