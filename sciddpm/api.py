@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.config import CONFIG_DIR
-from sciddpm.data import CondSchema, DataSpec, adapter_from_spec
+from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
@@ -61,11 +61,16 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     folder = RunDir(path)
     config = folder.load_config()
     spec = DataSpec.from_dict(folder.load_data_spec())
+    adapter = adapter_from_spec(spec)  # checks the output layout against the shape first
     denoiser = build_denoiser(config, spec)
     model_state, ema_state, step = folder.load_weights()
-    denoiser.net.load_state_dict(ema_state if ema else model_state)
+    try:
+        denoiser.net.load_state_dict(ema_state if ema else model_state)
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {path} do not fit the network that its config.yaml and "
+                         f"data_spec.json describe (edited, or files from different runs): {err}") from None
     return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16,
-                 compile=compile)
+                 compile=compile, adapter=adapter)
 
 
 def item_seed(seed: int, case: int, member: int) -> int:
@@ -116,12 +121,12 @@ class Model:
     """A trained model ready to sample; build it with :func:`sciddpm.load`."""
 
     def __init__(self, path: Path, config: Mapping[str, Any], spec: DataSpec, denoiser: torch.nn.Module,
-                 *, step: int = 0, bf16: bool = True, compile: bool = False):
+                 *, step: int = 0, bf16: bool = True, compile: bool = False, adapter: Adapter | None = None):
         self.path = Path(path)
         self.name = self.path.name
         self.config = dict(config)
         self.spec = spec
-        self.adapter = adapter_from_spec(spec)
+        self.adapter = adapter if adapter is not None else adapter_from_spec(spec)
         self.denoiser = denoiser
         self.step = step
         self.bf16 = bf16  # network in bf16 where native (sciddpm.precision)

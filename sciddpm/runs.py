@@ -145,6 +145,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._checked: tuple[int, tuple[dict, dict, dict]] | None = None  # usable_checkpoint's load, kept once
 
     # config and data spec ----------------------------------------------------------------------
     def save_config(self, config: Mapping[str, Any]) -> None:
@@ -275,7 +276,7 @@ class RunDir:
         or a full disk - is moved aside with a warning, and the one before it is used."""
         for step in reversed(self.checkpoint_steps()):
             try:
-                self.load_checkpoint(step)
+                self._checked = (step, self.load_checkpoint(step))  # the resume that follows takes it
                 return step
             except (RunError, OSError) as error:
                 folder = self.path / CHECKPOINTS / f"step_{step:08d}"
@@ -311,6 +312,9 @@ class RunDir:
 
     def load_checkpoint(self, step: int) -> tuple[dict, dict, dict]:
         """(model state, EMA state, training state) of the checkpoint at ``step``."""
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == step:
+            return checked[1]
         folder = self.path / CHECKPOINTS / f"step_{step:08d}"
         model, ema = split_weights(read_safetensors(folder / WEIGHTS))
         try:

@@ -4,6 +4,7 @@ weights, ``--infill`` keeps the observed values and fills the gap, ``--out x.zar
 source's names, units and layout."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,3 +118,13 @@ def test_cases_csv_writes_the_ensemble_store_of_model_ensemble(run, land, tmp_pa
         np.testing.assert_array_equal(stored[name].transpose(*expected[name].dims).values, expected[name].values)
     sst = stored["sea_surface_temperature"].transpose("case", "member", *source["land_sea_mask"].dims).values
     np.testing.assert_array_equal(np.isnan(sst), np.broadcast_to(is_land, sst.shape))
+
+
+def test_a_run_with_an_edited_grid_is_refused_by_name(run, tmp_path):
+    copy = tmp_path / "sst"
+    shutil.copytree(run / "runs" / "sst", copy)
+    spec = json.loads((copy / "data_spec.json").read_text())
+    spec["shape"] = [spec["shape"][0] // 2, spec["shape"][1]]
+    (copy / "data_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="'latitude' 16 points but its output coordinate has 32"):
+        sciddpm.load(copy)

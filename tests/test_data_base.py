@@ -5,6 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -245,3 +250,23 @@ def test_atomic_path_keeps_old_target_on_failure_and_replaces_dirs(tmp_path):
             tmp.mkdir()
             (tmp / "v").write_text(version)
     assert (store / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "s.zarr"]
+
+
+def test_atomic_path_removes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    store = tmp_path / "cache.zarr"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys; from sciddpm.data.base import atomic_path\n"
+         "with atomic_path(sys.argv[1]) as tmp:\n    tmp.mkdir(); (tmp / 'half').write_text('x')\n"
+         "    os.kill(os.getpid(), signal.SIGKILL)", str(store)])
+    assert killed.returncode == -signal.SIGKILL
+    [leftover] = tmp_path.iterdir()
+    assert leftover.name.startswith(".cache.zarr.") and leftover.name.endswith(".tmp")
+    host = socket.gethostname()
+    kept = [tmp_path / f".cache.zarr.{host}-{os.getpid()}.abc.tmp",  # a live writer (this process)
+            tmp_path / ".cache.zarr.other-node-1.abc.tmp",  # another host's writer, maybe alive
+            tmp_path / ".cache.zarr.notes.txt"]  # not ours
+    for path in kept:
+        path.write_text("x")
+    with atomic_path(store) as tmp:
+        tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache.zarr", *(p.name for p in kept)])

@@ -159,7 +159,7 @@ def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):
     assert "already trained to step 20 (trainer.steps=10): nothing to do" in caplog.text
     assert {name: (trained / "tiny" / name).read_bytes() for name in before} == before
 
-def test_a_kill_between_checkpoint_and_publication_is_repaired(cache, tmp_path, caplog):
+def test_a_kill_between_checkpoint_and_publication_is_repaired(cache, tmp_path, caplog, monkeypatch):
     run = [*TINY, "trainer.checkpoint_every=5", f"runs_dir={tmp_path}", "name=cut"]
     sciddpm.train([*run, "trainer.steps=10"])
     folder = RunDir(tmp_path / "cut")
@@ -172,9 +172,13 @@ def test_a_kill_between_checkpoint_and_publication_is_repaired(cache, tmp_path, 
     # a newest checkpoint cut short (full disk, power cut) is set aside; training resumes before it
     cut = tmp_path / "cut" / "checkpoints" / "step_00000010" / "model.safetensors"
     cut.write_bytes(newest[:1000])
+    reads = []
+    monkeypatch.setattr("sciddpm.runs.read_safetensors",
+                        lambda path, **kw: reads.append(Path(path).parent.name) or read_safetensors(path, **kw))
     with caplog.at_level("WARNING", logger="sciddpm"):
         sciddpm.train([*run, "trainer.steps=15"])
     assert "step_00000010 does not load" in caplog.text and folder.checkpoint_steps() == [10, 15]
+    assert reads.count("step_00000005") == 1  # checked once and resumed from, not read twice
     assert [r["step"] for r in folder.read_metrics()][-1] == 15
 
 def test_a_run_directory_has_one_writer(cache, tmp_path):

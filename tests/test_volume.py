@@ -185,6 +185,13 @@ def test_roundtrip_with_and_without_data(grf_adapter):
     np.testing.assert_array_equal(bare.cond_from_xarray(ds)["alpha"], cond["alpha"])
 
 
+def test_a_spec_whose_shape_disagrees_with_its_coordinates_is_refused(grf_adapter):
+    edited = grf_adapter.spec().to_dict()
+    edited["shape"] = [4, 8, 8]  # a hand-edited data_spec.json: sampling would fail when labelling
+    with pytest.raises(ValueError, match=r"gives 'z' 4 points but its output coordinate has 8"):
+        adapter_from_spec(edited)
+
+
 def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
     ds, cond = grf_adapter.heldout(2)
     paths = grf_adapter.write(ds, tmp_path / "ens.zarr")

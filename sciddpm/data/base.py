@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import glob
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -322,6 +325,31 @@ def adapter_from_spec(spec: DataSpec | Mapping[str, Any]) -> Adapter:
 
 
 # --------------------------------------------------------------------------- shared helpers
+def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, Any]) -> None:
+    """Refuse a spec whose output coordinates do not fit its ``shape``, one spatial dim each.
+
+    ``coords`` maps a dim name to ``{"values": [...], ...}`` or None (no coordinate). Only an
+    edited ``data_spec.json`` or a mix of two runs' files can disagree; without this check the
+    model would sample at the edited size and fail when labelling, or label the wrong points.
+    """
+    if len(dims) != len(spec.shape) or not all(isinstance(d, str) for d in dims):
+        raise ValueError(f"malformed DataSpec: output dims {_short(list(dims))} do not name the "
+                         f"{len(spec.shape)} axes of shape {spec.shape}")
+    for dim, size in zip(dims, spec.shape):
+        coord = coords.get(dim)
+        if coord is None:
+            continue
+        try:
+            count = len(coord["values"])
+        except (KeyError, TypeError):
+            raise ValueError(f"malformed DataSpec: output coordinate {dim!r} has no list of values") from None
+        if count != size:
+            raise ValueError(
+                f"malformed DataSpec: shape {spec.shape} gives {dim!r} {size} points but its output "
+                f"coordinate has {count}; data_spec.json was edited or comes from another run - "
+                "use the data_spec.json the run was trained with")
+
+
 def split_indices(n: int, split: str, val_fraction: float, seed: int = 0) -> np.ndarray:
     """Deterministic train/val split of ``range(n)``: a seeded permutation, val gets at least one."""
     if split not in ("train", "val"):
@@ -367,21 +395,60 @@ def follow_umask(path: Path) -> Path:
     return path
 
 
+def _owner_tag() -> str:
+    """``host-pid`` of this process, as it appears in the names of its temporaries."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}-{os.getpid()}"
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Remove the temporaries of ``target`` that a killed process of this host left beside it.
+
+    Only names ``atomic_path`` makes are touched, and only when their process is gone: a build
+    still running elsewhere (another process, or another node of a shared file system) keeps its own.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.(?:old|[^.]+\.tmp)")
+    host = _owner_tag().rsplit("-", 1)[0]
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        match = pattern.fullmatch(leftover.name)
+        if not match or match["host"] != host or _process_alive(int(match["pid"])):
+            continue
+        log.warning("removing %s, left by a process (%s) that was killed while writing it", leftover,
+                    match["pid"])
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success move it into place with os.replace.
 
     Works for files and for directories (zarr stores). Readers never see a half-written target:
-    on error the temporary is removed and ``target`` is left as it was.
+    on error the temporary is removed and ``target`` is left as it was. The temporary's name
+    carries this host and process id, so one that a killed process left (a first-use build
+    stopped with kill -9) is removed by the next write of the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_dead_temporaries(target)
+    owner = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()  # the caller creates a file or a directory here
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty dir
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.{owner}.old")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.data.base import atomic_path, check_output_grid
 from sciddpm.data.era5_layouts import LAT, LEVEL, LON, canonical_dims, channel_name, close_match, parse_channel
 
 
@@ -37,6 +37,7 @@ class OutputLayout:
                 var["name"], var["dims"], var["attrs"], var["levels"]  # noqa: B018 - presence check
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed era5 DataSpec output: {err!r} missing or malformed") from None
+        check_output_grid(spec, (LAT, LON), self.coords)
         self.spec = spec
         self.lat_descending = bool(out["lat_descending"])
         self.source_names = dict(out.get("source_names") or {})  # e.g. time -> valid_time (new CDS)

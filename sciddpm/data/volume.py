@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, plain_json,
-                               register_adapter, split_indices)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid,
+                               plain_json, register_adapter, split_indices)
 from sciddpm.data.stores import open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -307,6 +307,10 @@ class VolumeAdapter(Adapter):
     def from_spec(cls, spec: DataSpec) -> VolumeAdapter:
         if spec.adapter != "volume" or spec.dims != 3:
             raise ValueError(f"not a volume DataSpec (adapter {spec.adapter!r}, dims {spec.dims})")
+        out = spec.output
+        if not isinstance(out.get("dims"), list) or not isinstance(out.get("coords"), dict):
+            raise ValueError("malformed volume DataSpec: output needs a list of dims and a dict of coords")
+        check_output_grid(spec, out["dims"], out["coords"])
         adapter = cls.__new__(cls)
         adapter.source, adapter.path, adapter._table = None, None, None
         adapter.fields, adapter.dims, adapter._spec = list(spec.channels), list(spec.output["dims"]), spec
