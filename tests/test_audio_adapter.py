@@ -368,6 +368,8 @@ def test_nsynth_pitch_in_hz_velocity_and_filters(nsynth):
     assert len(keys.dataset("train")) + len(keys.dataset("val")) == 3
     mid = build_adapter("audio", source="nsynth", path=str(nsynth), midi_range=(60, 72))
     assert len(mid.dataset("train")) + len(mid.dataset("val")) == 4
+    with pytest.raises(ValueError, match=r"midi_range must be \[lowest, highest\] MIDI notes, e\.g\. \[48, 84\]; got 60"):
+        build_adapter("audio", source="nsynth", path=str(nsynth), midi_range=60).spec()
     with pytest.raises(ValueError, match=r"instrument_family \['flute'\] not in .*; present: guitar, keyboard"):
         build_adapter("audio", source="nsynth", path=str(nsynth), instrument_family="flute").spec()
     (nsynth / "audio" / "guitar_acoustic_000-069-100.wav").unlink()
@@ -428,3 +430,23 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     tones_adapter.write(picked, tmp_path / "sel")
     assert sorted(p.name for p in (tmp_path / "sel").glob("*.wav")) == ["member000.wav", "member002.wav",
                                                                         "take007.wav"]
+
+
+def test_a_failed_or_interrupted_tones_build_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIDDPM_CACHE", str(tmp_path))
+
+    def interrupted(**params):
+        raise KeyboardInterrupt  # Ctrl-C during the first-use build
+
+    monkeypatch.setattr(tones, "make_tones", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tones.ensure_tones(n_clips=4)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setenv("SCIDDPM_CACHE", str(tmp_path))
+    broken = tones.cache_dir(n_clips=4)
+    broken.mkdir()
+    (broken / "tone_00000.wav").write_bytes(b"")  # a folder without its marker is rebuilt
+    folder = tones.ensure_tones(n_clips=4)
+    assert folder == broken and len(list(folder.glob("tone_*.wav"))) == 4 and (folder / tones.MARKER).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]

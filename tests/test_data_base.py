@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import os
 import signal
 import socket
@@ -261,7 +262,7 @@ def test_atomic_path_removes_what_a_killed_writer_left_and_nothing_else(tmp_path
     assert killed.returncode == -signal.SIGKILL
     [leftover] = tmp_path.iterdir()
     assert leftover.name.startswith(".cache.zarr.") and leftover.name.endswith(".tmp")
-    host = socket.gethostname()
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())  # as atomic_path writes it
     kept = [tmp_path / f".cache.zarr.{host}-{os.getpid()}.abc.tmp",  # a live writer (this process)
             tmp_path / ".cache.zarr.other-node-1.abc.tmp",  # another host's writer, maybe alive
             tmp_path / ".cache.zarr.notes.txt"]  # not ours
@@ -270,3 +271,46 @@ def test_atomic_path_removes_what_a_killed_writer_left_and_nothing_else(tmp_path
     with atomic_path(store) as tmp:
         tmp.mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache.zarr", *(p.name for p in kept)])
+
+
+@pytest.mark.parametrize("adapter, kwargs, setting", [
+    ("era5", {"static": "land_sea_mask"}, "data.kwargs.static"),
+    ("era5", {"variables": "2m_temperature"}, "data.kwargs.variables"),
+    ("era5", {"cond": "dayofyear"}, "data.kwargs.cond"),
+    ("volume", {"source": "store", "path": "sim.zarr", "fields": "rho"}, "data.kwargs.fields"),
+    ("volume", {"source": "store", "path": "sim.zarr", "params": "mach"}, "data.kwargs.params"),
+])
+def test_a_lone_name_where_a_list_is_needed_is_refused_not_split_into_letters(adapter, kwargs, setting):
+    # a Hydra override such as data.kwargs.static=land_sea_mask arrives as a string
+    with pytest.raises(ValueError, match=rf"{re.escape(setting)} must be a list of names, e\.g\. \["):
+        build_adapter(adapter, **kwargs)
+
+
+def test_a_directory_is_never_lost_when_its_replacement_fails(tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / "v").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk quota exceeded")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="quota"):
+        with atomic_path(store) as tmp:
+            tmp.mkdir()
+            (tmp / "v").write_text("new")
+    monkeypatch.undo()
+    assert (store / "v").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+    # a writer killed between its two renames left the old store aside: the next write restores it first
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())  # as atomic_path writes it
+    aside = tmp_path / f".s.zarr.{host}-{dead.stdout.strip()}.old"
+    os.replace(store, aside)
+    with pytest.raises(RuntimeError):
+        with atomic_path(store):
+            raise RuntimeError("this write fails too")
+    assert (store / "v").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["s.zarr"]

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,8 +195,10 @@ def read_nsynth(folder: Path, instrument_family: str | list | None = None, midi_
             raise ValueError(f"instrument_family {unknown} not in {table}; present: {', '.join(present)}")
         examples = {k: ex for k, ex in examples.items() if ex["instrument_family_str"] in wanted}
     if midi_range is not None:
-        if len(midi_range) != 2 or not midi_range[0] <= midi_range[1]:
-            raise ValueError(f"midi_range must be (lowest, highest) MIDI notes, got {midi_range!r}")
+        if (isinstance(midi_range, (str, bytes)) or not isinstance(midi_range, Sequence) or len(midi_range) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in midi_range)
+                or not midi_range[0] <= midi_range[1]):
+            raise ValueError(f"midi_range must be [lowest, highest] MIDI notes, e.g. [48, 84]; got {midi_range!r}")
         examples = {k: ex for k, ex in examples.items() if midi_range[0] <= ex["pitch"] <= midi_range[1]}
     if not examples:
         raise ValueError(f"no NSynth notes in {table} pass the filters instrument_family={instrument_family!r}, "

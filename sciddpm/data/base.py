@@ -325,6 +325,14 @@ def adapter_from_spec(spec: DataSpec | Mapping[str, Any]) -> Adapter:
 
 
 # --------------------------------------------------------------------------- shared helpers
+def name_list(value: Any, what: str, example: str) -> list[str]:
+    """``value`` as a list of names; a lone string is refused, not split into letters (a Hydra
+    override ``static=land_sea_mask`` arrives as a string: ``static=[land_sea_mask]`` is the list)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"{what} must be a list of names, e.g. {example}; got {value!r}")
+    return [str(v) for v in value]
+
+
 def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, Any]) -> None:
     """Refuse a spec whose output coordinates do not fit its ``shape``, one spatial dim each.
 
@@ -412,6 +420,11 @@ def _remove_dead_temporaries(target: Path) -> None:
         match = pattern.fullmatch(leftover.name)
         if not match or match["host"] != host or _process_alive(int(match["pid"])):
             continue
+        if leftover.name.endswith(".old") and not target.exists():  # killed between its two renames
+            log.warning("restoring %s from %s, moved aside by a process (%s) that was killed while "
+                        "replacing it", target, leftover.name, match["pid"])
+            os.replace(leftover, target)
+            continue
         log.warning("removing %s, left by a process (%s) that was killed while writing it", leftover,
                     match["pid"])
         if leftover.is_dir() and not leftover.is_symlink():
@@ -435,9 +448,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success move it into place with os.replace.
 
     Works for files and for directories (zarr stores). Readers never see a half-written target:
-    on error the temporary is removed and ``target`` is left as it was. The temporary's name
-    carries this host and process id, so one that a killed process left (a first-use build
-    stopped with kill -9) is removed by the next write of the same target.
+    on error the temporary is removed and ``target`` is left as it was. A directory is replaced
+    in two renames (old aside, new in), so between them a reader finds no target; a failed second
+    rename puts the old one back. Temporaries are named with this host and process id, so what a
+    killed process left (a first-use build stopped with kill -9) is removed, or an old directory
+    it had moved aside restored, by the next write of the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -450,7 +465,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty dir
             old = target.with_name(f".{target.name}.{owner}.old")
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter
+from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, name_list, register_adapter
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)
@@ -115,9 +115,10 @@ class Era5Adapter(Adapter):
                  val_fraction: float | None = None, stats_samples: int = 256, mask: bool | None = None,
                  layout: str | None = None, storage_options: dict | None = None, synthetic: dict | None = None,
                  units: Mapping[str, str] | None = None):
-        if isinstance(variables, str) or not variables:
-            raise ValueError(f"variables must be a non-empty list such as ['2m_temperature', 'geopotential@500'], "
-                             f"got {variables!r}")
+        variables = name_list(variables, "data.kwargs.variables", "[2m_temperature,geopotential@500]")
+        if not variables:
+            raise ValueError("data.kwargs.variables is empty: list the fields to model, e.g. "
+                             "[2m_temperature,geopotential@500]")
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)} (or None to detect)")
         if val_fraction is not None and not 0 < val_fraction < 1:
@@ -129,8 +130,9 @@ class Era5Adapter(Adapter):
         if path is not None and synthetic:  # the preset always carries them; a real store wins
             log.info("data.kwargs.path is set, so the synthetic-sample options are not used")
             synthetic = None
-        self.path, self.variables = path, [str(v) for v in variables]
-        self.static_names, self.cond_names = [str(s) for s in static], None if cond is None else [str(c) for c in cond]
+        self.path, self.variables = path, variables
+        self.static_names = name_list(static, "data.kwargs.static", "[land_sea_mask,geopotential_at_surface]")
+        self.cond_names = None if cond is None else name_list(cond, "data.kwargs.cond", "[dayofyear,hour]")
         self.time_range, self.val_start, self.val_fraction = time_range, val_start, val_fraction
         self.stats_samples, self.mask, self.layout = stats_samples, mask, layout
         self.storage_options, self.synthetic = storage_options, dict(synthetic or {})

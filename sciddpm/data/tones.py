@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from sciddpm.data.base import follow_umask
+from sciddpm.data.base import atomic_path
 
 TONES_VERSION = 1  # bump when the recipe changes: it is part of the cache key
 DEFAULTS = {"n_clips": 2000, "sample_rate": 8000, "clip_samples": 2048, "fmin": 110.0, "fmax": 880.0, "seed": 0}
@@ -82,29 +80,28 @@ def make_tones(n_clips: int = 2000, sample_rate: int = 8000, clip_samples: int =
 
 def write_tones(out: str | Path, **params) -> Path:
     """Build the tones and write them as a folder + CSV at ``out`` (created atomically)."""
-    import soundfile as sf  # the adapter checks this import and names the extra
-
     p = tone_params(**params)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = follow_umask(Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)))
-    try:
-        waves, pitch = make_tones(**p)
-        lines = ["filename,pitch[Hz]"]
-        for i, (x, f0) in enumerate(zip(waves, pitch)):
-            name = f"tone_{i:05d}.wav"
-            sf.write(tmp / name, x, p["sample_rate"], subtype="FLOAT")
-            lines.append(f"{name},{float(f0)!r}")  # repr: round-trips exactly
-        (tmp / METADATA).write_text("\n".join(lines) + "\n")
-        (tmp / MARKER).write_text(json.dumps({"version": TONES_VERSION, **p}, indent=1))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(out) as tmp:
+        _write_folder(tmp, p)
     return out
+
+
+def _write_folder(folder: Path, p: dict) -> None:
+    """Create ``folder`` and write the tones of parameters ``p`` into it, the marker last."""
+    import soundfile as sf  # the adapter checks this import and names the extra
+
+    folder.mkdir()
+    waves, pitch = make_tones(**p)
+    lines = ["filename,pitch[Hz]"]
+    for i, (x, f0) in enumerate(zip(waves, pitch)):
+        name = f"tone_{i:05d}.wav"
+        sf.write(folder / name, x, p["sample_rate"], subtype="FLOAT")
+        lines.append(f"{name},{float(f0)!r}")  # repr: round-trips exactly
+    (folder / METADATA).write_text("\n".join(lines) + "\n")
+    (folder / MARKER).write_text(json.dumps({"version": TONES_VERSION, **p}, indent=1))
 
 
 def describe(**params) -> str:
@@ -132,18 +129,7 @@ def ensure_tones(**params) -> Path:
     file is treated as broken and rebuilt.
     """
     final = cache_dir(**params)
-    if (final / MARKER).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    built = write_tones(staging / "tones", **params)
-    try:
-        if final.exists() and not (final / MARKER).is_file():  # broken leftover: move it aside
-            os.replace(final, staging / "broken")
-        os.rename(built, final)
-    except OSError:
-        if not (final / MARKER).is_file():  # lost a race to a process whose folder is incomplete
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not (final / MARKER).is_file():
+        with atomic_path(final) as tmp:  # replaces a folder left without its marker
+            _write_folder(tmp, tone_params(**params))
     return final

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid,
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, name_list,
                                plain_json, register_adapter, split_indices)
 from sciddpm.data.stores import open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
@@ -125,7 +125,7 @@ class VolumeAdapter(Adapter):
         if source == "store" and build is not None:
             raise ValueError("build= sets the recipe of a simulated source (grf, gray_scott), not of a store; "
                              "train on a store with data=volume_store data.kwargs.path=... (or data.kwargs.build=null)")
-        dims = list(dims)
+        dims = name_list(dims, "data.kwargs.dims", "[z,y,x]")
         if len(dims) != 3 or len(set(dims)) != 3 or sample_dim in dims:
             raise ValueError(f"dims must name 3 distinct spatial dims other than sample_dim={sample_dim!r}, got {dims}")
         if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
@@ -133,8 +133,8 @@ class VolumeAdapter(Adapter):
         default_fields, default_params = SOURCES[source]
         self.source, self.path = source, None if path is None else str(path)
         self.build, self.workers = dict(build or {}), workers
-        self.fields = list(fields) if fields is not None else default_fields
-        self.params = list(params) if params is not None else default_params
+        self.fields = default_fields if fields is None else name_list(fields, "data.kwargs.fields", "[rho,T]")
+        self.params = default_params if params is None else name_list(params, "data.kwargs.params", "[mach]")
         self.units, self.features = dict(units or {}), dict(features or {})
         self.dims, self.sample_dim = dims, sample_dim
         self.periodic = periodic
