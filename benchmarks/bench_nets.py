@@ -136,7 +136,7 @@ def synchronize(device: torch.device) -> None:
 
 def append_jsonl(path: Path, lines: list[str]) -> None:
     """Append ``lines`` to the JSONL file ``path``, rewritten atomically."""
-    from sciddpm.data.base import atomic_path
+    from sciddpm.files import atomic_path
 
     old = path.read_text() if path.exists() else ""
     with atomic_path(path) as tmp:

@@ -231,7 +231,7 @@ def plot(rows: list[dict], methods: list[str], paths: list[Path]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sciddpm.data.base import atomic_path
+    from sciddpm.files import atomic_path
 
     problems = [p for p in ("gaussian", "grf") if any(r["problem"] == p for r in rows)]
     fig, axes = plt.subplots(1, len(problems), figsize=(6.2 * len(problems), 4.6), squeeze=False)

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from sciddpm.data.base import atomic_path
+from sciddpm.files import atomic_path
 from sciddpm.data.era5_layouts import LAYOUTS, LEVEL, TIME, StorePlan, canonical_dims, open_era5_store, parse_channel
 from sciddpm.data.era5_synthetic import DEFAULTS, describe, write_synthetic
 from sciddpm.data.stores import consolidate

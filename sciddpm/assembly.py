@@ -17,6 +17,7 @@ import torch
 from sciddpm.data import DataSpec
 from sciddpm.diffusion import Denoiser, vp_schedule
 from sciddpm.nn import BACKBONES, build_backbone
+from sciddpm.registry import check_kwargs
 
 
 class WithStaticInputs(torch.nn.Module):
@@ -74,6 +75,8 @@ def build_denoiser(config: Mapping[str, Any], spec: DataSpec,
         net = WithStaticInputs(net, static_fields)
     elif static_fields is not None:
         raise ValueError("static fields were given but the data spec lists none (spec.static is empty)")
+    check_kwargs(Denoiser, {"net": net, "sigma_data": spec.sigma_data, **diffusion_cfg},
+                 what="the diffusion config (diffusion.*)")
     schedule_name = diffusion_cfg.pop("schedule", None)
     return Denoiser(
         net,

@@ -29,7 +29,8 @@ import torch
 import zarr
 
 from sciddpm.api import Model, as_count, as_seed, case_table
-from sciddpm.data.base import atomic_path, plain_json
+from sciddpm.data.base import plain_json
+from sciddpm.files import atomic_path
 from sciddpm.data.stores import consolidate
 
 log = logging.getLogger("sciddpm")

@@ -28,10 +28,11 @@ import xarray as xr
 
 from sciddpm.api import Model
 from sciddpm.data import build_adapter
-from sciddpm.data.base import Adapter, atomic_path
+from sciddpm.data.base import Adapter
+from sciddpm.files import atomic_write_text
 from sciddpm.metrics.ensemble import crps, rmse, spread_skill
 from sciddpm.metrics.spectra import log_spectral_distance, power_spectrum
-from sciddpm.runs import atomic_write_text
+from sciddpm.plots import new_figure, save_png
 
 
 def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = None,
@@ -141,20 +142,12 @@ def _climatology(adapter: Adapter, cases: int, members: int, seed: int) -> torch
 
 
 def _plot_spectra(spectra: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(spectra), figsize=(4.5 * len(spectra), 3.5), squeeze=False)
-    for ax, (channel, (k, p_true, p_gen)) in zip(axes[0], spectra.items()):
+    fig = new_figure(4.5 * len(spectra), 3.5)
+    for c, (channel, (k, p_true, p_gen)) in enumerate(spectra.items()):
+        ax = fig.add_subplot(1, len(spectra), c + 1)
         ax.loglog(k, p_true, label="held-out data", color="black")
         ax.loglog(k, p_gen, label="samples", color="tab:red", linestyle="--")
         ax.set(title=channel, xlabel="wavenumber k (cycles per domain)", ylabel="power (normalised units)")
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from importlib import metadata
 from typing import Any, Callable, TypeVar
 
 Builder = TypeVar("Builder", bound=Callable[..., Any])
+log = logging.getLogger("sciddpm")
 
 
 class UnknownNameError(KeyError):
@@ -33,6 +35,7 @@ class Registry:
         self.entry_point_group = entry_point_group
         self._builders: dict[str, Callable[..., Any]] = {}
         self._plugins_loaded = False
+        self._broken_plugins: dict[str, str] = {}  # name -> why its entry point did not load
 
     def register(self, name: str) -> Callable[[Builder], Builder]:
         """Decorator: ``@REG.register("unet2d")`` above a class or function."""
@@ -76,6 +79,9 @@ class Registry:
 
     def _unknown_message(self, name: str) -> str:
         known = self.names()
+        if name in self._broken_plugins:
+            return (f"{self.kind} {name!r} is a plugin that failed to load: {self._broken_plugins[name]}; "
+                    "fix or reinstall the package that provides it")
         message = f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(known) or '(none)'}"
         close = difflib.get_close_matches(str(name), known, n=1)
         if close:
@@ -89,8 +95,14 @@ class Registry:
             return
         self._plugins_loaded = True
         for entry_point in metadata.entry_points(group=self.entry_point_group):
-            if entry_point.name not in self._builders:
+            if entry_point.name in self._builders:
+                continue
+            try:  # one broken package must not hide the others
                 self._builders[entry_point.name] = entry_point.load()
+            except Exception as error:  # noqa: BLE001 - whatever its import raised
+                why = f"{type(error).__name__}: {error} (entry point {entry_point.value})"
+                self._broken_plugins[entry_point.name] = why
+                log.warning("%s plugin %r failed to load: %s", self.kind, entry_point.name, why)
 
 
 def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str) -> None:

@@ -36,7 +36,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sciddpm.data.base import atomic_path, follow_umask
+from sciddpm.files import atomic_path, atomic_write_text, follow_umask, fsync_file
 
 CONFIG = "config.yaml"
 DATA_SPEC = "data_spec.json"
@@ -48,6 +48,7 @@ KEEP_CHECKPOINTS = 2
 log = logging.getLogger("sciddpm")
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+UNREADABLE = ".unreadable"  # suffix of a checkpoint that did not load, set aside and kept
 # Keys Hydra's instantiate() would act on. We never call instantiate, but a config carrying them
 # is either crafted or meant for another tool: refuse it rather than guess.
 _FORBIDDEN_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -55,23 +56,6 @@ _FORBIDDEN_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_"
 
 class RunError(RuntimeError):
     """A run directory that is missing, incomplete or unsafe; the message says which and why."""
-
-
-# --------------------------------------------------------------------------------------- atomic IO
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it, synced, then os.replace."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` to disk before it is renamed into place (a power cut must not leave a
-    complete-looking name over empty blocks)."""
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 # ------------------------------------------------------------------------------------ config safety
@@ -249,7 +233,7 @@ class RunDir:
             follow_umask(staging / WEIGHTS)
             torch.save(dict(train_state), staging / TRAIN_STATE)
             for name in (WEIGHTS, TRAIN_STATE):
-                _fsync(staging / name)
+                fsync_file(staging / name)
             if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
@@ -267,7 +251,7 @@ class RunDir:
         with atomic_path(self.path / WEIGHTS) as tmp:
             shutil.copyfile(root / f"step_{step:08d}" / WEIGHTS, tmp)
             follow_umask(tmp)
-            _fsync(tmp)
+            fsync_file(tmp)
         for old in self.checkpoint_steps()[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(root / f"step_{old:08d}", ignore_errors=True)
 
@@ -280,7 +264,7 @@ class RunDir:
                 return step
             except (RunError, OSError) as error:
                 folder = self.path / CHECKPOINTS / f"step_{step:08d}"
-                aside = folder.with_name(f".step_{step:08d}.unreadable")
+                aside = folder.with_name(f".step_{step:08d}{UNREADABLE}")
                 shutil.rmtree(aside, ignore_errors=True)
                 os.replace(folder, aside)
                 log.warning("checkpoint %s does not load (%s); moved to %s, resuming from the one before",
@@ -303,7 +287,8 @@ class RunDir:
         """Remove half-written checkpoints and temp files left by a killed process."""
         root = self.path / CHECKPOINTS
         for leftover in root.glob(".step_*") if root.is_dir() else ():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not leftover.name.endswith(UNREADABLE):  # kept for inspection (usable_checkpoint)
+                shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self.path.glob(".*.tmp"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -138,8 +138,10 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         if start_step:
             _warn_if_precision_changed(run, start_step, compute_dtype, device)
     total_steps = int(trainer["steps"])
-    progress = _progress(rank, start_step, total_steps, run.path.name)
+    progress = held.enter_context(_progress(rank, start_step, total_steps, run.path.name))
     board = _tensorboard(run.path) if rank == 0 else None
+    if board is not None:
+        held.callback(board.close)  # flushed however training ends (an error, Ctrl-C)
     window_loss = torch.zeros((), device=device)  # summed on device: no host sync per step
     window_steps, window_start = 0, time.perf_counter()
 
@@ -189,9 +191,6 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
                 run.save_checkpoint(done, denoiser.net.state_dict(), ema,
                                     {"step": done, "optimizer": optimizer.state_dict()})
             _barrier(world)
-    progress.close()
-    if board is not None:
-        board.close()
     if rank == 0:
         log.info("finished %d steps; run directory %s", total_steps, run.path)
     return run.path

@@ -221,3 +221,21 @@ def test_subset_recipe_copies_variables_levels_and_times(stores, tmp_path):
                                 src["geopotential"].sel(time=slice("2016-12-30", "2016-12-31T23"), level=[500]).load())
     assert detect_layout(got) == "64x32" and got.attrs == src.attrs
     assert LAYOUTS["64x32"].n_lat == got.sizes["latitude"]
+
+
+def test_a_nan_mask_from_a_run_directory_is_checked_before_use():
+    import base64
+    import zlib
+
+    from sciddpm.data.era5_layouts import decode_mask, encode_mask
+
+    mask = np.random.default_rng(0).random((2, 4, 8)) > 0.3
+    np.testing.assert_array_equal(decode_mask(encode_mask(mask), [2, 4, 8]), mask)
+    with pytest.raises(ValueError, match=r"NaN mask does not decode \(it is shaped \[2, 4, 8\], the model's fields \[2, 8, 8\]"):
+        decode_mask(encode_mask(mask), [2, 8, 8])
+    relabelled = {**encode_mask(mask), "shape": [2, 8, 8]}  # a short blob would be padded with 'never valid'
+    with pytest.raises(ValueError, match="holds other than the 128 bits of its shape"):
+        decode_mask(relabelled, [2, 8, 8])
+    bomb = {"shape": [2, 4, 8], "packbits_zlib_base64": base64.b64encode(zlib.compress(bytes(50_000_000))).decode()}
+    with pytest.raises(ValueError, match="holds other than the 64 bits"):
+        decode_mask(bomb, [2, 4, 8])  # inflated no further than 9 bytes, not to 50 MB

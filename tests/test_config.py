@@ -58,3 +58,25 @@ def test_default_sampler_and_the_presets_that_keep_their_own():
     assert compose(["data=climate_era5"])["diffusion"]["p_mean"] == 0.0
     # `--sampler X` on a run takes X's shipped preset, not the run's steps and options
     assert sampler_preset("heun")["steps"] == 18 and sampler_preset("no_such_plugin") == {}
+
+
+def test_diffusion_settings_are_checked_when_the_denoiser_is_built(caplog):
+    from sciddpm.assembly import build_denoiser
+    from sciddpm.data import CondSchema, DataSpec, Normaliser
+
+    spec = DataSpec(adapter="audio", dims=1, channels=["waveform"], shape=[64], padding=["zeros"],
+                    normaliser=Normaliser([0.0], [1.0]), cond=CondSchema([]), sigma_data=0.5)
+    cfg = compose(["model=tiny1d"])
+    typo = {**cfg, "diffusion": {**cfg["diffusion"], "parameterization": "eps"}}  # from Python, past Hydra
+    with pytest.raises(TypeError, match=r"diffusion config \(diffusion\.\*\) got unknown argument\(s\) "
+                                        r"'parameterization' \(did you mean 'parameterisation'\?\)"):
+        build_denoiser(typo, spec)
+    # p_mean/p_std shape only EDM's continuous noise: given with a DDPM table they are named as unused
+    climate_on_ddpm = compose(["data=climate_era5", "diffusion=ddpm", "model=tiny1d"])  # the preset sets p_mean
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        build_denoiser(climate_on_ddpm, spec)
+    assert "p_mean/p_std (0.0, None)" in caplog.text and "schedule 'linear'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        build_denoiser(compose(["model=tiny1d", "diffusion=ddpm"]), spec)
+    assert "p_mean" not in caplog.text

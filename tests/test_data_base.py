@@ -19,7 +19,8 @@ import torch
 
 from sciddpm.data import (ADAPTERS, CondSchema, CondVar, ConditionRangeWarning, DataSpec, Normaliser,
                           UnknownConditionError, adapter_from_spec, build_adapter)
-from sciddpm.data.base import atomic_path, split_indices
+from sciddpm.data.base import split_indices
+from sciddpm.files import atomic_path
 from sciddpm.registry import UnknownNameError
 
 
@@ -256,7 +257,7 @@ def test_atomic_path_keeps_old_target_on_failure_and_replaces_dirs(tmp_path):
 def test_atomic_path_removes_what_a_killed_writer_left_and_nothing_else(tmp_path):
     store = tmp_path / "cache.zarr"
     killed = subprocess.run(
-        [sys.executable, "-c", "import os, signal, sys; from sciddpm.data.base import atomic_path\n"
+        [sys.executable, "-c", "import os, signal, sys; from sciddpm.files import atomic_path\n"
          "with atomic_path(sys.argv[1]) as tmp:\n    tmp.mkdir(); (tmp / 'half').write_text('x')\n"
          "    os.kill(os.getpid(), signal.SIGKILL)", str(store)])
     assert killed.returncode == -signal.SIGKILL

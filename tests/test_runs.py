@@ -28,13 +28,23 @@ def test_weights_and_checkpoints_follow_the_umask(tmp_path):
     # safetensors and mkdtemp write private files; a run must be as readable as its config.yaml
     import os
 
+    umasks_seen = []
+    real_umask = os.umask
+
+    def watched_umask(mask):
+        umasks_seen.append(mask)
+        return real_umask(mask)
+
     old = os.umask(0o022)
     try:
         run = RunDir(tmp_path / "r")
+        os.umask = watched_umask
         run.save_checkpoint(1, _state(1), _state(1), {"step": 1})
         run.save_config({"seed": 0})
     finally:
+        os.umask = real_umask
         os.umask(old)
+    assert 0 not in umasks_seen  # never opened to the world for a moment (other threads write files too)
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     folder = tmp_path / "r" / "checkpoints" / "step_00000001"
     assert mode(folder) == 0o755 and mode(folder / "model.safetensors") == 0o644

@@ -109,9 +109,13 @@ def test_compiled_network_samples_what_the_eager_one_does(trained, tmp_path):
     np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-4 * rms)
 
 
-def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys):
+def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys, monkeypatch):
     import json
 
+    import matplotlib
+
+    # a notebook calling sciddpm.evaluate keeps its own backend (inline plots): pictures use their own canvas
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("evaluate switched matplotlib's backend"))
     assert main(["evaluate", "model=tiny", f"runs_dir={trained}", "--n", "4", "--steps", "2",
                  "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -179,6 +183,8 @@ def test_a_kill_between_checkpoint_and_publication_is_repaired(cache, tmp_path, 
         sciddpm.train([*run, "trainer.steps=15"])
     assert "step_00000010 does not load" in caplog.text and folder.checkpoint_steps() == [10, 15]
     assert reads.count("step_00000005") == 1  # checked once and resumed from, not read twice
+    sciddpm.train([*run, "trainer.steps=15"])  # a later resume keeps the set-aside checkpoint for inspection
+    assert (tmp_path / "cut" / "checkpoints" / ".step_00000010.unreadable" / "model.safetensors").is_file()
     assert [r["step"] for r in folder.read_metrics()][-1] == 15
 
 def test_a_run_directory_has_one_writer(cache, tmp_path):

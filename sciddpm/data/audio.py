@@ -50,9 +50,10 @@ import xarray as xr
 
 from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, read_nsynth, soundfile,
                                    spectrogram_db)
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, atomic_path,
-                               register_adapter, split_indices)
+from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter, split_indices
 from sciddpm.data.stores import check_replaceable, write_store
+from sciddpm.files import atomic_path
+from sciddpm.plots import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
@@ -375,16 +376,12 @@ class AudioAdapter(Adapter):
         return audio_scores(samples, heldout, cond, out, int(samples.attrs.get("sample_rate", self.sample_rate)))
 
     def _spectrogram_png(self, values: np.ndarray, lead: tuple, labels: list[str], rate: int, path: Path) -> Path:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         clips = values.reshape(-1, *values.shape[len(lead):])
         clips = clips.mean(axis=1) if clips.ndim == 3 else clips  # stereo: show the mid signal
         shown = clips[:16]
         cols = math.ceil(math.sqrt(len(shown)))
         rows = math.ceil(len(shown) / cols)
-        fig = Figure(figsize=(3 * cols, 2.2 * rows), layout="constrained")
-        FigureCanvasAgg(fig)
+        fig = new_figure(3 * cols, 2.2 * rows)
         for k, clip in enumerate(shown):
             ax = fig.add_subplot(rows, cols, k + 1)
             db, n_fft = spectrogram_db(clip, rate)
@@ -396,9 +393,7 @@ class AudioAdapter(Adapter):
             ax.tick_params(labelsize=6)
         if len(clips) > len(shown):
             fig.suptitle(f"first {len(shown)} of {len(clips)} clips", fontsize=9)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        return path
+        return save_png(fig, path)
 
 
 def _clip_labels(da: xr.DataArray, lead: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.plots import new_figure, save_png
 from sciddpm.metrics.audio import cents, estimate_pitch, mrstft_distance
 
 
@@ -34,7 +34,7 @@ def audio_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, An
             scores[f"pitch_{key}"] = {
                 "voiced_fraction": float(voiced.mean()),
                 "median_abs_cents": float(np.median(err)) if err.size else None,
-                "within_50_cents": float((err < 50).sum() / voiced.size),
+                "within_50_cents": float((err <= 50).sum() / voiced.size),
                 "within_100_cents": float((err <= 100).sum() / voiced.size),
             }
         scores["pitch_sweep"] = [
@@ -47,11 +47,7 @@ def audio_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, An
 
 
 def _sweep_png(requested: np.ndarray, measured: np.ndarray, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.5, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.5, 4.2)
     ax = fig.add_subplot()
     line = np.geomspace(requested.min() * 0.9, requested.max() * 1.1, 50)
     ax.fill_between(line, line * 2 ** (-50 / 1200), line * 2 ** (50 / 1200), color="0.85", label="+-50 cents")
@@ -69,6 +65,4 @@ def _sweep_png(requested: np.ndarray, measured: np.ndarray, path: Path) -> Path:
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return path
+    return save_png(fig, path, dpi=110)

@@ -336,7 +336,8 @@ class Era5Adapter(Adapter):
 
     def static_mask(self) -> torch.Tensor | None:
         blob = self.spec().output.get("nan_mask")
-        return None if blob is None else torch.from_numpy(decode_mask(blob))
+        spec = self.spec()
+        return None if blob is None else torch.from_numpy(decode_mask(blob, [len(spec.channels), *spec.shape]))
 
     def area_weights(self) -> np.ndarray:
         """``[n_lat, n_lon]`` cell-area weights (mean 1) in the tensor's orientation (north first)."""

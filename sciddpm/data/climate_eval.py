@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.plots import new_figure, save_png
 from sciddpm.metrics.ensemble import area_weights, crps, rank_histogram, rmse, spread_skill, zonal_power_spectrum
 
 SPECTRUM_BAND = (-60.0, 60.0)
@@ -117,21 +117,6 @@ def _finite(x: float) -> float | None:
 
 
 # --------------------------------------------------------------------------- pictures
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return path
-
-
 def _north_up(da: xr.DataArray, lat: str, lon: str) -> tuple[np.ndarray, list[float]]:
     """(values [lat, lon] with latitude ascending, imshow extent) for any storage order."""
     da = da.sortby([lat, lon]).transpose(lat, lon)
@@ -149,7 +134,7 @@ def _maps_png(ens: xr.Dataset, truth: xr.Dataset, variable: str, lat: str, lon: 
     levels = list(members["level"].values) if "level" in members.dims else [None]
     shown = min(MAP_MEMBERS, members.sizes["member"])
     titles = ["truth", "ensemble mean", "spread (member std)", *[f"member {i}" for i in range(shown)]]
-    fig = _figure(2.9 * len(titles), 2.1 * len(levels) + 0.8)
+    fig = new_figure(2.9 * len(titles), 2.1 * len(levels) + 0.8)
     axes = fig.subplots(len(levels), len(titles), squeeze=False, sharex=True, sharey=True)
     field_cmap = matplotlib.colormaps["RdYlBu_r"].with_extremes(bad="0.6")
     spread_cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.6")
@@ -177,11 +162,11 @@ def _maps_png(ens: xr.Dataset, truth: xr.Dataset, variable: str, lat: str, lon: 
     for ax in axes[-1]:
         ax.set_xlabel("longitude")
     fig.suptitle(f"{variable}, case 0", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _spectra_png(spectra: dict, path: Path) -> Path:
-    fig = _figure(4.0 * len(spectra), 3.4)
+    fig = new_figure(4.0 * len(spectra), 3.4)
     axes = fig.subplots(1, len(spectra), squeeze=False)[0]
     for ax, (channel, (observed, members)) in zip(axes, spectra.items()):
         k = observed["zonal_wavenumber"].values[1:]
@@ -204,11 +189,11 @@ def _spectra_png(spectra: dict, path: Path) -> Path:
         ax.title.set_fontsize(9)
     fig.suptitle(f"zonal spectra, {SPECTRUM_BAND[0]:g} to {SPECTRUM_BAND[1]:g} degrees latitude, mean over cases",
                  fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _rank_png(ranks: dict[str, list[int]], path: Path) -> Path:
-    fig = _figure(3.6 * len(ranks), 3.0)
+    fig = new_figure(3.6 * len(ranks), 3.0)
     axes = fig.subplots(1, len(ranks), squeeze=False)[0]
     for ax, (channel, counts) in zip(axes, ranks.items()):
         counts = np.asarray(counts, dtype=float)
@@ -218,4 +203,4 @@ def _rank_png(ranks: dict[str, list[int]], path: Path) -> Path:
         ax.set(title=channel, xlabel="rank of truth among members", ylabel="frequency")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,13 +180,23 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"shape": list(mask.shape), "packbits_zlib_base64": base64.b64encode(packed).decode("ascii")}
 
 
-def decode_mask(blob: Any) -> np.ndarray:
+def decode_mask(blob: Any, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of ``encode_mask``, for a mask that must be ``shape``. The blob comes from a run
+    directory, perhaps a stranger's: its shape is checked, and it is inflated no further than a
+    mask of that shape needs (a crafted blob cannot fill the memory)."""
     import base64
 
+    shape = [int(s) for s in shape]
+    size = int(np.prod(shape))
     try:
-        shape = [int(s) for s in blob["shape"]]
-        bits = np.frombuffer(zlib.decompress(base64.b64decode(blob["packbits_zlib_base64"])), dtype=np.uint8)
-        return np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
+        if [int(s) for s in blob["shape"]] != shape:
+            raise ValueError(f"it is shaped {blob['shape']}, the model's fields {shape}")
+        inflate = zlib.decompressobj()
+        packed = inflate.decompress(base64.b64decode(blob["packbits_zlib_base64"], validate=True), -(-size // 8) + 1)
+        if len(packed) != -(-size // 8) or inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError(f"it holds other than the {size} bits of its shape")
+        bits = np.frombuffer(packed, dtype=np.uint8)
+        return np.unpackbits(bits, count=size).astype(bool).reshape(shape)
     except (KeyError, TypeError, ValueError, zlib.error) as err:
         raise ValueError(f"malformed ERA5 DataSpec: the NaN mask does not decode ({err})") from None
 

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import atomic_path, check_output_grid
+from sciddpm.data.base import check_output_grid
 from sciddpm.data.era5_layouts import LAT, LEVEL, LON, canonical_dims, channel_name, close_match, parse_channel
+from sciddpm.plots import new_figure, save_png
 
 
 class OutputLayout:
@@ -154,8 +155,6 @@ class OutputLayout:
 def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:
     """Maps of the first ``members`` fields of each channel: lon/lat axes, north up, NaN in grey."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     lat = np.asarray(ds[LAT].values, dtype=np.float64)
     lon = np.asarray(ds[LON].values, dtype=np.float64)
@@ -172,8 +171,7 @@ def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, member
         labels = ["_".join(f"{d}{i}" for d, i in zip(lead, idx)) for idx in np.ndindex(*[da.sizes[d] for d in lead])]
         rows.append((channel_name(name, level), da.attrs.get("units", ""), maps[:members, order], labels[:members]))
     cols = max(len(r[2]) for r in rows)
-    fig = Figure(figsize=(3.4 * cols + 0.8, 1.9 * len(rows) + 0.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.4 * cols + 0.8, 1.9 * len(rows) + 0.4)
     for r, (title, units, maps, labels) in enumerate(rows):
         finite = maps[np.isfinite(maps)]
         vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
@@ -186,6 +184,4 @@ def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, member
             ax.set_ylabel("latitude [deg N]", fontsize=6)
             ax.tick_params(labelsize=6)
         fig.colorbar(image, ax=fig.axes[-len(maps):], label=units, shrink=0.9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path
+    return save_png(fig, path, dpi=90)

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.files import atomic_path
 from sciddpm.data.era5_layouts import (COORD_ATTRS, LAT, LAYOUTS, LEVEL, LON, TIME, VARIABLE_ATTRS,
                                        parse_channel)
 from sciddpm.data.stores import consolidate

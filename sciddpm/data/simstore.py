@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.files import atomic_path
 from sciddpm.data.stores import consolidate
 from sciddpm.data.tones import cache_root
 

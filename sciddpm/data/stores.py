@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from sciddpm.data.base import atomic_path
+from sciddpm.files import atomic_path
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sciddpm.data.base import atomic_path
+from sciddpm.files import atomic_path
 
 TONES_VERSION = 1  # bump when the recipe changes: it is part of the cache key
 DEFAULTS = {"n_clips": 2000, "sample_rate": 8000, "clip_samples": 2048, "fmin": 110.0, "fmax": 880.0, "seed": 0}

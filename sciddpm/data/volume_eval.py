@@ -16,21 +16,18 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import DataSpec, atomic_path
+from sciddpm.data.base import DataSpec
+from sciddpm.plots import new_figure, save_png
 from sciddpm.metrics.spectra import power_spectrum, spectral_slope
 
 
 def slices_png(ds: xr.Dataset, spec: DataSpec, path: Path, members: int = 4) -> Path:
     """Central slices (normal to each axis) of the first ``members`` volumes, per channel."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     dims = list(spec.output["dims"])
     first = ds[spec.channels[0]]
     lead = [d for d in first.dims if d not in dims]
     items = list(np.ndindex(*[ds.sizes[d] for d in lead]))[:members]
-    fig = Figure(figsize=(2.2 * 3 * len(spec.channels), 2.2 * len(items)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(2.2 * 3 * len(spec.channels), 2.2 * len(items))
     for c, name in enumerate(spec.channels):
         da = ds[name].transpose(*lead, *dims)
         lo, hi = np.percentile(da.values, [1, 99])
@@ -47,9 +44,7 @@ def slices_png(ds: xr.Dataset, spec: DataSpec, path: Path, members: int = 4) -> 
                 ax.set_title(f"{name} {label}\n{axis}={vol.shape[a] // 2}", fontsize=7)
                 ax.set_xticks([])
                 ax.set_yticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path
+    return save_png(fig, path, dpi=90)
 
 
 def slope_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], spec: DataSpec,
@@ -76,12 +71,8 @@ def slope_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, An
 
 
 def _slopes_png(slopes: dict, cond: Mapping[str, Any], spec: DataSpec, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     name = spec.cond.names[0] if spec.cond.names else None
-    fig = Figure(figsize=(4 * len(slopes), 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4 * len(slopes), 3.4)
     for c, (channel, (s, h)) in enumerate(slopes.items()):
         ax = fig.add_subplot(1, len(slopes), c + 1)
         x = np.broadcast_to(np.asarray(cond[name], dtype=float), s.shape) if name in cond else np.arange(len(s))
@@ -92,9 +83,7 @@ def _slopes_png(slopes: dict, cond: Mapping[str, Any], spec: DataSpec, path: Pat
             ax.plot(grid, -grid, color="grey", lw=1, label="requested (-alpha)")
         ax.set(title=channel, xlabel=name or "member", ylabel="fitted spectral slope")
         ax.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return save_png(fig, path)
 
 
 def _slopes(volumes: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ edm         EDM's F               sd^2/(s^2+sd^2), s sd/r     SNR + 1 (EDM's lam
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable
 
@@ -35,6 +36,8 @@ from torch import nn
 
 from sciddpm.diffusion.schedules import VPSchedule, append_dims, lognormal_sigmas, vp_schedule
 from sciddpm.registry import Registry
+
+log = logging.getLogger("sciddpm")
 
 __all__ = ["PARAMETERISATIONS", "Denoiser"]
 
@@ -80,14 +83,14 @@ class Denoiser(nn.Module):
 
     ``schedule`` (a VPSchedule or its name) makes training draw DDPM timesteps uniformly from
     its table and, for eps/v/x0, feeds the network the continuous timestep as ``c_noise`` (DDPM
-    compatibility); without one, training draws ``ln sigma ~ N(p_mean, p_std^2)`` (EDM) and
-    ``c_noise = ln(sigma)/4``. ``cond_dropout`` is the probability that a training row uses the
+    compatibility); without one, training draws ``ln sigma ~ N(p_mean, p_std^2)`` (EDM; None
+    means Karras et al.'s -1.2 and 1.2) and ``c_noise = ln(sigma)/4``. ``cond_dropout`` is the probability that a training row uses the
     null condition (classifier-free guidance).
     """
 
     def __init__(self, net: Callable[..., torch.Tensor], parameterisation: str = "edm",
                  sigma_data: float = 1.0, schedule: VPSchedule | str | None = None,
-                 min_snr_gamma: float | None = None, p_mean: float = -1.2, p_std: float = 1.2,
+                 min_snr_gamma: float | None = None, p_mean: float | None = None, p_std: float | None = None,
                  cond_dropout: float = 0.0):
         super().__init__()
         self.net = net
@@ -101,14 +104,19 @@ class Denoiser(nn.Module):
                              f"{min_snr_gamma!r}")
         if not 0.0 <= cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout is a probability in [0, 1], got {cond_dropout!r}")
-        if not p_std > 0:
+        if p_std is not None and not p_std > 0:
             raise ValueError(f"p_std must be positive, got {p_std!r}")
         if schedule is not None and not isinstance(schedule, VPSchedule):
             schedule = vp_schedule(schedule)
+        if schedule is not None and (p_mean, p_std) != (None, None):
+            log.warning("diffusion.p_mean/p_std (%s, %s) shape EDM's continuous training noise only; with "
+                        "schedule %r training draws timesteps uniformly from the table, so they are not "
+                        "used (drop them, or train with diffusion=edm)", p_mean, p_std, schedule.name)
         self.sigma_data = float(sigma_data)
         self.schedule = schedule
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.p_mean = -1.2 if p_mean is None else float(p_mean)
+        self.p_std = 1.2 if p_std is None else float(p_std)
         self.cond_dropout = float(cond_dropout)
 
     def extra_repr(self) -> str:

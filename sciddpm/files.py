@@ -1,0 +1,134 @@
+"""Writing files so that nobody sees half of one: the temporary-then-rename pattern every writer
+in sciddpm goes through (run directories, stores, caches, pictures), with the permissions a plain
+``open`` would give and the clean-up of what a killed writer left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def follow_umask(path: Path) -> Path:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 less the umask).
+    ``mkdtemp`` and safetensors make their files private, which would keep a run's weights from
+    the colleagues who can read the rest of it."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_current_umask())
+    return path
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux): setting
+    it to 0 for a moment, the portable way, would let a file another thread creates meanwhile
+    (a TensorBoard event file) be world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _owner_tag() -> str:
+    """``host-pid`` of this process, as it appears in the names of its temporaries."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}-{os.getpid()}"
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Remove the temporaries of ``target`` that a killed process of this host left beside it.
+
+    Only names ``atomic_path`` makes are touched, and only when their process is gone: a build
+    still running elsewhere (another process, or another node of a shared file system) keeps its own.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.(?:old|[^.]+\.tmp)")
+    host = _owner_tag().rsplit("-", 1)[0]
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        match = pattern.fullmatch(leftover.name)
+        if not match or match["host"] != host or _process_alive(int(match["pid"])):
+            continue
+        if leftover.name.endswith(".old") and not target.exists():  # killed between its two renames
+            log.warning("restoring %s from %s, moved aside by a process (%s) that was killed while "
+                        "replacing it", target, leftover.name, match["pid"])
+            os.replace(leftover, target)
+            continue
+        log.warning("removing %s, left by a process (%s) that was killed while writing it", leftover,
+                    match["pid"])
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success move it into place with os.replace.
+
+    Works for files and for directories (zarr stores). Readers never see a half-written target:
+    on error the temporary is removed and ``target`` is left as it was. A directory is replaced
+    in two renames (old aside, new in), so between them a reader finds no target; a failed second
+    rename puts the old one back. Temporaries are named with this host and process id, so what a
+    killed process left (a first-use build stopped with kill -9) is removed, or an old directory
+    it had moved aside restored, by the next write of the same target.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(target)
+    owner = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner}.", suffix=".tmp", dir=target.parent))
+    tmp.rmdir()  # the caller creates a file or a directory here
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty dir
+            old = target.with_name(f".{target.name}.{owner}.old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, synced, then os.replace."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place (a power cut must not leave a
+    complete-looking name over empty blocks)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
