@@ -247,10 +247,13 @@ class Model:
             filled.append(self.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
         lead = self.adapter.example_dim(observed)
         if lead is None:
-            return filled[0]
-        name = "case" if lead == "member" else lead
-        ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
-        return ds.assign_coords({name: observed[lead].values})
+            ds = filled[0]
+        else:
+            name = "case" if lead == "member" else lead
+            ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
+            ds = ds.assign_coords({name: observed[lead].values})
+        # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
+        return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import pickle
+import re
 import subprocess
 import sys
 
@@ -225,19 +226,32 @@ def folder(tmp_path):
     sf.write(root / "stereo16k.wav", stereo, 16000, subtype="FLOAT")
     sf.write(root / "short.wav", sine(440, 1000, SR), SR, subtype="FLOAT")
     sf.write(root / "exact.flac", sine(500, 2048, SR), SR)
+    sf.write(root / "extra.wav", sine(500, 2048, SR), SR)  # not in the CSV: not used, and said so
     (root / "metadata.csv").write_text(
         "filename,pitch[Hz],gain\nlong.wav,300,0\nstereo16k.wav,200,-3\nshort.wav,440,1.5\nexact.flac,500,2\n")
     return root
 
 
+@pytest.mark.parametrize("frames, offset_s", [(0, 0.0), (1000, 0.2)])  # empty; ends before the offset
+def test_a_file_with_no_audio_in_its_clip_is_refused_by_name(folder, frames, offset_s):
+    sf.write(folder / "short.wav", sine(440, frames, SR), SR, subtype="FLOAT")
+    adapter = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, clip_samples=1024,
+                            offset_s=offset_s)
+    with pytest.raises(ValueError, match=r"1 file\(s\) have no audio at offset .* s \(empty, or shorter than the "
+                                         r"offset\), e\.g\. \S*short\.wav; remove them .* or lower data\.kwargs\.offset_s"):
+        adapter.spec()
+
+
 def test_folder_source_clip_policy_resampling_and_schema(folder, caplog):
     adapter = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, clip_samples=2048,
                             units={"gain": "dB"}, val_fraction=0.25)
-    with caplog.at_level(logging.INFO, logger="sciddpm.data.audio"):
+    with caplog.at_level(logging.INFO, logger="sciddpm.data"):
         spec = adapter.spec()
     assert "resampling 1 file(s) from 16000 Hz to 8000 Hz with torchaudio.functional.resample" in caplog.text
-    assert "1 of 4 file(s) are shorter than offset 0.000 s + 2048 samples; zero-padded at the end" in caplog.text
+    assert re.search(r"1 of 4 file\(s\) are shorter than offset 0.000 s \+ 2048 samples and are zero-padded at the "
+                     r"end, e\.g\. \S*short\.wav; the shortest, \S*short\.wav, fills 49% of its clip", caplog.text)
     assert "2 of 4 file(s) are longer than the clip; cropped" in caplog.text
+    assert "1 audio file(s) in" in caplog.text and "not listed in metadata.csv and are not used, e.g. extra.wav" in caplog.text
     assert spec.cond.names == ["pitch", "gain"]
     assert [(v.units, v.feature) for v in spec.cond.vars] == [("Hz", "log"), ("dB", "linear")]
     scale = spec.normaliser.std[0]

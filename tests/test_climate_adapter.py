@@ -49,6 +49,13 @@ def test_roundtrip_keeps_the_source_layout(stores, layout):
     np.testing.assert_array_equal(ds["latitude"].values, source["latitude"].values)
     assert ds["latitude"].dtype == source["latitude"].dtype and ds["latitude"].attrs == source["latitude"].attrs
     members = a.to_xarray(a.to_tensor(ds), {"dayofyear": 10.0})
+    lon = ds["longitude"]  # the same grid in the other longitude convention: the error says how to roll it
+    other = ds.assign_coords(longitude=(lon + 180) % 360 - 180 if lon.max() > 180 else lon % 360).sortby("longitude")
+    with pytest.raises(ValueError, match=r"not the model's .*the same longitudes in another convention: roll them "
+                                         r"onto the model's with ds\.assign_coords\(longitude="):
+        a.to_tensor(other)
+    rolled = other.longitude % 360 if lon.min() >= 0 else (other.longitude + 180) % 360 - 180  # the fix it names
+    np.testing.assert_array_equal(a.to_tensor(other.assign_coords(longitude=rolled).sortby("longitude")), a.to_tensor(ds))
     assert members["2m_temperature"].dims == ("member",) + source["2m_temperature"].dims[1:]
     assert members["dayofyear"].ndim == 0 and members["dayofyear"].attrs["units"] == "day"
     # the tensor is north-up whatever the store's order
@@ -108,6 +115,9 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
     broken = src.copy(deep=True)
     broken["2m_temperature"][2, 3, 4] = np.inf
     refused(broken, r"time index 2: 2m_temperature hold\(s\) \+-inf; NaN marks missing")
+    mixed = src.expand_dims(expver=[1, 5], axis=1)  # old CDS: ERA5 and ERA5T along expver
+    refused(mixed, r"a channel needs \(time, \[level,\] latitude, longitude\); an old-CDS file .*"
+                   r"ds\.sel\(expver=1\)\.combine_first\(ds\.sel\(expver=5\)\)")
     with pytest.raises(ValueError, match=r"time_range starts after it stops"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):

@@ -91,6 +91,8 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land):
     assert filled["2m_temperature"].dims[:2] == ("time", "member") and filled.sizes["time"] == 3
     np.testing.assert_array_equal(filled["time"].values, observed["time"].values)
     np.testing.assert_array_equal(filled["dayofyear"].values, observed["time"].dt.dayofyear.values)
+    one = sciddpm.load("sst", runs_dir=run / "runs").infill(observed.isel(time=1), n=1, steps=2)  # ds.sel(time=...)
+    assert one["time"].values == observed["time"].values[1] and one["2m_temperature"].dims[0] == "member"
 
 def test_sample_writes_zarr_in_source_units(run, tmp_path):
     out = tmp_path / "ens.zarr"

@@ -210,6 +210,7 @@ def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
         grf_adapter.write(bad, tmp_path / "bad.zarr")
     assert not (tmp_path / "bad.zarr").exists()
     metrics = grf_adapter.evaluate(ds, ds, cond, tmp_path)
+    assert "caveat" not in metrics["spectral_slope"]  # periodic, equally spaced: the slope means what it says
     slope = metrics["spectral_slope"]["field"]
     assert slope["samples_mean"] == slope["heldout_mean"] < 0 and metrics["files"]
 
@@ -250,7 +251,14 @@ def test_store_source_reads_any_layout(custom_store, tmp_path, suffix):
     ds, cond = adapter.heldout(2)
     assert ds["temp"].dims == ("member", "k", "j", "i") and ds["temp"].attrs == {"units": "K"}
     assert ds["k"].attrs == {"units": "Mpc"} and "j" not in ds.coords and ds.attrs["code"] == "toy"
+    assert (ds["temp"].dtype, ds["rho"].dtype) == (np.float64, np.float32)  # each field in its store's precision
+    for member, mass in enumerate(cond["mass"]):  # held-out truth is the store's, to float64 rounding
+        run = int(np.flatnonzero(custom_store["mass"].values == mass)[0])
+        truth = custom_store["temp"].isel(run=run).transpose("k", "j", "i").values
+        np.testing.assert_allclose(ds["temp"].isel(member=member).values, truth, rtol=1e-12)
     assert_roundtrip(adapter, ds, cond)
+    caveat = adapter.evaluate(ds, ds, cond, tmp_path / "eval")["spectral_slope"]["caveat"]
+    assert "axes ['j'] are not periodic" in caveat and "grid spacings differ (k: 0.333333, i: 1)" in caveat
 
 
 @pytest.mark.parametrize("declared, padding", [([1, 0, 1], ["circular", "zeros", "circular"]),

@@ -19,7 +19,8 @@ Sources (``source=``):
 
 Clip policy: a clip is ``clip_samples`` samples starting ``offset_s`` seconds into the file.
 Longer files are cropped (logged at INFO with a count); shorter files are zero-padded at the
-END only, with a warning counting them. Files are mixed down to mono by averaging their
+END only, with a warning naming them; a file with no audio in its clip (empty, or shorter than
+``offset_s``) is refused by name. Files are mixed down to mono by averaging their
 channels unless ``channels=2`` (stereo files kept as left/right). A file whose rate differs from
 ``sample_rate`` is resampled with ``torchaudio.functional.resample`` (logged, with a count).
 
@@ -169,19 +170,29 @@ class AudioAdapter(Adapter):
 
     def _report(self, files: list[AudioFile]) -> None:
         by_rate: dict[int, int] = {}
-        padded = cropped = 0
+        padded: dict[str, int] = {}  # file -> samples of signal in its clip
+        cropped = 0
         for f in files:
             if f.rate != self.sample_rate:
                 by_rate[f.rate] = by_rate.get(f.rate, 0) + 1
             available = math.floor(f.frames * self.sample_rate / f.rate) - round(self.offset_s * self.sample_rate)
-            padded += available < self.clip_samples
+            if available < self.clip_samples:
+                padded[str(f.path)] = max(available, 0)
             cropped += available > self.clip_samples
+        empty = [name for name, kept in padded.items() if kept == 0]
+        if empty:  # an all-zero clip would train as silence under its file's labels
+            raise ValueError(
+                f"{len(empty)} file(s) have no audio at offset {self.offset_s:g} s (empty, or shorter than the "
+                f"offset), e.g. {', '.join(empty[:3])}; remove them from the data, or lower data.kwargs.offset_s")
         for rate, count in sorted(by_rate.items()):
             log.info("resampling %d file(s) from %d Hz to %d Hz with torchaudio.functional.resample",
                      count, rate, self.sample_rate)
         if padded:
-            log.warning("%d of %d file(s) are shorter than offset %.3f s + %d samples; zero-padded at the end",
-                        padded, len(files), self.offset_s, self.clip_samples)
+            shortest = min(padded, key=padded.get)
+            log.warning("%d of %d file(s) are shorter than offset %.3f s + %d samples and are zero-padded at "
+                        "the end, e.g. %s; the shortest, %s, fills %.0f%% of its clip",
+                        len(padded), len(files), self.offset_s, self.clip_samples,
+                        ", ".join(list(padded)[:3]), shortest, 100 * padded[shortest] / self.clip_samples)
         if cropped:
             log.info("%d of %d file(s) are longer than the clip; cropped to samples [%d, %d)", cropped,
                      len(files), round(self.offset_s * self.sample_rate),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 
 _EXTRA = "pip install 'sciddpm[audio]'"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus"}  # soundfile's common formats
+log = logging.getLogger(__name__)
 _HEADER = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
 
 
@@ -164,9 +168,15 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             values[p].append(_number(row[col[p]].strip(), p, f"{name!r} ({table.name} line {line})"))
     if not files:
         raise ValueError(f"{table} lists no files; add one row per audio file")
-    dupes = sorted({f.name for f in files if files.count(f) > 1})
+    dupes = sorted(str(f.relative_to(folder)) for f, count in Counter(files).items() if count > 1)
     if dupes:
         raise ValueError(f"{table} lists {dupes[:5]} more than once")
+    listed = set(files)
+    unlisted = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                      if p.suffix.lower() in AUDIO_SUFFIXES and p not in listed)
+    if unlisted:  # the CSV is the index; say what it leaves out
+        log.info("%d audio file(s) in %s are not listed in %s and are not used, e.g. %s", len(unlisted), folder,
+                 metadata, ", ".join(unlisted[:3]))
     return files, {k: np.asarray(v) for k, v in values.items()}, meta
 
 

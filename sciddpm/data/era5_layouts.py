@@ -300,7 +300,10 @@ class StorePlan:
                     fix = (f"rename {other[0]!r} to 'level' (ds.rename({other[0]}='level'))" if other
                            else f"drop '@{level}'")
                     raise ValueError(f"{name!r} has no level dimension (dims {dims}); {fix}")
-                raise ValueError(f"{name!r} has dims {dims}; a channel needs (time, [level,] latitude, longitude)")
+                hint = ("; an old-CDS file mixing ERA5 and ERA5T has an 'expver' dim: merge it first with "
+                        "ds.sel(expver=1).combine_first(ds.sel(expver=5))" if "expver" in dims else "")
+                raise ValueError(f"{name!r} has dims {dims}; a channel needs (time, [level,] latitude, longitude)"
+                                 + hint)
             levels, indices = sources.setdefault(name, ([] if level is not None else None, []))
             if level is not None:
                 match = [i for i, v in enumerate(level_values) if np.isclose(float(v), float(level))]

@@ -147,9 +147,19 @@ class OutputLayout:
         want_lon = np.asarray(self.coords[LON]["values"], dtype=np.float64)
         if lat.shape != want_lat.shape or lon.shape != want_lon.shape or not (
                 np.allclose(lat, want_lat, atol=1e-4) and np.allclose(lon, want_lon, atol=1e-4)):
-            raise ValueError(f"the Dataset's grid ({lon.size} x {lat.size}) is not the model's "
-                             f"({want_lon.size} x {want_lat.size}, latitude {want_lat[0]:g}..{want_lat[-1]:g}, "
-                             f"longitude {want_lon[0]:g}..{want_lon[-1]:g}); regrid it to the training grid first")
+            def extent(la: np.ndarray, lo: np.ndarray) -> str:
+                return (f"{lo.size} longitudes {lo.min():g}..{lo.max():g} x {la.size} latitudes "
+                        f"{la.max():g}..{la.min():g}" if la.size and lo.size else "an empty grid")
+
+            same_points = lon.shape == want_lon.shape and np.allclose(np.sort(lon % 360), np.sort(want_lon % 360), atol=1e-4)
+            fix = ("the same longitudes in another convention: roll them onto the model's with "
+                   "ds.assign_coords(longitude=ds.longitude % 360).sortby('longitude')"
+                   if same_points and want_lon.min() >= 0 else
+                   "the same longitudes in another convention: roll them onto the model's with "
+                   "ds.assign_coords(longitude=(ds.longitude + 180) % 360 - 180).sortby('longitude')"
+                   if same_points else "regrid it to the training grid first")
+            raise ValueError(f"the Dataset's grid ({extent(lat, lon)}) is not the model's "
+                             f"({extent(want_lat, want_lon)}); {fix}")
 
 
 def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:

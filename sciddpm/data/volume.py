@@ -202,6 +202,7 @@ class VolumeAdapter(Adapter):
             "path": path, "n": n, "values": values, "meta": meta,
             "shape": [int(ds.sizes[d]) for d in self.dims],
             "variables": {f: plain_json(ds[f].attrs, f"{f}.attrs") for f in fields},
+            "dtypes": {f: "float64" if ds[f].dtype == np.float64 else "float32" for f in fields},
             "coords": {d: ({"values": ds[d].values.tolist(), "dtype": str(ds[d].dtype),
                             "attrs": plain_json(ds[d].attrs, f"{d}.attrs")} if d in ds.coords else None)
                        for d in self.dims},
@@ -275,8 +276,8 @@ class VolumeAdapter(Adapter):
                 adapter="volume", dims=3, channels=list(self.fields), shape=table["shape"],
                 padding=["circular" if p else "zeros" for p in table["periodic"]],
                 normaliser=normaliser, cond=cond, sigma_data=1.0,  # standardised per channel
-                output={"dims": list(self.dims), "variables": table["variables"], "coords": table["coords"],
-                        "attrs": table["attrs"], "source": self.source},
+                output={"dims": list(self.dims), "variables": table["variables"], "dtypes": table["dtypes"],
+                        "coords": table["coords"], "attrs": table["attrs"], "source": self.source},
                 notes=[self._note, f"per-channel mean/std over {len(pick)} training samples"],
             )
         return self._spec
@@ -299,7 +300,7 @@ class VolumeAdapter(Adapter):
         x = np.stack([val.raw(i) for i in pick])
         index = val.indices[pick]
         cond = {k: [float(v) for v in self._read_table()["values"][k][index]] for k in spec.cond.names}
-        x = spec.normaliser.normalise(torch.from_numpy(x), channel_axis=1).float()
+        x = spec.normaliser.normalise(torch.from_numpy(x), channel_axis=1)  # in the store's precision
         return self.to_xarray(x, cond), cond
 
     # ------------------------------------------------------------------ inference side
@@ -311,6 +312,10 @@ class VolumeAdapter(Adapter):
         if not isinstance(out.get("dims"), list) or not isinstance(out.get("coords"), dict):
             raise ValueError("malformed volume DataSpec: output needs a list of dims and a dict of coords")
         check_output_grid(spec, out["dims"], out["coords"])
+        dtypes = out.get("dtypes") or {}
+        if not isinstance(dtypes, dict) or set(dtypes) - set(spec.channels) or set(dtypes.values()) - {"float32", "float64"}:
+            raise ValueError(f"malformed volume DataSpec: output dtypes must map channels to float32 or float64, "
+                             f"got {dtypes!r}")
         adapter = cls.__new__(cls)
         adapter.source, adapter.path, adapter._table = None, None, None
         adapter.fields, adapter.dims, adapter._spec = list(spec.channels), list(spec.output["dims"]), spec
@@ -323,7 +328,7 @@ class VolumeAdapter(Adapter):
             raise ValueError(f"expected normalised volumes [N, {len(spec.channels)}, {', '.join(map(str, spec.shape))}], "
                              f"got shape {tuple(x.shape)}")
         n = x.shape[0]
-        values = spec.normaliser.denormalise(x.double(), channel_axis=1).numpy().astype(np.float32)
+        values = spec.normaliser.denormalise(x.double(), channel_axis=1).numpy()
         out = spec.output
         dims = ("member", *out["dims"])
         coords: dict[str, Any] = {"member": ("member", np.arange(n))}
@@ -335,7 +340,8 @@ class VolumeAdapter(Adapter):
             attrs = {"units": var.units, "long_name": var.description or var.name}
             scalar = np.ndim(cond[var.name]) == 0  # one value for all members: a scalar coordinate
             coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
-        data = {name: xr.Variable(dims, values[:, c], dict(out["variables"][name]))
+        dtypes = out.get("dtypes") or {}  # the store's float64 fields stay float64 (an offset of 1e5 Pa needs it)
+        data = {name: xr.Variable(dims, values[:, c].astype(dtypes.get(name, "float32")), dict(out["variables"][name]))
                 for c, name in enumerate(spec.channels)}
         attrs = {**out["attrs"], "conditions": " ".join(checked) or "none (unconditional)"}
         return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -66,8 +66,33 @@ def slope_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, An
         metrics["spectral_slope"]["field"].update(
             samples_mean_abs_error_vs_alpha=float(np.abs(s + alpha).mean()),
             heldout_mean_abs_error_vs_alpha=float(np.abs(h + alpha).mean()))
+    caveats = _spectrum_caveats(spec)
+    if caveats:
+        metrics["spectral_slope"]["caveat"] = caveats
     metrics["files"] = [str(_slopes_png(slopes, cond, spec, out / "spectral_slopes.png"))]
     return metrics
+
+
+def _spectrum_caveats(spec: DataSpec) -> str | None:
+    """What makes the FFT slopes a weak summary of this grid, in words (None when nothing does):
+    the spectrum treats every axis as periodic and in grid-index wavenumbers."""
+    dims = list(spec.output["dims"])
+    notes = []
+    open_axes = [d for d, pad in zip(dims, spec.padding) if pad != "circular"]
+    if open_axes:
+        notes.append(f"axes {open_axes} are not periodic, so their edges and any mean gradient add power")
+    spacings = {}
+    for d in dims:
+        values = ((spec.output["coords"].get(d) or {}).get("values"))
+        if values is not None and len(values) > 1:
+            spacings[d] = float(np.median(np.diff(np.asarray(values, dtype=float))))
+    if len(set(round(abs(v), 12) for v in spacings.values())) > 1:
+        notes.append(f"grid spacings differ ({', '.join(f'{d}: {v:g}' for d, v in spacings.items())}) but "
+                     "wavenumbers are counted per grid index")
+    if not notes:
+        return None
+    return ("spectral slopes assume a periodic box with equal spacing on every axis; here " + "; ".join(notes)
+            + " - compare samples with held-out data, not with a theoretical slope")
 
 
 def _slopes_png(slopes: dict, cond: Mapping[str, Any], spec: DataSpec, path: Path) -> Path:
