@@ -37,7 +37,6 @@ is a pure function of the parameters and ``seed``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -45,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sciddpm.files import atomic_path
+from sciddpm.data.cache import cache_entry, ensure_built
 from sciddpm.data.era5_layouts import (COORD_ATTRS, LAT, LAYOUTS, LEVEL, LON, TIME, VARIABLE_ATTRS,
                                        parse_channel)
 from sciddpm.data.stores import consolidate
-from sciddpm.data.tones import cache_root
+from sciddpm.files import atomic_path
 
 SYNTHETIC_VERSION = 1  # part of the cache key: bump when a formula changes
 G = 9.80665
@@ -251,15 +250,8 @@ def describe(**params) -> str:
             f"{', '.join(p['static']) or 'none'}) {p['start']} .. {p['stop']} every {p['hours']} h, seed {p['seed']}")
 
 
-def cache_path(**params) -> Path:
-    p = synthetic_params(**params)
-    key = json.dumps({"version": SYNTHETIC_VERSION, **p}, sort_keys=True)
-    return cache_root() / f"era5-{p['layout']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
-
-
 def ensure_synthetic(**params) -> Path:
-    """The cached store for ``params``, built first if missing (atomically: never half-written)."""
-    path = cache_path(**params)
-    if not path.is_dir():
-        write_synthetic(path, **params)
-    return path
+    """The cached store for ``params`` (``sciddpm.data.cache``), built on first use."""
+    p = synthetic_params(**params)
+    path = cache_entry(f"era5-{p['layout']}", {"version": SYNTHETIC_VERSION, **p}, ".zarr")
+    return ensure_built(path, lambda out: write_synthetic(out, **params), "the synthetic ERA5 sample")

@@ -9,14 +9,12 @@ progress bar; each block is written into its own region by the worker that compu
 does not grow with ``n``. The store appears under its final name only when every block is in
 (``atomic_path``), and a final scan refuses a store with a NaN left in it: nothing is zero-filled.
 
-``ensure_cached`` keeps one store per (recipe, version, parameters) under ``$SCIDDPM_CACHE``
-(default ``~/.cache/sciddpm``), named by a hash of them, and builds it on first use.
+``ensure_cached`` keeps one store per (recipe, version, parameters) in the dataset cache
+(``sciddpm.data.cache``) and builds it on first use.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -31,9 +29,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from sciddpm.files import atomic_path
+from sciddpm.data.cache import cache_entry, ensure_built
 from sciddpm.data.stores import consolidate
-from sciddpm.data.tones import cache_root
+from sciddpm.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +121,8 @@ def _check_complete(path: Path, fields: list[str]) -> None:
                                    "or the simulation diverged); the store was not kept")
 
 
-def cache_path(recipe: str, version: int, params: Mapping[str, Any]) -> Path:
-    """``<cache>/<recipe>-<hash of version and params>.zarr``."""
-    key = json.dumps({"recipe": recipe, "version": version, **params}, sort_keys=True)
-    return cache_root() / f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
-
-
 def ensure_cached(recipe: str, version: int, params: Mapping[str, Any], build: Callable[[Path], Path]) -> Path:
-    """The cached store for ``params``, built with ``build(path)`` first if it is not there.
-
-    ``build`` writes atomically, so a store that exists is complete; a crashed build leaves only
-    a hidden temporary beside it.
-    """
-    path = cache_path(recipe, version, params)
-    if not (path / "zarr.json").is_file():
-        log.warning("building the %s dataset (first use) at %s", recipe, path)
-        build(path)
-    return path
+    """The cached store ``<cache>/<recipe>-<hash>.zarr`` for ``params``, built with ``build(path)``
+    on first use (``sciddpm.data.cache``)."""
+    path = cache_entry(recipe, {"recipe": recipe, "version": version, **params}, ".zarr")
+    return ensure_built(path, build, f"the {recipe} dataset", complete=lambda p: (p / "zarr.json").is_file())

@@ -15,13 +15,12 @@ random loudness; white noise at -50 dB relative to the loudness. The default siz
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from sciddpm.data.cache import cache_entry, ensure_built
 from sciddpm.files import atomic_path
 
 TONES_VERSION = 1  # bump when the recipe changes: it is part of the cache key
@@ -110,26 +109,16 @@ def describe(**params) -> str:
             f"pitch log-uniform {p['fmin']:g}-{p['fmax']:g} Hz, seed {p['seed']}")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SCIDDPM_CACHE") or Path.home() / ".cache" / "sciddpm")
-
-
 def cache_dir(**params) -> Path:
     """Where the tones for these parameters live: ``<cache>/tones-<hash of params>``."""
-    p = tone_params(**params)
-    key = json.dumps({"version": TONES_VERSION, **p}, sort_keys=True)
-    return cache_root() / f"tones-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return cache_entry("tones", {"version": TONES_VERSION, **tone_params(**params)})
 
 
 def ensure_tones(**params) -> Path:
-    """The cached tones folder for ``params``, building it first if it is missing or incomplete.
-
-    The folder is written under a temporary name and renamed into place, so a reader (another
-    process, a crashed earlier run) never sees a half-written cache; a folder without the marker
-    file is treated as broken and rebuilt.
-    """
-    final = cache_dir(**params)
-    if not (final / MARKER).is_file():
+    """The cached tones folder for ``params`` (``sciddpm.data.cache``), built on first use; a folder
+    without its marker file (left by a version that wrote in place) is rebuilt."""
+    def build(final: Path) -> None:
         with atomic_path(final) as tmp:  # replaces a folder left without its marker
             _write_folder(tmp, tone_params(**params))
-    return final
+
+    return ensure_built(cache_dir(**params), build, "the tones dataset", complete=lambda p: (p / MARKER).is_file())
