@@ -23,7 +23,7 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, size: int, batch_per_rank: int, *, seed: int, rank: int = 0, world: int = 1,
-                 start_step: int = 0, shuffle: bool = True):
+                 start_step: int = 0):
         global_batch = batch_per_rank * world
         if size < global_batch:
             raise ValueError(
@@ -32,12 +32,10 @@ class EpochSampler(Sampler[int]):
                 "trainer.batch_size or add data"
             )
         self.size, self.batch_per_rank, self.seed = size, batch_per_rank, seed
-        self.rank, self.world, self.start_step, self.shuffle = rank, world, start_step, shuffle
+        self.rank, self.world, self.start_step = rank, world, start_step
         self.steps_per_epoch = size // global_batch
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.size)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.size, generator=generator)
 
