@@ -156,7 +156,7 @@ class Model:
 
     # ------------------------------------------------------------------------------ public API
     def sample(self, n: int = 1, cond: Mapping[str, float] | None = None, *, steps: int | None = None,
-               sampler: str | None = None, seed: int | None = None, guidance: float | None = None,
+               sampler: str | None = None, seed: int | None = 0, guidance: float | None = None,
                batch_size: int | None = None) -> xr.Dataset:
         """``n`` samples as a Dataset with a ``member`` dimension.
 
@@ -164,6 +164,9 @@ class Model:
         value for all members, or a sequence of ``n`` values (one per member); leave it out for
         unconditional samples. Member ``j`` starts from the noise of case 0, member ``j`` of an
         ensemble with the same ``seed``: the same on any device and with any ``batch_size``.
+        ``seed`` is 0 by default, as for ``ensemble``, ``infill`` and the CLI, so a call repeats
+        its samples; draw new ones with another seed, or ``seed=None`` for a fresh one (every
+        sample set records its seed in ``attrs["seed"]``).
         """
         n = as_count(n, "n")
         seed = as_seed(seed)
@@ -382,7 +385,8 @@ def as_count(value: Any, what: str) -> int:
 
 
 def as_seed(seed: Any) -> int:
-    """``None`` draws a fresh seed (recorded in the samples' attributes); else an integer >= 0."""
+    """``None`` draws a fresh seed (recorded in the samples' attributes); else an integer >= 0.
+    Every sampling entry point defaults to 0, so the same call gives the same samples."""
     if seed is None:
         return int(torch.randint(0, 2**31 - 1, ()).item())
     if not _is_integer(seed) or seed < 0:

@@ -258,7 +258,9 @@ def _sampling_flags(parser: argparse.ArgumentParser, *, default_n: int) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's config)")
     parser.add_argument("--sampler", default=None,
                         help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (default 0): the same seed gives the same members, so draw more "
+                             "members with another seed, not by repeating the command")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--fp32", action="store_true",
                         help="run the network in float32 (default: bf16 where the device has native bf16)")
