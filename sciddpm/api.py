@@ -19,6 +19,7 @@ must keep it as it was begun (both are recorded in each sample's attributes).
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.config import CONFIG_DIR
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
+from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
@@ -109,6 +111,40 @@ def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
                 "value (shared by every case) or one per case")
     table = schema.validate(columns, batch=count) if columns else {}
     return {name: np.asarray(values, dtype=float) for name, values in table.items()}
+
+
+def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float]]:
+    """The cases of a CSV (``sciddpm sample --cases``): a header of condition names (``name`` or
+    ``name[units]``, the units then being the model's), one row per case; for ``case_table``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
+    names = []
+    for cell in rows[0]:
+        try:
+            name, units = split_header(cell)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        if name in names:
+            raise ValueError(f"{path}: column {name!r} appears twice in the header")
+        known = name in schema.names
+        if known and units is not None and units != schema[name].units:
+            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
+                             f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
+        names.append(name)
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(names):
+            raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
+        for name, cell in zip(names, row):
+            try:
+                columns[name].append(float(cell))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
+    return columns
 
 
 def sampler_preset(method: str) -> dict:

@@ -16,12 +16,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from sciddpm.config import GROUPS, options
-
-if TYPE_CHECKING:
-    from sciddpm.data import CondSchema
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +61,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sciddpm.api import load
+    from sciddpm.api import load, read_cases_csv
 
     settings = _run_overrides(overrides, "sample")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device),
@@ -79,7 +76,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
         out = Path(args.out) if args.out else Path("samples") / model.name / "ensemble.zarr"
         if out.suffix != ".zarr":
             raise ValueError(f"--cases writes one zarr store; give --out a path ending in .zarr, got {out}")
-        cases = _read_cases(args.cases, model.conditions)
+        cases = read_cases_csv(args.cases, model.conditions)
         both = sorted(set(cases) & set(cond))
         if both:
             raise ValueError(f"{', '.join(both)} given both as a --cases column and as --cond; give each once")
@@ -116,40 +113,6 @@ def _device(device: str) -> str:
             torch.cuda.set_device(int(local_rank))
             return f"cuda:{int(local_rank)}"
     return device
-
-
-def _read_cases(path: str, schema: CondSchema) -> dict[str, list[float]]:
-    """A CSV with a header of condition names (``name`` or ``name[units]``, the units then being
-    the model's), one row per case."""
-    import csv
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
-    names = []
-    for cell in rows[0]:
-        name, _, units = cell.strip().partition("[")
-        name, units = name.strip(), units.rstrip("]").strip() if units else None
-        if name in names:
-            raise ValueError(f"{path}: column {name!r} appears twice in the header")
-        known = name in schema.names
-        if known and units is not None and units != schema[name].units:
-            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
-                             f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
-        names.append(name)
-    columns: dict[str, list[float]] = {name: [] for name in names}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(names):
-            raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
-        for name, cell in zip(names, row):
-            try:
-                columns[name].append(float(cell))
-            except ValueError:
-                raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
-    return columns
 
 
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:

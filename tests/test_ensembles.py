@@ -187,6 +187,9 @@ def test_cases_csv_errors(runs, tmp_path, capsys):
     bad.write_text("pitch,pitch\n220,330\n")
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "w.zarr")]) == 1
     assert "column 'pitch' appears twice" in capsys.readouterr().err
+    bad.write_text("pitch[Hz\n220\n")  # a header cut short is not read as a name
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "v.zarr")]) == 1
+    assert "column header 'pitch[Hz' is not 'name' or 'name[units]', e.g. pitch[Hz]" in capsys.readouterr().err
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cond", "pitch=440", "--cond", "pitch=220"]) == 1
     assert "--cond pitch is given twice (440 and 220)" in capsys.readouterr().err
     # a spreadsheet's "CSV UTF-8" starts with a byte-order mark

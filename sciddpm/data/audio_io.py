@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.data.conditioning import split_header
+
 _EXTRA = "pip install 'sciddpm[audio]'"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus"}  # soundfile's common formats
 log = logging.getLogger(__name__)
-_HEADER = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
 
 
 def soundfile():
@@ -134,9 +134,12 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
         rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
     if not rows or "filename" not in [c.strip() for c in rows[0]]:
         raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")
-    parsed = [_HEADER.match(c) for c in rows[0]]
-    names = [m.group(1) if m else c for m, c in zip(parsed, rows[0])]
-    head_units = {m.group(1): m.group(2) for m in parsed if m and m.group(2) is not None}
+    try:
+        parsed = [split_header(cell) for cell in rows[0]]
+    except ValueError as error:
+        raise ValueError(f"{table}: {error}") from None
+    names = [name for name, _ in parsed]
+    head_units = {name: units for name, units in parsed if units is not None}
     params = [n for n in names if n != "filename"]
     if len(set(names)) != len(names) or not all(params):
         raise ValueError(f"{table}: header columns must be distinct and named, got {rows[0]}")

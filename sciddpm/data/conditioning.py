@@ -35,6 +35,19 @@ class ConditionRangeWarning(UserWarning):
     """A conditioning value outside the range seen in training: the model is extrapolating."""
 
 
+_HEADER_RE = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
+
+
+def split_header(cell: str) -> tuple[str, str | None]:
+    """A CSV column header ``name`` or ``name[units]`` -> (name, units or None); anything else
+    (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
+    match = _HEADER_RE.match(cell)
+    if match is None or not match.group(1):
+        raise ValueError(f"column header {cell!r} is not 'name' or 'name[units]', e.g. pitch[Hz]")
+    units = match.group(2)
+    return match.group(1), None if units is None else units.strip()
+
+
 def _num(x: float) -> str:
     return f"{x:g}"
 
