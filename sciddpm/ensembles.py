@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ import zarr
 
 from sciddpm.api import Model, as_count, as_seed, case_table
 from sciddpm.data.base import plain_json
-from sciddpm.files import atomic_path
 from sciddpm.data.stores import consolidate
+from sciddpm.distributed import process_group
+from sciddpm.files import atomic_path
 
 log = logging.getLogger("sciddpm")
 
@@ -63,12 +63,19 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
                    "cases": {k: v.tolist() for k, v in table.items()},
                    "network_dtype": model.network_dtype, "compiled": model.compiled}
 
-    rank, world = _join_group()
+    with process_group(model.device.type == "cuda") as (rank, world):
+        return _fill(model, out, table, items, batches, int(members), int(seed), settings, fingerprint,
+                     rank, world, progress)
+
+
+def _fill(model: Model, out: Path, table: dict, items: list, batches: list, members: int, seed: int,
+          settings: dict, fingerprint: dict, rank: int, world: int, progress: bool) -> dict:
+    """Create the store (rank 0) or find it, then sample this rank's share of what is not done."""
     # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier
     failure = None
     if rank == 0:
         try:
-            _open_or_create(model, out, table, int(members), settings, int(seed), fingerprint)
+            _open_or_create(model, out, table, members, settings, seed, fingerprint)
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
             failure = err
     _agree(failure, world, f"creating {out} failed on rank 0")
@@ -86,8 +93,8 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
         mine = pending[rank::world]
         with _bar(sum(len(b) for b in mine), progress and rank == 0) as bar:
             for batch in mine:
-                samples = model.generate_batch(table, batch, seed=int(seed), settings=settings)
-                _write_batch(model, out, table, batch, samples, settings, int(seed))
+                samples = model.generate_batch(table, batch, seed=seed, settings=settings)
+                _write_batch(model, out, table, batch, samples, settings, seed)
                 sampled += len(batch)
                 bar.update(len(batch))
     except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
@@ -177,16 +184,6 @@ def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: tor
 
 
 # ----------------------------------------------------------------------------------- ranks
-def _join_group() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _agree(failure: Exception | None, world: int, message: str) -> None:
     """A barrier that also tells every rank whether any rank failed; then all raise together."""
     if world > 1:

@@ -10,11 +10,9 @@ of an uninterrupted run (on the same device and thread count).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,6 +25,7 @@ from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
 from sciddpm.diffusion.samplers import check_settings
+from sciddpm.distributed import local_rank, process_group
 from sciddpm.precision import network_autocast, network_dtype_name, resolve_device
 from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
@@ -44,13 +43,9 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
     """
     cfg = _with_absolute_data_path(as_config(config))
     trainer = cfg["trainer"]
-    rank, world, local_rank = _init_distributed(trainer)
-    try:
-        with contextlib.ExitStack() as held:
-            return _train(cfg, trainer, rank, world, local_rank, held)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    on_cuda = trainer["device"] != "cpu" and torch.cuda.is_available()
+    with process_group(on_cuda) as (rank, world), contextlib.ExitStack() as held:
+        return _train(cfg, trainer, rank, world, local_rank(), held)
 
 
 def _with_absolute_data_path(cfg: dict) -> dict:
@@ -341,18 +336,6 @@ def _progress(rank: int, start: int, total: int, name: str):
 
 
 # ---------------------------------------------------------------------------------- distributed
-def _init_distributed(trainer: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        use_cuda = trainer["device"] != "cpu" and torch.cuda.is_available()
-        dist.init_process_group("nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=10))
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def _broadcast(value: Any, rank: int, world: int) -> Any:
     if world == 1:
         return value

@@ -1,0 +1,32 @@
+"""Process groups under ``torchrun``: the one way training and ensemble sampling join one (NCCL
+when the work runs on CUDA, gloo otherwise) and leave it. Without ``WORLD_SIZE`` > 1 there is no
+group and the work runs as rank 0 of 1."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+
+import torch.distributed as dist
+
+
+@contextlib.contextmanager
+def process_group(on_cuda: bool) -> Iterator[tuple[int, int]]:
+    """``(rank, world size)`` inside a process group joined for the block and left after it; a
+    group the caller had already joined is used as it is and left to the caller."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ours = world > 1 and not dist.is_initialized()
+    if ours:
+        dist.init_process_group("nccl" if on_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+    try:
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    finally:
+        if ours:
+            dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    """This process's index on its machine (``LOCAL_RANK``; 0 outside torchrun): its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
