@@ -315,3 +315,20 @@ def test_a_directory_is_never_lost_when_its_replacement_fails(tmp_path, monkeypa
         with atomic_path(store):
             raise RuntimeError("this write fails too")
     assert (store / "v").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+@pytest.mark.parametrize("module, function, integer, number", [
+    ("tones", "tone_params", "n_clips", "fmin"), ("grf", "grf_params", "size", "alpha_min"),
+    ("gray_scott", "gray_scott_params", "steps", "F_max"), ("era5_synthetic", "synthetic_params", "seed", "length_km"),
+])
+def test_every_recipe_checks_its_parameters_the_same_way(module, function, integer, number):
+    import importlib
+
+    params = getattr(importlib.import_module(f"sciddpm.data.{module}"), function)
+    assert params(**{integer: 8.0})[integer] == 8 and isinstance(params(**{integer: 8.0})[integer], int)
+    with pytest.raises(ValueError, match=rf"parameter {integer} must be an integer, got 'big' \(default"):
+        params(**{integer: "big"})
+    with pytest.raises(ValueError, match=rf"parameter {number} must be a number, got 'x' \(default"):
+        params(**{number: "x"})
+    with pytest.raises(TypeError, match=r"unknown .* parameter\(s\) \['nope'\]; known: \["):
+        params(nope=1)

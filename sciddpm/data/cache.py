@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,3 +37,25 @@ def ensure_built(path: Path, build: Callable[[Path], Any], what: str,
         log.warning("building %s (first use) at %s", what, path)
         build(path)
     return path
+
+
+def recipe_params(recipe: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """A recipe's full parameter set: ``defaults`` with ``overrides`` on top (None keeps a default).
+    Unknown names list the known ones; a parameter whose default is an int must be an integer
+    (2.0 reads as 2) and one whose default is a float a number, else a named error. The recipe
+    then checks ranges itself."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown {recipe} parameter(s) {unknown}; known: {sorted(defaults)}")
+    params = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    for key, default in defaults.items():
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        value = params[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(default, int) and not (number and float(value).is_integer()):
+            raise ValueError(f"{recipe} parameter {key} must be an integer, got {value!r} (default {default})")
+        if not number:
+            raise ValueError(f"{recipe} parameter {key} must be a number, got {value!r} (default {default:g})")
+        params[key] = type(default)(value)
+    return params

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.cache import cache_entry, ensure_built
+from sciddpm.data.cache import cache_entry, ensure_built, recipe_params
 from sciddpm.data.era5_layouts import (COORD_ATTRS, LAT, LAYOUTS, LEVEL, LON, TIME, VARIABLE_ATTRS,
                                        parse_channel)
 from sciddpm.data.stores import consolidate
@@ -66,10 +66,7 @@ BLOCK = 512  # time steps generated and appended at once: memory stays bounded f
 
 def synthetic_params(**overrides) -> dict:
     """The full, validated parameter set (``DEFAULTS`` + overrides; None keeps a default)."""
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown synthetic ERA5 parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    p = recipe_params("synthetic ERA5", DEFAULTS, overrides)
     if p["layout"] not in LAYOUTS:
         raise ValueError(f"unknown layout {p['layout']!r}; choose one of {', '.join(LAYOUTS)}")
     p["hours"] = int(p["hours"] or LAYOUTS[p["layout"]].hours)

@@ -48,6 +48,7 @@ import torch.nn.functional as F_nn
 import xarray as xr
 
 from sciddpm.data import simstore
+from sciddpm.data.cache import recipe_params
 
 GRAY_SCOTT_VERSION = 1  # bump when the recipe changes: it is part of the cache key
 DU, DV, DT = 0.1, 0.05, 0.75
@@ -178,16 +179,7 @@ def simulate(F: float, k: float, *, size: int = 32, steps: int = DEFAULTS["steps
 
 def gray_scott_params(**overrides: Any) -> dict:
     """The full ``gray_scott`` dataset parameter set (defaults + overrides), validated."""
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown gray_scott parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **{key: value for key, value in overrides.items() if value is not None}}
-    for key in ("samples", "size", "steps", "seed"):
-        if isinstance(p[key], bool) or int(p[key]) != p[key]:
-            raise ValueError(f"gray_scott {key} must be an integer, got {p[key]!r}")
-        p[key] = int(p[key])
-    for key in ("F_min", "F_max", "k_min", "k_max"):
-        p[key] = float(p[key])
+    p = recipe_params("gray_scott", DEFAULTS, overrides)
     if p["samples"] < 2 or p["size"] < 8 or p["steps"] < 1:
         raise ValueError(f"gray_scott needs samples >= 2, size >= 8 and steps >= 1, got {p}")
     if not (0 <= p["F_min"] <= p["F_max"] and 0 <= p["k_min"] <= p["k_max"]):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sciddpm.data import simstore
+from sciddpm.data.cache import recipe_params
 
 GRF_VERSION = 1  # bump when the recipe changes: it is part of the cache key
 DEFAULTS = {"samples": 1024, "size": 16, "alpha_min": 1.5, "alpha_max": 3.5, "seed": 0}
@@ -68,15 +69,7 @@ def gaussian_random_field(shape: tuple[int, ...], alpha: float, rng: np.random.G
 
 def grf_params(**overrides: Any) -> dict:
     """The full ``volume_grf`` parameter set (defaults + overrides), validated."""
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown volume_grf parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("samples", "size", "seed"):
-        if isinstance(p[key], bool) or int(p[key]) != p[key]:
-            raise ValueError(f"volume_grf {key} must be an integer, got {p[key]!r}")
-        p[key] = int(p[key])
-    p["alpha_min"], p["alpha_max"] = float(p["alpha_min"]), float(p["alpha_max"])
+    p = recipe_params("volume_grf", DEFAULTS, overrides)
     if p["samples"] < 2 or p["size"] < 4:
         raise ValueError(f"volume_grf needs samples >= 2 and size >= 4, got samples={p['samples']}, size={p['size']}")
     if not 0 <= p["alpha_min"] <= p["alpha_max"]:

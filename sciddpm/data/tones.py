@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sciddpm.data.cache import cache_entry, ensure_built
+from sciddpm.data.cache import cache_entry, ensure_built, recipe_params
 from sciddpm.files import atomic_path
 
 TONES_VERSION = 1  # bump when the recipe changes: it is part of the cache key
@@ -32,14 +32,7 @@ MAX_HARMONICS = 24
 
 def tone_params(**overrides) -> dict:
     """The full parameter set (defaults + overrides), validated."""
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown tones parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    for k, v in p.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(DEFAULTS[k], int) and v != int(v)):
-            raise ValueError(f"tones parameter {k} must be {'an integer' if isinstance(DEFAULTS[k], int) else 'a number'}, got {v!r}")
-        p[k] = type(DEFAULTS[k])(v)
+    p = recipe_params("tones", DEFAULTS, overrides)
     if p["n_clips"] < 2 or p["clip_samples"] < 64 or p["sample_rate"] < 1000:
         raise ValueError(f"tones need n_clips >= 2, clip_samples >= 64 and sample_rate >= 1000, got {p}")
     if not 0 < p["fmin"] <= p["fmax"] < 0.45 * p["sample_rate"]:
