@@ -46,12 +46,13 @@ log = logging.getLogger("sciddpm")
 
 
 def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto", ema: bool = True,
-         bf16: bool = True, compile: bool = False) -> "Model":
+         bf16: bool | None = None, compile: bool = False) -> "Model":
     """Load a trained model from a run name (under ``runs_dir``) or a run directory path, onto
     ``device``: auto (CUDA where visible, else the CPU), cpu, cuda or cuda:N.
 
     ``bf16``: run the network in bf16 autocast where the device computes bf16 natively (CUDA, CPUs
-    with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere.
+    with AVX512-BF16/AMX; see :mod:`sciddpm.precision`); False keeps it in float32 everywhere;
+    None (the default) follows the run: float32 when it was trained with ``trainer.bf16=false``.
 
     ``compile``: run the denoiser through ``torch.compile`` with static shapes, and on CUDA also
     capture it in CUDA graphs (one launch per denoiser call). Each new batch shape compiles once
@@ -62,6 +63,8 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
+    if bf16 is None:
+        bf16 = bool((config.get("trainer") or {}).get("bf16", True))
     spec = DataSpec.from_dict(folder.load_data_spec())
     adapter = adapter_from_spec(spec)  # checks the output layout against the shape first
     denoiser = build_denoiser(config, spec)
@@ -271,6 +274,7 @@ class Model:
         given = dict(cond or {})
         unread = [name for name in self.spec.cond.names if name not in given]
         read = self.adapter.cond_from_xarray(observed, unread) if unread else {}
+        self._warn_if_overriding(observed, given)
         table = case_table({**read, **given}, self.spec.cond)
         if any(len(v) not in (1, x.shape[0]) for v in table.values()):
             raise ValueError(f"the observations hold {x.shape[0]} example(s); give each condition one value "
@@ -293,6 +297,20 @@ class Model:
             ds = ds.assign_coords({name: observed[lead].values})
         # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
         return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
+
+    def _warn_if_overriding(self, observed: xr.Dataset, given: Mapping[str, Any]) -> None:
+        """A condition given for observations that carry their own (their dates give dayofyear)
+        replaces it: allowed, a counterfactual, but said, since it is usually a slip."""
+        for name in (n for n in given if n in self.spec.cond.names):
+            try:
+                own = np.asarray(self.adapter.cond_from_xarray(observed, [name])[name], dtype=float)
+            except (KeyError, ValueError):
+                continue  # the observations do not carry it
+            wanted = np.asarray(given[name], dtype=float)
+            if own.shape != np.broadcast_shapes(own.shape, wanted.shape) or not np.allclose(own, wanted):
+                log.warning("%s=%s replaces the observations' own %s (%s): the gaps are filled as if at %s",
+                            name, np.array2string(wanted, precision=6), name, np.array2string(own, precision=6),
+                            np.array2string(wanted, precision=6))
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""

@@ -65,7 +65,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
     settings = _run_overrides(overrides, "sample")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device),
-                 bf16=not args.fp32, compile=args.compile)
+                 bf16=False if args.fp32 else None, compile=args.compile)
     cond = _parse_cond(args.cond)
     options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
     if args.cases is not None:
@@ -120,11 +120,12 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.evaluate import evaluate
 
     settings = _run_overrides(overrides, "evaluate")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device, bf16=not args.fp32,
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device,
+                 bf16=False if args.fp32 else None,
                  compile=args.compile)
     out = Path(args.out) if args.out else model.path / "evaluation"
     for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                         cases=args.cases, members=args.members):
+                         guidance=args.guidance, cases=args.cases, members=args.members):
         print(path)
     return 0
 
@@ -189,8 +190,6 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--cond", action="append", metavar="NAME=VALUE",
                         help="a condition in the data's units, repeatable (e.g. --cond pitch=440)")
     _sampling_flags(sample, default_n=1)
-    sample.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (1 = plain conditional)")
     sample.add_argument("--batch-size", type=int, default=None, help="members per sampler batch")
     sample.add_argument("--out", default=None,
                         help="output directory, or a .nc / .zarr path (default samples/<run>)")
@@ -220,13 +219,16 @@ def _sampling_flags(parser: argparse.ArgumentParser, *, default_n: int) -> None:
     parser.add_argument("--n", type=int, default=default_n, help=f"number of samples (default {default_n})")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's config)")
     parser.add_argument("--sampler", default=None,
-                        help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)")
+                        help="heun, euler, dpmpp_2m, ddim, ddpm or a plugin's sampler (default: the run's config)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (1 = plain conditional; default: the run's config)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (default 0): the same seed gives the same members, so draw more "
                              "members with another seed, not by repeating the command")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--fp32", action="store_true",
-                        help="run the network in float32 (default: bf16 where the device has native bf16)")
+                        help="run the network in float32 (default: bf16 where the device has native bf16, "
+                             "unless the run was trained with trainer.bf16=false)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (on CUDA with CUDA graphs); each batch shape "
                              "compiles once, so it pays for large ensembles - see docs/performance.md")

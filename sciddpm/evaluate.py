@@ -36,14 +36,16 @@ from sciddpm.plots import new_figure, save_png
 
 
 def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = None,
-             sampler: str | None = None, seed: int = 0, cases: int = 4, members: int = 16) -> list[Path]:
-    """Score ``model`` on ``n`` held-out examples and ``cases`` x ``members`` ensembles;
-    returns the files written under ``out``."""
+             sampler: str | None = None, seed: int = 0, guidance: float | None = None, cases: int = 4,
+             members: int = 16) -> list[Path]:
+    """Score ``model`` on ``n`` held-out examples and ``cases`` x ``members`` ensembles, sampled
+    with the run's sampler settings unless ``steps``/``sampler``/``guidance`` are given; returns
+    the files written under ``out``."""
     out = Path(out)
     data_cfg = model.config["data"]
     adapter = build_adapter(data_cfg["name"], **dict(data_cfg.get("kwargs") or {}))
     heldout, cond = adapter.heldout(n, seed=seed)
-    samples = model.sample(n, cond, steps=steps, sampler=sampler, seed=seed)
+    samples = model.sample(n, cond, steps=steps, sampler=sampler, seed=seed, guidance=guidance)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # written last: present only beside a complete set
 
@@ -51,7 +53,7 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     generated = adapter.to_tensor(samples).numpy()
     metrics: dict = {"run": model.name, "step": model.step, "n": n, "seed": seed,
                      "sampler": samples.attrs.get("sampler"), "steps": samples.attrs.get("sampler_steps"),
-                     "channels": {}}
+                     "guidance": samples.attrs.get("guidance"), "channels": {}}
     spectra = {}
     for c, channel in enumerate(model.spec.channels):
         t, g = truth[:, c], generated[:, c]
@@ -74,7 +76,7 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
         metrics["modality"] = extra
     if cases > 0:
         scores, files = _ensemble_scores(model, adapter, heldout, cond, cases=min(cases, n), members=members,
-                                         steps=steps, sampler=sampler, seed=seed, out=out)
+                                         steps=steps, sampler=sampler, seed=seed, guidance=guidance, out=out)
         metrics["ensemble"] = scores
         written += files
     written.append(_plot_spectra(spectra, out / "spectra.png"))
@@ -88,16 +90,16 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
 
 def _ensemble_scores(model: Model, adapter: Adapter, heldout: xr.Dataset, cond: dict, *, cases: int,
                      members: int, steps: int | None, sampler: str | None, seed: int,
-                     out: Path) -> tuple[dict, list[Path]]:
+                     guidance: float | None, out: Path) -> tuple[dict, list[Path]]:
     """Fair CRPS, spread/skill and ensemble-mean RMSE per channel for the model and for climatology."""
     if members < 2:
         raise ValueError(f"ensemble scores need at least 2 members per case, got members={members}")
     truth_all = adapter.to_tensor(heldout)[:cases]
     case_cond = {k: np.asarray(v)[:cases] for k, v in cond.items()}
     ensemble = model.ensemble(case_cond, members=members, steps=steps, sampler=sampler, seed=seed,
-                              progress=False) if case_cond else None
+                              guidance=guidance, progress=False) if case_cond else None
     if ensemble is None:  # an unconditional model: one ensemble, scored against every case
-        one = model.sample(members, steps=steps, sampler=sampler, seed=seed)
+        one = model.sample(members, steps=steps, sampler=sampler, seed=seed, guidance=guidance)
         ensemble = xr.concat([one] * cases, dim="case")
     generated = torch.stack([adapter.to_tensor(ensemble.isel(case=i)) for i in range(cases)])
     climatology = _climatology(adapter, cases, members, seed)

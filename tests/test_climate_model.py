@@ -81,7 +81,7 @@ def test_infill_keeps_observations_and_fills_the_gap(run, land, tmp_path):
     assert np.isnan(filled["sea_surface_temperature"].values[..., is_land]).all()  # ... and land stays NaN
 
 
-def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land):
+def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, caplog):
     # CDS files carry the land-sea mask beside the fields; listed first, it must not hide the
     # time dim (infill used to return the first time only), and each time keeps its own date.
     _, source = land
@@ -91,6 +91,9 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land):
     assert filled["2m_temperature"].dims[:2] == ("time", "member") and filled.sizes["time"] == 3
     np.testing.assert_array_equal(filled["time"].values, observed["time"].values)
     np.testing.assert_array_equal(filled["dayofyear"].values, observed["time"].dt.dayofyear.values)
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        sciddpm.load("sst", runs_dir=run / "runs").infill(observed, n=1, steps=2, cond={"dayofyear": 10.0})
+    assert "dayofyear=10. replaces the observations' own dayofyear ([" in caplog.text  # allowed, but said
     one = sciddpm.load("sst", runs_dir=run / "runs").infill(observed.isel(time=1), n=1, steps=2)  # ds.sel(time=...)
     assert one["time"].values == observed["time"].values[1] and one["2m_temperature"].dims[0] == "member"
 

@@ -273,7 +273,8 @@ def test_compare_same_distribution_and_scaled():
     # an ensemble store as sciddpm writes it carries a bool "done" flag per member: not a field
     store = a.assign(done=(("case", "member"), np.ones((2, 24), dtype=bool)))
     assert set(compare(store, b)) == {"u"}
-    assert summarise(store)["done"].dtype == bool
+    summary = summarise(store)
+    assert "done" not in summary and "member" not in summary.dims and set(summary.data_vars) == {"u"}
 
 
 # --------------------------------------------------------------------------- climate evaluation

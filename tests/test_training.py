@@ -90,6 +90,18 @@ def test_fp32_flag_keeps_the_network_out_of_bf16(trained, tmp_path, monkeypatch)
     difference = bf16["waveform"].values - fp32["waveform"].values
     relative = np.sqrt(np.mean(difference ** 2) / np.mean(fp32["waveform"].values ** 2))
     assert 0 < relative < 0.05  # bf16 really ran, and only rounds
+    # a run trained with trainer.bf16=false samples in float32 unless asked otherwise
+    import shutil
+
+    import yaml
+
+    shutil.copytree(trained / "tiny", tmp_path / "runs" / "tiny32")
+    config_path = tmp_path / "runs" / "tiny32" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["bf16"] = False
+    config_path.write_text(yaml.safe_dump(config))
+    assert sciddpm.load("tiny32", runs_dir=tmp_path / "runs").network_dtype == "float32"
+    assert sciddpm.load("tiny32", runs_dir=tmp_path / "runs", bf16=True).network_dtype == "bfloat16"
 
 
 def test_compiled_network_samples_what_the_eager_one_does(trained, tmp_path):
@@ -116,13 +128,14 @@ def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys, 
 
     # a notebook calling sciddpm.evaluate keeps its own backend (inline plots): pictures use their own canvas
     monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("evaluate switched matplotlib's backend"))
-    assert main(["evaluate", "model=tiny", f"runs_dir={trained}", "--n", "4", "--steps", "2",
+    assert main(["evaluate", "model=tiny", f"runs_dir={trained}", "--n", "4", "--steps", "2", "--guidance", "1.5",
                  "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert str(tmp_path / "spectra.png") in printed and (tmp_path / "spectra.png").stat().st_size > 0
     scores = metrics["channels"]["waveform"]
     assert metrics["n"] == 4 and scores["std_heldout"] > 0 and scores["wasserstein1"] >= 0
+    assert metrics["guidance"] == 1.5 and xr.open_dataset(tmp_path / "samples" / "samples.nc").attrs["guidance"] == 1.5
     assert np.isfinite(scores["log_spectral_distance"])
     assert "pitch_samples" in metrics["modality"]  # the audio adapter's own scores
     assert len(metrics["modality"]["pitch_sweep"]) == 4 and (tmp_path / "pitch_sweep.png").exists()

@@ -4,8 +4,8 @@
 labelled ``mean``, ``std`` (ddof=1) and ``q<quantile>`` (``q0.05``, ``q0.5``, ...). Every
 statistic has the variable's units, so each variable keeps its name, attributes and other dims,
 and ``summary.sel(statistic="std")`` reads like the data. Variables without the member dim
-(static fields) and flags that are not numbers (an ensemble store's ``done``) are carried over
-unchanged.
+(static fields) are carried over unchanged; per-member flags that are not numbers (an ensemble
+store's ``done``) are left out, so the summary has no member dim left.
 
 ``compare`` answers "does the surrogate reproduce the solver at these parameters?" per variable,
 as plain JSON-able numbers: the RMSE between the two ensemble-mean fields (absolute and over the
@@ -49,8 +49,10 @@ def summarise(ens: xr.Dataset, member_dim: str = "member",
     labels = ["mean", "std", *[f"q{q:g}" for q in quantiles]]
     out = {}
     for name, da in ens.data_vars.items():
-        if member_dim not in da.dims or not _is_number(da):
+        if member_dim not in da.dims:
             out[name] = da
+            continue
+        if not _is_number(da):  # a per-member flag: nothing to summarise
             continue
         parts = [da.mean(member_dim, skipna=False), da.std(member_dim, ddof=1, skipna=False)]
         if quantiles:
