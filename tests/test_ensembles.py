@@ -270,3 +270,17 @@ def test_case_tables_name_the_column_that_is_wrong(model):
         model.ensemble(pd.DataFrame({"pitch": [220.0, 440.0], "note": ["A3", "A4"]}), 1, steps=2, progress=False)
     with pytest.raises(ValueError, match=r"condition 'pitch': give one value per case \(a flat, non-empty list\)"):
         model.ensemble(pd.DataFrame({"pitch": []}), 1, steps=2, progress=False)
+
+
+def test_samples_of_one_name_in_two_formats_are_refused_not_mixed(model, tmp_path):
+    # x.nc and x.zarr would share x_member000.wav and x_spectrogram.png: the second write would leave
+    # the first store beside another set's clips
+    first = model.sample(2, {"pitch": 440.0}, steps=2)
+    model.write(first, tmp_path / "x.nc")
+    clips = {p.name: p.read_bytes() for p in tmp_path.glob("x_*")}
+    with pytest.raises(FileExistsError, match=r"x\.nc, samples written earlier, sits beside x\.zarr: the files named "
+                                              r"after 'x' .* would overwrite one another's"):
+        model.write(model.sample(1, {"pitch": 220.0}, steps=2), tmp_path / "x.zarr")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("x_*")} == clips and not (tmp_path / "x.zarr").exists()
+    (tmp_path / "y.nc").write_bytes(b"not ours")  # a user's own file of that name is no namesake of ours
+    model.write(first, tmp_path / "y.zarr")

@@ -52,7 +52,7 @@ import xarray as xr
 from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, read_nsynth, soundfile,
                                    spectrogram_db)
 from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter, split_indices
-from sciddpm.data.stores import check_replaceable, write_store
+from sciddpm.data.stores import check_no_namesake, check_replaceable, write_store
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png
 
@@ -346,6 +346,7 @@ class AudioAdapter(Adapter):
                              "a folder (or a .nc / .zarr path, the WAVs going beside it)")
         else:
             folder, prefix, store = out, "", out / "samples.nc"
+        check_no_namesake(store)
         folder.mkdir(parents=True, exist_ok=True)
         labels = _clip_labels(da, lead)
         if store.exists():  # samples.nc is written last: while it is missing the set is incomplete

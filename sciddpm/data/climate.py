@@ -57,7 +57,7 @@ from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
-from sciddpm.data.stores import write_store
+from sciddpm.data.stores import check_no_namesake, write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
 log = logging.getLogger(__name__)
@@ -388,6 +388,7 @@ class Era5Adapter(Adapter):
         out = Path(out)
         if out.suffix not in (".zarr", ".nc"):
             out = out / "samples.zarr"
+        check_no_namesake(out)
         write_store(ds, out)
         png = out.with_name(out.stem + "_maps.png")
         channels = [(v["name"], lv) for v in self.spec().output["variables"] for lv in (v["levels"] or [None])]

@@ -108,14 +108,31 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def check_replaceable(path: Path) -> None:
-    """An error unless ``path`` holds a store ``write_store`` wrote (its ``written_by`` stamp)."""
+def check_no_namesake(path: str | os.PathLike) -> None:
+    """An error when samples written by sciddpm already sit beside ``path`` under its name in the
+    other format (``x.nc`` for ``x.zarr``): the pictures and WAVs named after ``x`` that go beside
+    each would overwrite one another's."""
+    path = Path(path)
+    for suffix in (".zarr", *NETCDF_SUFFIXES):
+        other = path.with_suffix(suffix)
+        if other != path and other.exists() and _stamp(other) == WRITTEN_BY:
+            raise FileExistsError(
+                f"{other.name}, samples written earlier, sits beside {path.name}: the files named after "
+                f"{path.stem!r} that go with each (WAVs, PNGs) would overwrite one another's; choose another "
+                f"name for --out, or remove {other.name} and its files first")
+
+
+def _stamp(path: Path) -> Any:
     try:
         with open_store(path) as existing:
-            stamp = existing.attrs.get("written_by")
-    except Exception:  # noqa: BLE001 - anything unreadable is not ours to replace
-        stamp = None
-    if stamp != WRITTEN_BY:
+            return existing.attrs.get("written_by")
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return None
+
+
+def check_replaceable(path: Path) -> None:
+    """An error unless ``path`` holds a store ``write_store`` wrote (its ``written_by`` stamp)."""
+    if _stamp(path) != WRITTEN_BY:
         raise FileExistsError(f"{path} exists and was not written as samples by sciddpm; choose another --out, "
                               "or remove it first if it is to be replaced")
 

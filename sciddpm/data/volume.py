@@ -47,7 +47,7 @@ import xarray as xr
 
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, name_list,
                                plain_json, register_adapter, split_indices)
-from sciddpm.data.stores import open_store, write_store
+from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
 log = logging.getLogger(__name__)
@@ -382,6 +382,7 @@ class VolumeAdapter(Adapter):
             store, png = out, out.with_name(f"{out.stem}_slices.png")
         else:
             store, png = out / "samples.zarr", out / "slices.png"
+        check_no_namesake(store)
         return [write_store(ds, store), slices_png(ds, spec, png)]
 
     def evaluate(self, samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path) -> dict:
