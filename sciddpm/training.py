@@ -254,15 +254,26 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
     previous = run.load_config()
     for key in _IDENTITY_KEYS:
         if previous.get(key) != cfg.get(key):
+            changes = _differences(previous.get(key), cfg.get(key), key)
+            shown = "; ".join(f"{name}: {old!r} there, {new!r} now" for name, old, new in changes[:6])
+            more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
             raise RunError(
-                f"run directory {run.path} already holds a run with a different '{key}' "
-                f"({previous.get(key)!r} there, {cfg.get(key)!r} now). Resume it with the "
-                f"same settings, or start a new run with name=<new name>."
-            )
+                f"run directory {run.path} already holds a run with other '{key}' settings - {shown}{more}. "
+                f"Resume it with the same settings, or start a new run with name=<new name>.")
     if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
         raise RunError(
             f"the data's statistics/schema differ from those saved in {run.path}: the data "
             f"changed since the run started. Start a new run with name=<new name>.")
+
+
+def _differences(old: Any, new: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """The dotted keys at which two configs differ, with both values (a missing key shows as None)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{where}.{key}")
+        return found
+    return [] if old == new else [(where, old, new)]
 
 
 def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str, device: torch.device) -> None:

@@ -164,7 +164,8 @@ def test_out_of_range_condition_warns_with_range(trained):
 
 
 def test_resume_with_different_model_is_refused(trained):
-    with pytest.raises(RunError, match="different 'model'"):
+    with pytest.raises(RunError, match=r"other 'model' settings - model\.kwargs\.channels: \d+ there, 16 now\. "
+                                       r"Resume it with the same settings, or start a new run with name="):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
 
 
@@ -251,7 +252,7 @@ def test_a_failed_first_try_does_not_block_the_fixed_command(cache, tmp_path):
     stale.append_metrics({"step": 1, "loss": 1.0})
     sciddpm.train(run)
     assert [r["step"] for r in stale.read_metrics()] == [4] and stale.checkpoint_steps() == [4]
-    with pytest.raises(RunError, match="different 'model'"):  # now there are weights to protect
+    with pytest.raises(RunError, match="other 'model' settings - model.kwargs.channels"):  # weights to protect now
         sciddpm.train([*run, "model.kwargs.channels=16"])
 
 
