@@ -286,9 +286,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=2.5, help="spectral index: P(k) = k^-alpha")
     parser.add_argument("--grf-samples", type=int, default=64)
     parser.add_argument("--sigma-min", type=float, default=None,
-                        help="override sigma_min of Karras tables (config default 0.002)")
+                        help="override sigma_min of Karras tables (default: each sampler preset's, "
+                             "e.g. 0.03 for dpmpp_2m, else 0.002)")
     parser.add_argument("--rho", type=float, default=None,
-                        help="override rho of Karras tables (config default 7; large = log-uniform)")
+                        help="override rho of Karras tables (default: each sampler preset's, e.g. 1000 for "
+                             "dpmpp_2m, else 7; large = log-uniform)")
     parser.add_argument("--out", type=Path, default=None, help="append the JSON lines (dated) here")
     parser.add_argument("--plot", type=Path, nargs="*", default=None,
                         help="PNG path(s); default benchmarks/results/nfe_quality.png and "
