@@ -80,3 +80,10 @@ def test_diffusion_settings_are_checked_when_the_denoiser_is_built(caplog):
     with caplog.at_level("WARNING", logger="sciddpm"):
         build_denoiser(compose(["model=tiny1d", "diffusion=ddpm"]), spec)
     assert "p_mean" not in caplog.text
+
+
+def test_the_custom_model_preset_takes_a_backbone_and_only_its_own_arguments():
+    with pytest.raises(ConfigError, match=r"needs model\.backbone set: add model\.backbone=\.\.\."):
+        compose(["model=custom"])
+    cfg = compose(["model=custom", "model.backbone=mlp", "+model.kwargs.width=512"])
+    assert cfg["model"]["kwargs"] == {"width": 512}  # none of the U-Net presets' arguments
