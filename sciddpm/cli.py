@@ -56,7 +56,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.training import train
 
     path = train(compose(overrides))
-    print(f"run directory: {path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+        print(f"run directory: {path}")
     return 0
 
 

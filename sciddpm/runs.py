@@ -190,15 +190,16 @@ class RunDir:
 
     # one writer --------------------------------------------------------------------------------
     def lock(self) -> Any:
-        """Hold the run for this process: an exclusive ``flock`` on ``.lock`` in the run directory,
-        released when the returned file is closed or the process ends (a kill included). A second
-        ``sciddpm train`` into the same run gets an error naming the first one's pid."""
+        """Hold the run for this process: an exclusive ``flock`` on ``.<name>.lock`` beside the run
+        directory (so taking it creates no run directory), released when the returned file is
+        closed or the process ends (a kill included). A second ``sciddpm train`` into the same run
+        gets an error naming the first one's pid."""
         try:
             import fcntl
         except ImportError:  # no flock (Windows): one writer is the user's to ensure
             return None
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / ".lock", "a+")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path.with_name(f".{self.path.name}.lock"), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

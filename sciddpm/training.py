@@ -77,8 +77,20 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         )
     batch_per_rank = trainer["batch_size"] // world
 
-    # --- the run directory: rank 0 decides, everyone follows ------------------------------------
-    run = RunDir(_broadcast(_run_path(cfg) if rank == 0 else None, rank, world))
+    # --- the run directory: rank 0 decides and holds it (one writer), everyone follows -----------
+    path, refusal = None, None
+    if rank == 0:
+        path = _run_path(cfg)
+        try:  # before any data is built: a run in use is refused at once
+            lock = RunDir(path).lock()
+            if lock is not None:
+                held.enter_context(lock)  # released when training ends, however it ends
+        except RunError as error:
+            refusal = str(error)
+    path, refusal = _broadcast((path, refusal), rank, world)  # every rank stops, none waits at a barrier
+    if refusal is not None:
+        raise RunError(refusal)
+    run = RunDir(path)
 
     # --- data: rank 0 builds any embedded data first, the others then read it -------------------
     adapter = build_adapter(cfg["data"]["name"], **dict(cfg["data"].get("kwargs") or {}))
@@ -94,10 +106,6 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
     # --- model (checked against the data before the run directory is claimed), EMA, optimiser ---
     torch.manual_seed(seed)  # identical initial weights on every rank
     denoiser = build_denoiser(cfg, spec, adapter.static_fields() if spec.static else None).to(device)
-    if rank == 0:
-        lock = run.lock()
-        if lock is not None:
-            held.enter_context(lock)  # released when training ends, however it ends
     start_step = _prepare_run_dir(run, cfg, spec, rank, world)
     if start_step >= int(trainer["steps"]):
         if rank == 0:
