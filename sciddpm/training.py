@@ -77,31 +77,8 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         )
     batch_per_rank = trainer["batch_size"] // world
 
-    # --- the run directory: rank 0 decides and holds it (one writer), everyone follows -----------
-    path, refusal = None, None
-    if rank == 0:
-        path = _run_path(cfg)
-        try:  # before any data is built: a run in use is refused at once
-            lock = RunDir(path).lock()
-            if lock is not None:
-                held.enter_context(lock)  # released when training ends, however it ends
-        except RunError as error:
-            refusal = str(error)
-    path, refusal = _broadcast((path, refusal), rank, world)  # every rank stops, none waits at a barrier
-    if refusal is not None:
-        raise RunError(refusal)
-    run = RunDir(path)
-
-    # --- data: rank 0 builds any embedded data first, the others then read it -------------------
-    adapter = build_adapter(cfg["data"]["name"], **dict(cfg["data"].get("kwargs") or {}))
-    if rank == 0:
-        spec = adapter.spec()
-    _barrier(world)
-    if rank != 0:
-        spec = adapter.spec()
-    if rank == 0:
-        for note in spec.notes:
-            log.warning("data: %s", note)
+    run = _hold_run_dir(cfg, rank, world, held)
+    adapter, spec = _read_data(cfg, rank, world)
 
     # --- model (checked against the data before the run directory is claimed), EMA, optimiser ---
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -112,16 +89,9 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
             log.info("%s is already trained to step %d (trainer.steps=%d): nothing to do; raise trainer.steps "
                      "to train on", run.path, start_step, trainer["steps"])
         return run.path
-    ema = {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=trainer["lr"],
                                   weight_decay=trainer["weight_decay"], fused=True)  # ~4x faster step on CPU
-    if start_step:
-        model_state, ema_state, train_state = run.load_checkpoint(start_step)
-        denoiser.net.load_state_dict(model_state)
-        ema = ema_state
-        optimizer.load_state_dict(train_state["optimizer"])
-        if rank == 0:
-            log.info("resuming %s from step %d", run.path, start_step)
+    ema = _restore(run, start_step, denoiser, optimizer, rank)
     ema = {k: v.to(device) for k, v in ema.items()}
 
     loss_module = _LossModule(denoiser)
@@ -197,6 +167,51 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
     if rank == 0:
         log.info("finished %d steps; run directory %s", total_steps, run.path)
     return run.path
+
+
+def _hold_run_dir(cfg: dict, rank: int, world: int, held: contextlib.ExitStack) -> RunDir:
+    """The run directory: rank 0 names it and holds it (one writer per run) until training ends,
+    before any data is built, so a run in use is refused at once; every rank gets the verdict."""
+    path, refusal = None, None
+    if rank == 0:
+        path = _run_path(cfg)
+        try:
+            lock = RunDir(path).lock()
+            if lock is not None:
+                held.enter_context(lock)  # released when training ends, however it ends
+        except RunError as error:
+            refusal = str(error)
+    path, refusal = _broadcast((path, refusal), rank, world)  # every rank stops, none waits at a barrier
+    if refusal is not None:
+        raise RunError(refusal)
+    return RunDir(path)
+
+
+def _read_data(cfg: dict, rank: int, world: int) -> tuple[Any, DataSpec]:
+    """The adapter and its spec: rank 0 builds any embedded data first, the others then read it."""
+    adapter = build_adapter(cfg["data"]["name"], **dict(cfg["data"].get("kwargs") or {}))
+    if rank == 0:
+        spec = adapter.spec()
+        for note in spec.notes:
+            log.warning("data: %s", note)
+    _barrier(world)
+    if rank != 0:
+        spec = adapter.spec()
+    return adapter, spec
+
+
+def _restore(run: RunDir, start_step: int, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             rank: int) -> dict[str, torch.Tensor]:
+    """Load checkpoint ``start_step`` into the network and optimiser (nothing at step 0); returns
+    the EMA weights to continue from (at step 0, a copy of the initial weights)."""
+    if not start_step:
+        return {k: v.detach().clone() for k, v in denoiser.net.state_dict().items()}
+    model_state, ema_state, train_state = run.load_checkpoint(start_step)
+    denoiser.net.load_state_dict(model_state)
+    optimizer.load_state_dict(train_state["optimizer"])
+    if rank == 0:
+        log.info("resuming %s from step %d", run.path, start_step)
+    return ema_state
 
 
 class _LossModule(torch.nn.Module):
