@@ -69,9 +69,8 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
             "log_spectral_distance": log_spectral_distance(p_true, p_gen),
         }
     written = []
-    modality = getattr(adapter, "evaluate", None)
-    if modality is not None:
-        extra = modality(samples, heldout, cond, out)
+    extra = adapter.evaluate(samples, heldout, cond, out)
+    if extra is not None:
         written += [Path(p) for p in extra.pop("files", [])]
         metrics["modality"] = extra
     if cases > 0:
@@ -124,12 +123,11 @@ def _ensemble_scores(model: Model, adapter: Adapter, heldout: xr.Dataset, cond: 
     for entry in scores["channels"].values():
         entry["crps_skill_score"] = 1.0 - entry["model"]["crps"] / entry["climatology"]["crps"]
     files: list[Path] = []
-    hook = getattr(adapter, "evaluate_ensemble", None)
-    if hook is not None:
-        lead = next(iter(heldout.dims))  # the held-out examples' dim (time, member, ...) becomes case
-        truth_ds = heldout.isel({lead: slice(0, cases)}).rename({lead: "case"}).assign_coords(case=np.arange(cases))
-        clim_ds = xr.concat([adapter.to_xarray(climatology[i], {}) for i in range(cases)], dim="case")
-        extra = hook(ensemble, truth_ds, clim_ds, out)
+    lead = adapter.example_dim(heldout)  # the held-out examples' dim (time, member, ...) becomes case
+    truth_ds = heldout.isel({lead: slice(0, cases)}).rename({lead: "case"}).assign_coords(case=np.arange(cases))
+    clim_ds = xr.concat([adapter.to_xarray(climatology[i], {}) for i in range(cases)], dim="case")
+    extra = adapter.evaluate_ensemble(ensemble, truth_ds, clim_ds, out)
+    if extra is not None:
         files += [Path(p) for p in extra.pop("files", [])]
         scores["physical_units"] = extra
     return scores, files

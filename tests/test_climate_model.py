@@ -133,3 +133,16 @@ def test_a_run_with_an_edited_grid_is_refused_by_name(run, tmp_path):
     (copy / "data_spec.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="'latitude' 16 points but its output coordinate has 32"):
         sciddpm.load(copy)
+
+
+def test_evaluate_scores_the_climate_ensemble_in_physical_units(run, tmp_path):
+    assert main(["evaluate", "model=sst", f"runs_dir={run / 'runs'}", "--n", "4", "--steps", "2", "--cases", "2",
+                 "--members", "3", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    scores = metrics["ensemble"]["physical_units"]["scores"]  # the era5 adapter's own, through the Adapter hook
+    assert scores["cases"] == 2 and scores["members"] == 3
+    t2m = scores["channels"]["2m_temperature"]
+    assert t2m["units"] == "K" and t2m["crps"] > 0 and t2m["climatology"]["crps"] > 0
+    assert t2m["crps_skill_score"] == pytest.approx(1 - t2m["crps"] / t2m["climatology"]["crps"])
+    assert sum(t2m["rank_histogram"]) == sum(t2m["climatology"]["rank_histogram"]) > 0
+    assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("*.png"))

@@ -200,7 +200,7 @@ def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
                                 ds.assign_attrs(written_by="sciddpm write_store"))
     assert paths[1].read_bytes()[:4] == b"\x89PNG"
     # netCDF too, although the store's attrs hold booleans (periodic), which netCDF cannot
-    nc = grf_adapter.write(ds, tmp_path / "ens.nc")[0]
+    nc = grf_adapter.write(ds, tmp_path / "netcdf" / "ens.nc")[0]  # not beside ens.zarr: they would share ens_slices.png
     written = xr.open_dataset(nc).load()
     np.testing.assert_array_equal(written["field"].values, ds["field"].values)
     np.testing.assert_array_equal(written.attrs["periodic"], [1, 1, 1])

@@ -273,6 +273,18 @@ class Adapter(abc.ABC):
         """Per-cell weights ``[*S]`` with mean 1 for losses and scores (cos latitude), or None."""
         return None
 
+    def evaluate(self, samples: Any, heldout: Any, cond: Mapping[str, Any], out: str | Path) -> dict | None:
+        """The modality's own scores of ``samples`` against ``heldout`` drawn at ``cond`` (pitch for
+        audio, spectral slopes for volumes) for ``sciddpm evaluate``, with any pictures written under
+        ``out`` listed in ``"files"``; None when the modality has none."""
+        return None
+
+    def evaluate_ensemble(self, ensemble: Any, truth: Any, climatology: Any, out: str | Path) -> dict | None:
+        """Scores in physical units of an ensemble Dataset (dims ``case, member, ...``) against the
+        truth of each case and a climatological ensemble, pictures under ``out`` listed in
+        ``"files"``; None when the modality adds nothing to the generic CRPS and spread/skill."""
+        return None
+
     def cond_from_xarray(self, ds: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The conditions ``names`` (default: all of the schema) of each example in ``ds``, one value
         per example: here a coordinate or variable of that name, scalar or along the example
