@@ -104,28 +104,9 @@ class UNet(nn.Module):
         channels_last: bool = False,
     ):
         super().__init__()
-        if dims not in (1, 2, 3):
-            raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
         channel_mult = list(channel_mult)
-        if not channel_mult or any(int(m) != m or m < 1 for m in channel_mult):
-            raise ValueError(
-                f"channel_mult must be a non-empty list of positive ints, got {channel_mult}"
-            )
-        bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mult)]
-        if bad:
-            raise ValueError(
-                f"attention_levels {bad} out of range; levels are 0..{len(channel_mult) - 1} "
-                f"(one per entry of channel_mult={channel_mult})"
-            )
-        if cond_dim < 0:
-            raise ValueError(f"cond_dim must be >= 0 (0 = unconditional), got {cond_dim}")
-        positive = dict(in_channels=in_channels, channels=channels,
-                        blocks_per_level=blocks_per_level, head_channels=head_channels)
-        for arg, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_arguments(dims, channel_mult, attention_levels, cond_dim, dropout, in_channels=in_channels,
+                         channels=channels, blocks_per_level=blocks_per_level, head_channels=head_channels)
         self.dims = dims
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
@@ -279,3 +260,23 @@ def _builder(dims: int):
 unet1d = register_backbone("unet1d")(_builder(1))
 unet2d = register_backbone("unet2d")(_builder(2))
 unet3d = register_backbone("unet3d")(_builder(3))
+
+
+def _check_arguments(dims: int, channel_mult: list, attention_levels: Sequence[int], cond_dim: int,
+                     dropout: float, **positive: int) -> None:
+    """Named errors for a U-Net configuration (model.kwargs) before any layer is built."""
+    if dims not in (1, 2, 3):
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+    if not channel_mult or any(int(m) != m or m < 1 for m in channel_mult):
+        raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {channel_mult}")
+    bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mult)]
+    if bad:
+        raise ValueError(f"attention_levels {bad} out of range; levels are 0..{len(channel_mult) - 1} "
+                         f"(one per entry of channel_mult={channel_mult})")
+    if cond_dim < 0:
+        raise ValueError(f"cond_dim must be >= 0 (0 = unconditional), got {cond_dim}")
+    for arg, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
