@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
+from sciddpm.checks import as_count, as_seed
 from sciddpm.config import CONFIG_DIR
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.conditioning import split_header
@@ -392,6 +393,8 @@ class Model:
             settings["steps"] = as_count(steps, "steps")
         check_settings(settings["method"], settings["steps"], settings["guidance"], settings["opts"])
         settings["guidance"] = float(settings["guidance"])
+        if settings["steps"] is not None:
+            settings["steps"] = int(settings["steps"])  # 20.0 from a YAML file
         return settings
 
     def _denoiser(self, guidance: float, *, conditional: bool):
@@ -429,28 +432,6 @@ def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
     def masked_denoiser(x, sigma, **kwargs):
         return torch.where(valid, denoiser(x, sigma, **kwargs), torch.zeros((), dtype=x.dtype, device=x.device))
     return masked_denoiser
-
-
-def as_count(value: Any, what: str) -> int:
-    """``value`` as a count (n, members, steps, batch_size): an integer >= 1, or a named error."""
-    if not _is_integer(value) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def as_seed(seed: Any) -> int:
-    """``None`` draws a fresh seed (recorded in the samples' attributes); else an integer >= 0.
-    Every sampling entry point defaults to 0, so the same call gives the same samples."""
-    if seed is None:
-        return int(torch.randint(0, 2**31 - 1, ()).item())
-    if not _is_integer(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0 (or None for a fresh one), got {seed!r}")
-    return int(seed)
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool) \
-        and np.isfinite(value) and float(value).is_integer()
 
 
 def _progress(total: int, show: bool) -> tqdm:

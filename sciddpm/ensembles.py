@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import zarr
 
-from sciddpm.api import Model, as_count, as_seed, case_table
+from sciddpm.api import Model, case_table
+from sciddpm.checks import as_count, as_seed
 from sciddpm.data.base import plain_json
 from sciddpm.data.stores import consolidate
 from sciddpm.distributed import process_group

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from sciddpm.assembly import build_denoiser
+from sciddpm.checks import is_integer
 from sciddpm.config import as_config
 from sciddpm.data import DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
@@ -68,8 +69,9 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r} (e.g. seed=1)")
+    seed = int(seed)
     if trainer["batch_size"] % world:
         raise ValueError(
             f"trainer.batch_size={trainer['batch_size']} is the global batch and must divide "

@@ -11,7 +11,7 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # folder -> third-party roots and sciddpm modules it may import (itself always allowed)
 RULES = {
-    "diffusion": ({"torch", "numpy"}, {"sciddpm.registry"}),
+    "diffusion": ({"torch", "numpy"}, {"sciddpm.registry", "sciddpm.checks"}),
     "nn": ({"torch", "numpy"}, {"sciddpm.registry"}),
     "metrics": ({"torch", "numpy", "xarray", "scipy"}, set()),
     "data": ({"torch", "numpy", "xarray", "scipy", "zarr", "matplotlib", "soundfile", "torchaudio",
@@ -19,7 +19,7 @@ RULES = {
              {"sciddpm.registry", "sciddpm.metrics", "sciddpm.files", "sciddpm.plots"}),
 }
 # leaf modules every layer may use: they import nothing of sciddpm but each other
-LEAVES = {"registry.py": set(), "files.py": set(), "plots.py": {"sciddpm.files"}}
+LEAVES = {"registry.py": set(), "checks.py": set(), "files.py": set(), "plots.py": {"sciddpm.files"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -29,6 +29,7 @@ import torch
 
 from sciddpm.diffusion import schedules
 from sciddpm.diffusion.schedules import VPSchedule
+from sciddpm.checks import is_integer
 from sciddpm.registry import Registry
 
 __all__ = ["SAMPLERS", "check_settings", "ddim", "ddpm", "dpmpp_2m", "euler", "heun", "sample"]
@@ -206,7 +207,7 @@ def check_settings(method: Any, steps: Any = None, guidance: Any = 1.0, opts: An
     (listing the known ones), steps that are not a positive integer, a guidance that is not a
     finite number, options the method does not take."""
     fn = SAMPLERS.get(str(method))
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and (not is_integer(steps) or steps < 1):
         raise ValueError(f"sampler.steps must be a positive integer (or null for the method's default), got {steps!r}")
     try:
         finite = math.isfinite(float(guidance))
