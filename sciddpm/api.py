@@ -307,8 +307,12 @@ class Model:
                 own = np.asarray(self.adapter.cond_from_xarray(observed, [name])[name], dtype=float)
             except (KeyError, ValueError):
                 continue  # the observations do not carry it
-            wanted = np.asarray(given[name], dtype=float)
-            if own.shape != np.broadcast_shapes(own.shape, wanted.shape) or not np.allclose(own, wanted):
+            try:
+                wanted = np.asarray(given[name], dtype=float)
+                differs = own.shape != np.broadcast_shapes(own.shape, wanted.shape) or not np.allclose(own, wanted)
+            except ValueError:  # not one value per observation: case_table says so, in its own words
+                continue
+            if differs:
                 log.warning("%s=%s replaces the observations' own %s (%s): the gaps are filled as if at %s",
                             name, np.array2string(wanted, precision=6), name, np.array2string(own, precision=6),
                             np.array2string(wanted, precision=6))

@@ -61,6 +61,9 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
     if not isinstance(node, Mapping):
         return ""
     keys = sorted(map(str, node))
+    if leaf in keys:  # the key exists: the value is what does not fit (a mapping into a mapping, say)
+        return (f"\n{match.group(1)} exists; to replace it whole, drop it first: '~{match.group(1)}' "
+                f"'+{match.group(1)}=...' (or set its keys one by one, {match.group(1)}.<key>=...)")
     close = difflib.get_close_matches(leaf, keys, n=1)
     prefix = f"{parent}." if parent else ""
     return (f"\n{parent or 'the config'} has keys: {', '.join(keys)}"

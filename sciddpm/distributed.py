@@ -28,5 +28,5 @@ def process_group(on_cuda: bool) -> Iterator[tuple[int, int]]:
 
 
 def local_rank() -> int:
-    """This process's index on its machine (``LOCAL_RANK``; 0 outside torchrun): its GPU."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """This process's index on its machine (``LOCAL_RANK`` under torchrun, else 0): its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0

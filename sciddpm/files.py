@@ -5,7 +5,9 @@ in sciddpm goes through (run directories, stores, caches, pictures), with the pe
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -27,48 +29,68 @@ def follow_umask(path: Path) -> Path:
 
 
 def _current_umask() -> int:
-    """The process umask, read without changing it where the system shows it (Linux): setting
-    it to 0 for a moment, the portable way, would let a file another thread creates meanwhile
-    (a TensorBoard event file) be world-writable."""
+    """The process umask, read without changing it where the system shows it (Linux). Elsewhere
+    it is read by setting it for a moment - to the strictest mask, so that a file another thread
+    creates meanwhile (a TensorBoard event file) comes out private, never world-writable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    umask = os.umask(0)
+    umask = os.umask(0o077)
     os.umask(umask)
     return umask
 
 
+@functools.cache
+def _process_table_tag() -> str:
+    """10 hex digits naming the process table this process lives in: its host (the raw hostname),
+    boot and pid namespace. Two writers share it only if their pids are numbers of one table, so
+    a pid read from a temporary's name is checked where it means something: not on another node
+    of a shared file system, nor in a container with its own pids under the same hostname."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if source.endswith("boot_id") else os.readlink(source))
+        except OSError:
+            parts.append("")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
+
+
 def _owner_tag() -> str:
-    """``host-pid`` of this process, as it appears in the names of its temporaries."""
-    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}-{os.getpid()}"
+    """``<process table>-<pid>`` of this process, as it appears in the names of its temporaries."""
+    return f"{_process_table_tag()}-{os.getpid()}"
 
 
 def _remove_dead_temporaries(target: Path) -> None:
-    """Remove the temporaries of ``target`` that a killed process of this host left beside it.
+    """Remove the temporaries of ``target`` that a killed process left beside it, and put back a
+    directory one had moved aside. Best effort: what cannot be removed (another user's, a race
+    with another writer cleaning up too) is left, and the write goes on.
 
-    Only names ``atomic_path`` makes are touched, and only when their process is gone: a build
-    still running elsewhere (another process, or another node of a shared file system) keeps its own.
+    Only names ``atomic_path`` makes are touched, and only when their process is gone from this
+    process table: a build still running elsewhere (another process, another node of a shared
+    file system, another container) keeps its own.
     """
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.(?:old|[^.]+\.tmp)")
-    host = _owner_tag().rsplit("-", 1)[0]
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<table>[0-9a-f]{{10}})-(?P<pid>\d+)\.(?:old|[^.]+\.tmp)")
+    table = _process_table_tag()
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
         match = pattern.fullmatch(leftover.name)
-        if not match or match["host"] != host or _process_alive(int(match["pid"])):
+        if not match or match["table"] != table or _process_alive(int(match["pid"])):
             continue
-        if leftover.name.endswith(".old") and not target.exists():  # killed between its two renames
-            log.warning("restoring %s from %s, moved aside by a process (%s) that was killed while "
-                        "replacing it", target, leftover.name, match["pid"])
-            os.replace(leftover, target)
-            continue
-        log.warning("removing %s, left by a process (%s) that was killed while writing it", leftover,
-                    match["pid"])
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        try:
+            if leftover.name.endswith(".old") and not target.exists():  # killed between its two renames
+                os.replace(leftover, target)
+                log.warning("restored %s from %s, moved aside by a process (%s) that was killed while "
+                            "replacing it", target, leftover.name, match["pid"])
+            elif leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+                log.warning("removed %s, left by a process (%s) killed while writing it", leftover, match["pid"])
+            else:
+                leftover.unlink()
+                log.warning("removed %s, left by a process (%s) killed while writing it", leftover, match["pid"])
+        except OSError as error:
+            log.debug("left %s in place (%s)", leftover, error)
 
 
 def _process_alive(pid: int) -> bool:

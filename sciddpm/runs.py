@@ -198,8 +198,9 @@ class RunDir:
             import fcntl
         except ImportError:  # no flock (Windows): one writer is the user's to ensure
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path.with_name(f".{self.path.name}.lock"), "a+")
+        real = self.path.resolve()  # one lock per directory, however it is reached (a symlink, "."))
+        real.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(real.with_name(f".{real.name}.lock"), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

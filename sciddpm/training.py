@@ -34,6 +34,7 @@ log = logging.getLogger("sciddpm.training")
 
 # Config sections that define what the model *is*: a resumed run must not change them.
 _IDENTITY_KEYS = ("data", "model", "diffusion", "seed")
+UNUSED_WITH_SCHEDULE = ("p_mean", "p_std")  # EDM's log-normal training noise; a DDPM table replaces it
 
 
 def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
@@ -62,6 +63,8 @@ def _with_absolute_data_path(cfg: dict) -> dict:
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:
     _check_trainer(trainer)
+    if rank == 0:
+        _warn_unused_noise_settings(cfg)
     sampler = dict(cfg.get("sampler") or {})  # what sampling from this run will use: checked now
     check_settings(sampler.get("method", "heun"), sampler.get("steps"), sampler.get("guidance", 1.0),
                    sampler.get("opts"))
@@ -278,8 +281,8 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
 def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
     previous = run.load_config()
     for key in _IDENTITY_KEYS:
-        if previous.get(key) != cfg.get(key):
-            changes = _differences(previous.get(key), cfg.get(key), key)
+        if _identity(previous, key) != _identity(cfg, key):
+            changes = _differences(_identity(previous, key), _identity(cfg, key), key)
             shown = "; ".join(f"{name}: {old!r} there, {new!r} now" for name, old, new in changes[:6])
             more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
             raise RunError(
@@ -291,14 +294,40 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
             f"changed since the run started. Start a new run with name=<new name>.")
 
 
+def _identity(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]`` as far as it defines the model: with a DDPM table, p_mean/p_std (EDM's training
+    noise) change nothing, and runs saved when the ddpm/vpred presets still carried them resume."""
+    value = cfg.get(key)
+    if key == "diffusion" and isinstance(value, Mapping) and value.get("schedule"):
+        value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
+    return value
+
+
+def _warn_unused_noise_settings(cfg: Mapping[str, Any]) -> None:
+    diffusion = cfg.get("diffusion") or {}
+    given = {k: diffusion[k] for k in UNUSED_WITH_SCHEDULE if diffusion.get(k) is not None}
+    if diffusion.get("schedule") and given:
+        log.warning("%s shape EDM's continuous training noise only (a data preset may set them); with "
+                    "diffusion.schedule=%s training draws timesteps uniformly from the table, so they are not used",
+                    ", ".join(f"diffusion.{k}={v}" for k, v in given.items()), diffusion["schedule"])
+
+
 def _differences(old: Any, new: Any, where: str) -> list[tuple[str, Any, Any]]:
-    """The dotted keys at which two configs differ, with both values (a missing key shows as None)."""
+    """The dotted keys at which two configs differ, with both values ("(absent)" for a missing key)."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found = []
         for key in sorted(set(old) | set(new), key=str):
-            found += _differences(old.get(key), new.get(key), f"{where}.{key}")
+            found += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{where}.{key}")
         return found
     return [] if old == new else [(where, old, new)]
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
 
 
 def _warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str, device: torch.device) -> None:

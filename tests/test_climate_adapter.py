@@ -56,6 +56,9 @@ def test_roundtrip_keeps_the_source_layout(stores, layout):
         a.to_tensor(other)
     rolled = other.longitude % 360 if lon.min() >= 0 else (other.longitude + 180) % 360 - 180  # the fix it names
     np.testing.assert_array_equal(a.to_tensor(other.assign_coords(longitude=rolled).sortby("longitude")), a.to_tensor(ds))
+    shifted = ds.assign_coords(latitude=ds["latitude"] + 0.5)  # another grid: no roll can fix it
+    with pytest.raises(ValueError, match=r"not the model's .*; regrid it to the training grid first"):
+        a.to_tensor(shifted)
     assert members["2m_temperature"].dims == ("member",) + source["2m_temperature"].dims[1:]
     assert members["dayofyear"].ndim == 0 and members["dayofyear"].attrs["units"] == "day"
     # the tensor is north-up whatever the store's order

@@ -18,6 +18,8 @@ def test_unknown_option_lists_the_available_ones():
         compose(["trainer=nosuch"])
     with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*trainer has keys: batch_size, .* - did you mean trainer\.steps\?"):
         compose(["trainer=quick", "trainer.stepz=3"])
+    with pytest.raises(ConfigError, match=r"model\.kwargs exists; to replace it whole, drop it first: '~model\.kwargs'"):
+        compose(["model.kwargs={width: 512}"])  # a mapping over a preset's mapping
     with pytest.raises(ConfigError, match=r"the config has keys: .* - did you mean seed\?"):
         compose(["seedz=3"])
     with pytest.raises(ConfigError, match=r"needs quotes inside the override"):
@@ -72,14 +74,24 @@ def test_diffusion_settings_are_checked_when_the_denoiser_is_built(caplog):
                                         r"'parameterization' \(did you mean 'parameterisation'\?\)"):
         build_denoiser(typo, spec)
     # p_mean/p_std shape only EDM's continuous noise: given with a DDPM table they are named as unused
+    # (when training; loading such a run to sample says nothing), and they do not count as a change of
+    # model on resume, so runs saved when the ddpm/vpred presets carried them still resume
+    from sciddpm.training import _identity, _warn_unused_noise_settings
+
     climate_on_ddpm = compose(["data=climate_era5", "diffusion=ddpm", "model=tiny1d"])  # the preset sets p_mean
     with caplog.at_level("WARNING", logger="sciddpm"):
+        _warn_unused_noise_settings(climate_on_ddpm)
         build_denoiser(climate_on_ddpm, spec)
-    assert "p_mean/p_std (0.0, None)" in caplog.text and "schedule 'linear'" in caplog.text
+    assert caplog.text.count("diffusion.p_mean=0.0 shape EDM's continuous training noise only") == 1
+    assert "diffusion.schedule=linear" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="sciddpm"):
-        build_denoiser(compose(["model=tiny1d", "diffusion=ddpm"]), spec)
+        _warn_unused_noise_settings(compose(["model=tiny1d", "diffusion=ddpm"]))
     assert "p_mean" not in caplog.text
+    saved_by_old_preset = {"diffusion": {**compose(["diffusion=ddpm"])["diffusion"], "p_mean": -1.2, "p_std": 1.2}}
+    assert _identity(saved_by_old_preset, "diffusion") == _identity(compose(["diffusion=ddpm"]), "diffusion")
+    edm = compose(["diffusion=edm"])
+    assert _identity(edm, "diffusion") != _identity({"diffusion": {**edm["diffusion"], "p_mean": 0.0}}, "diffusion")
 
 
 def test_the_custom_model_preset_takes_a_backbone_and_only_its_own_arguments():

@@ -8,7 +8,6 @@ import math
 import re
 import os
 import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -20,6 +19,7 @@ import torch
 from sciddpm.data import (ADAPTERS, CondSchema, CondVar, ConditionRangeWarning, DataSpec, Normaliser,
                           UnknownConditionError, adapter_from_spec, build_adapter)
 from sciddpm.data.base import split_indices
+from sciddpm import files
 from sciddpm.files import atomic_path
 from sciddpm.registry import UnknownNameError
 
@@ -263,9 +263,11 @@ def test_atomic_path_removes_what_a_killed_writer_left_and_nothing_else(tmp_path
     assert killed.returncode == -signal.SIGKILL
     [leftover] = tmp_path.iterdir()
     assert leftover.name.startswith(".cache.zarr.") and leftover.name.endswith(".tmp")
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())  # as atomic_path writes it
-    kept = [tmp_path / f".cache.zarr.{host}-{os.getpid()}.abc.tmp",  # a live writer (this process)
-            tmp_path / ".cache.zarr.other-node-1.abc.tmp",  # another host's writer, maybe alive
+    table = files._process_table_tag()  # this host, boot and pid namespace, as atomic_path names it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = "f" * 10 if table != "f" * 10 else "e" * 10
+    kept = [tmp_path / f".cache.zarr.{table}-{os.getpid()}.abc.tmp",  # a live writer (this process)
+            tmp_path / f".cache.zarr.{other}-{dead.stdout.strip()}.abc.tmp",  # pid of another node/container
             tmp_path / ".cache.zarr.notes.txt"]  # not ours
     for path in kept:
         path.write_text("x")
@@ -308,8 +310,7 @@ def test_a_directory_is_never_lost_when_its_replacement_fails(tmp_path, monkeypa
     assert (store / "v").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
     # a writer killed between its two renames left the old store aside: the next write restores it first
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())  # as atomic_path writes it
-    aside = tmp_path / f".s.zarr.{host}-{dead.stdout.strip()}.old"
+    aside = tmp_path / f".s.zarr.{files._process_table_tag()}-{dead.stdout.strip()}.old"
     os.replace(store, aside)
     with pytest.raises(RuntimeError):
         with atomic_path(store):
@@ -332,3 +333,31 @@ def test_every_recipe_checks_its_parameters_the_same_way(module, function, integ
         params(**{number: "x"})
     with pytest.raises(TypeError, match=r"unknown .* parameter\(s\) \['nope'\]; known: \["):
         params(nope=1)
+
+
+def test_one_process_builds_a_cache_entry_and_the_others_wait_for_it(tmp_path, monkeypatch, caplog):
+    import fcntl
+    import threading
+
+    from sciddpm.data.cache import ensure_built
+
+    entry, builds = tmp_path / "entry", []
+
+    def build(path):
+        builds.append(path)
+        path.mkdir()
+
+    holder = open(tmp_path / ".entry.lock", "a+")  # as another process building the entry holds it
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    with caplog.at_level("WARNING"):
+        waiting = threading.Thread(target=ensure_built, args=(entry, build, "the test data"))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not builds  # it waits rather than building beside the other
+        entry.mkdir()  # the other process finishes its build ...
+        holder.close()  # ... and lets go
+        waiting.join(timeout=10)
+    assert not waiting.is_alive() and builds == []  # it found the entry complete: nothing replaced
+    assert "waiting for another process that is building the test data" in caplog.text
+    ensure_built(tmp_path / "fresh", build, "the test data")
+    assert builds == [tmp_path / "fresh"]

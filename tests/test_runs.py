@@ -128,3 +128,17 @@ def test_resolve_run_lists_available_runs(tmp_path):
         resolve_run("alpha", tmp_path)
     with pytest.raises(RunError, match=r"nope is not a run directory \(it has no config\.yaml\).*alpha, beta"):
         resolve_run(tmp_path / "nope", tmp_path)  # a path gets no "train one with name=/tmp/..." advice
+
+
+def test_one_lock_per_run_directory_however_it_is_reached(tmp_path, monkeypatch):
+    (tmp_path / "scratch" / "run").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run").symlink_to(tmp_path / "scratch" / "run")  # runs/ linked to a scratch disk
+    held = RunDir(tmp_path / "runs" / "run").lock()
+    with pytest.raises(RunError, match="is in use by sciddpm train"):
+        RunDir(tmp_path / "scratch" / "run").lock()
+    monkeypatch.chdir(tmp_path / "scratch" / "run")
+    with pytest.raises(RunError, match="is in use by sciddpm train"):
+        RunDir(".").lock()
+    held.close()
+    RunDir(".").lock().close()

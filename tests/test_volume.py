@@ -83,7 +83,8 @@ def test_store_build_in_spawned_workers_equals_in_process_and_is_cached(tmp_path
     stamp = (parallel / "zarr.json").stat().st_mtime_ns
     assert grf.ensure_grf_store(workers=2, samples=grf.BLOCK + 6, size=4) == parallel
     assert (parallel / "zarr.json").stat().st_mtime_ns == stamp  # used, not rebuilt
-    assert [p.name for p in parallel.parent.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    leftovers = [p.name for p in parallel.parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    assert leftovers == []  # no temporaries (the builders' empty lock files stay)
 
 
 # ----------------------------------------------------------------------------- Gray-Scott
@@ -367,3 +368,15 @@ def test_own_store_preset_and_infill_of_several_samples(tmp_path, monkeypatch):
     assert np.isfinite(filled["rho"].values).all()
     with pytest.raises(ValueError, match=r"carries no condition 'Re'.*--cond Re=VALUE"):
         model.infill(observed.drop_vars("Re"), n=1, steps=2)
+
+
+def test_the_spectrum_caveat_is_not_fooled_by_rounding_of_offset_coordinates(grf_adapter):
+    from sciddpm.data.volume_eval import _spectrum_caveats
+
+    spec = grf_adapter.spec().to_dict()
+    for dim, offset in zip("zyx", (1e5, 2e5, 3e5)):  # e.g. UTM metres: equal spacing, large offsets
+        values = np.asarray(spec["output"]["coords"][dim]["values"]) * 0.1 + offset
+        spec["output"]["coords"][dim]["values"] = values.tolist()
+    assert _spectrum_caveats(DataSpec.from_dict(spec)) is None
+    spec["output"]["coords"]["x"]["values"] = (np.arange(8) * 0.2).tolist()
+    assert "grid spacings differ" in _spectrum_caveats(DataSpec.from_dict(spec))

@@ -151,7 +151,9 @@ class OutputLayout:
                 return (f"{lo.size} longitudes {lo.min():g}..{lo.max():g} x {la.size} latitudes "
                         f"{la.max():g}..{la.min():g}" if la.size and lo.size else "an empty grid")
 
-            same_points = lon.shape == want_lon.shape and np.allclose(np.sort(lon % 360), np.sort(want_lon % 360), atol=1e-4)
+            same_points = (lat.shape == want_lat.shape and np.allclose(lat, want_lat, atol=1e-4)
+                           and lon.shape == want_lon.shape
+                           and np.allclose(np.sort(lon % 360), np.sort(want_lon % 360), atol=1e-4))
             fix = ("the same longitudes in another convention: roll them onto the model's with "
                    "ds.assign_coords(longitude=ds.longitude % 360).sortby('longitude')"
                    if same_points and want_lon.min() >= 0 else

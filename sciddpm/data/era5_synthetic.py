@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from sciddpm.checks import is_integer
+from sciddpm.data.base import name_list
 from sciddpm.data.cache import cache_entry, ensure_built, recipe_params
 from sciddpm.data.era5_layouts import (COORD_ATTRS, LAT, LAYOUTS, LEVEL, LON, TIME, VARIABLE_ATTRS,
                                        parse_channel)
@@ -69,8 +71,16 @@ def synthetic_params(**overrides) -> dict:
     p = recipe_params("synthetic ERA5", DEFAULTS, overrides)
     if p["layout"] not in LAYOUTS:
         raise ValueError(f"unknown layout {p['layout']!r}; choose one of {', '.join(LAYOUTS)}")
-    p["hours"] = int(p["hours"] or LAYOUTS[p["layout"]].hours)
-    p["variables"], p["static"] = [str(v) for v in p["variables"]], [str(v) for v in p["static"]]
+    if p["hours"] is None:
+        p["hours"] = LAYOUTS[p["layout"]].hours
+    elif not is_integer(p["hours"]) or p["hours"] < 1:
+        raise ValueError(f"synthetic ERA5 parameter hours (time step) must be an integer >= 1, got {p['hours']!r}")
+    p["hours"] = int(p["hours"])
+    if p["time_chunk"] < 1 or p["arco_pad_steps"] < 0 or not p["length_km"] > 0:
+        raise ValueError(f"synthetic ERA5 needs time_chunk >= 1, arco_pad_steps >= 0 and length_km > 0; got "
+                         f"{p['time_chunk']}, {p['arco_pad_steps']}, {p['length_km']}")
+    p["variables"] = name_list(p["variables"], "synthetic ERA5 variables", "[2m_temperature,geopotential@500]")
+    p["static"] = name_list(p["static"], "synthetic ERA5 static", "[land_sea_mask]")
     for text in p["variables"]:
         name, level = parse_channel(text)
         if name not in LEVELLED | SURFACE:

@@ -27,7 +27,6 @@ edm         EDM's F               sd^2/(s^2+sd^2), s sd/r     SNR + 1 (EDM's lam
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Callable
 
@@ -36,8 +35,6 @@ from torch import nn
 
 from sciddpm.diffusion.schedules import VPSchedule, append_dims, lognormal_sigmas, vp_schedule
 from sciddpm.registry import Registry
-
-log = logging.getLogger("sciddpm")
 
 __all__ = ["PARAMETERISATIONS", "Denoiser"]
 
@@ -108,10 +105,6 @@ class Denoiser(nn.Module):
             raise ValueError(f"p_std must be positive, got {p_std!r}")
         if schedule is not None and not isinstance(schedule, VPSchedule):
             schedule = vp_schedule(schedule)
-        if schedule is not None and (p_mean, p_std) != (None, None):
-            log.warning("diffusion.p_mean/p_std (%s, %s) shape EDM's continuous training noise only; with "
-                        "schedule %r training draws timesteps uniformly from the table, so they are not "
-                        "used (drop them, or train with diffusion=edm)", p_mean, p_std, schedule.name)
         self.sigma_data = float(sigma_data)
         self.schedule = schedule
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
