@@ -275,6 +275,12 @@ def test_compare_same_distribution_and_scaled():
     assert set(compare(store, b)) == {"u"}
     summary = summarise(store)
     assert "done" not in summary and "member" not in summary.dims and set(summary.data_vars) == {"u"}
+    killed = (store["case"] == 0) & (store["member"] >= 20)  # a run killed with case 0 unfinished
+    partial = store.assign(done=store["done"].where(~killed, False))
+    with pytest.raises(ValueError, match=r"holds 44 of 48 members .* running the same `sciddpm sample --cases` command"):
+        summarise(partial)
+    complete = summarise(partial.isel(case=partial.done.all("member").values))  # the way out it names
+    assert complete.sizes["case"] == 1 and np.isfinite(complete["u"].values).all()
 
 
 # --------------------------------------------------------------------------- climate evaluation

@@ -5,7 +5,9 @@ labelled ``mean``, ``std`` (ddof=1) and ``q<quantile>`` (``q0.05``, ``q0.5``, ..
 statistic has the variable's units, so each variable keeps its name, attributes and other dims,
 and ``summary.sel(statistic="std")`` reads like the data. Variables without the member dim
 (static fields) are carried over unchanged; per-member flags that are not numbers (an ensemble
-store's ``done``) are left out, so the summary has no member dim left.
+store's ``done``) are left out, so the summary has no member dim left. A store whose ``done``
+flags say members are missing (a run still going, or killed) is refused: its empty members would
+turn every statistic of their case into NaN.
 
 ``compare`` answers "does the surrogate reproduce the solver at these parameters?" per variable,
 as plain JSON-able numbers: the RMSE between the two ensemble-mean fields (absolute and over the
@@ -46,6 +48,11 @@ def summarise(ens: xr.Dataset, member_dim: str = "member",
     m = ens.sizes[member_dim]
     if m < 2:
         raise ValueError(f"summarise needs at least 2 members for a standard deviation, got {m}")
+    if "done" in ens.data_vars and ens["done"].dtype == bool and not bool(ens["done"].all()):
+        done = ens["done"]
+        raise ValueError(f"the ensemble store holds {int(done.sum())} of {done.size} members (its 'done' flags); "
+                         "finish it by running the same `sciddpm sample --cases` command again, or summarise "
+                         "the cases that are complete: ens.isel(case=ens.done.all('member').values)")
     labels = ["mean", "std", *[f"q{q:g}" for q in quantiles]]
     out = {}
     for name, da in ens.data_vars.items():
