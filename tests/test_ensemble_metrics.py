@@ -279,6 +279,8 @@ def test_compare_same_distribution_and_scaled():
     partial = store.assign(done=store["done"].where(~killed, False))
     with pytest.raises(ValueError, match=r"holds 44 of 48 members .* running the same `sciddpm sample --cases` command"):
         summarise(partial)
+    with pytest.raises(ValueError, match=r"holds 44 of 48 members"):
+        compare(partial, b)
     complete = summarise(partial.isel(case=partial.done.all("member").values))  # the way out it names
     assert complete.sizes["case"] == 1 and np.isfinite(complete["u"].values).all()
 

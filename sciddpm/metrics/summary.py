@@ -6,8 +6,8 @@ statistic has the variable's units, so each variable keeps its name, attributes 
 and ``summary.sel(statistic="std")`` reads like the data. Variables without the member dim
 (static fields) are carried over unchanged; per-member flags that are not numbers (an ensemble
 store's ``done``) are left out, so the summary has no member dim left. A store whose ``done``
-flags say members are missing (a run still going, or killed) is refused: its empty members would
-turn every statistic of their case into NaN.
+flags say members are missing (a run still going, or killed) is refused, by ``compare`` too: its
+empty members would turn every statistic of their case into NaN.
 
 ``compare`` answers "does the surrogate reproduce the solver at these parameters?" per variable,
 as plain JSON-able numbers: the RMSE between the two ensemble-mean fields (absolute and over the
@@ -48,11 +48,7 @@ def summarise(ens: xr.Dataset, member_dim: str = "member",
     m = ens.sizes[member_dim]
     if m < 2:
         raise ValueError(f"summarise needs at least 2 members for a standard deviation, got {m}")
-    if "done" in ens.data_vars and ens["done"].dtype == bool and not bool(ens["done"].all()):
-        done = ens["done"]
-        raise ValueError(f"the ensemble store holds {int(done.sum())} of {done.size} members (its 'done' flags); "
-                         "finish it by running the same `sciddpm sample --cases` command again, or summarise "
-                         "the cases that are complete: ens.isel(case=ens.done.all('member').values)")
+    _check_complete(ens)
     labels = ["mean", "std", *[f"q{q:g}" for q in quantiles]]
     out = {}
     for name, da in ens.data_vars.items():
@@ -87,9 +83,20 @@ def compare(ens: xr.Dataset, reference: xr.Dataset, member_dim_ens: str = "membe
     missing = [v for v in names if v not in reference.data_vars]
     if missing:
         raise ValueError(f"reference lacks variables {missing}; it has {sorted(map(str, reference.data_vars))}")
+    _check_complete(ens)
     _check_same_cases(ens, reference)
     return {str(name): _compare_variable(ens[name], reference[name], member_dim_ens, member_dim_ref,
                                          spatial_dims, bands) for name in names}
+
+
+def _check_complete(ens: xr.Dataset) -> None:
+    """An ensemble store whose ``done`` flags say members are missing is refused: its empty members
+    would turn the statistics of their cases into NaN."""
+    done = ens.data_vars.get("done")
+    if done is not None and done.dtype == bool and not bool(done.all()):
+        raise ValueError(f"the ensemble store holds {int(done.sum())} of {done.size} members (its 'done' flags); "
+                         "finish it by running the same `sciddpm sample --cases` command again, or use the "
+                         "cases that are complete: ens.isel(case=ens.done.all('member').values)")
 
 
 def _is_number(da: xr.DataArray) -> bool:
