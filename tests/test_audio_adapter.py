@@ -137,7 +137,8 @@ def test_round_trip_to_tensor_to_xarray(tones_adapter):
     xr.testing.assert_allclose(tones_adapter.to_xarray(tones_adapter.to_tensor(one), {"pitch": 440.0}), one)
     free = tones_adapter.to_xarray(x, {})  # unconditional samples carry no conditioning coordinates
     assert "pitch" not in free.coords and free.attrs["conditions"] == "none (unconditional)"
-    with pytest.raises(ValueError, match="val split has 4"):
+    with pytest.raises(ValueError, match=r"asked for 5 held-out clips but the validation split has 4; lower n "
+                                         r"\(sciddpm evaluate --n\), or train with a larger data.kwargs.val_fraction"):
         tones_adapter.heldout(5)
     with pytest.raises(ValueError, match=r"expected normalised clips \[N, 1, T\]"):
         tones_adapter.to_xarray(x[:, 0], cond)

@@ -51,7 +51,8 @@ import xarray as xr
 
 from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, read_nsynth, soundfile,
                                    spectrogram_db)
-from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, register_adapter, split_indices
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, heldout_picks, register_adapter,
+                               split_indices)
 from sciddpm.data.stores import check_no_namesake, check_replaceable, write_store
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png
@@ -245,10 +246,7 @@ class AudioAdapter(Adapter):
     def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
         spec = self.spec()
         files, values = self._split("val")
-        if not 1 <= n <= len(files):
-            raise ValueError(f"asked for {n} held-out clips but the val split has {len(files)}; "
-                             "lower n (sciddpm evaluate --n), or train with a larger data.kwargs.val_fraction")
-        pick = np.random.default_rng(seed).choice(len(files), size=n, replace=False)
+        pick = heldout_picks(n, len(files), seed, "clips", "train with a larger data.kwargs.val_fraction")
         x = np.stack([load_clip(files[i], self.sample_rate, self.clip_samples, self.offset_s, self.channels)
                       for i in pick])
         cond = {k: [float(v) for v in values[k][pick]] for k in spec.cond.names}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.checks import is_integer
 from sciddpm.data.conditioning import (ConditionRangeWarning, CondSchema, CondVar,  # noqa: F401 (re-exported)
                                        UnknownConditionError, _short)
 from sciddpm.registry import Registry
@@ -361,6 +362,15 @@ def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, 
                 f"malformed DataSpec: shape {spec.shape} gives {dim!r} {size} points but its output "
                 f"coordinate has {count}; data_spec.json was edited or comes from another run - "
                 "use the data_spec.json the run was trained with")
+
+
+def heldout_picks(n: int, count: int, seed: int, what: str, more: str) -> np.ndarray:
+    """``n`` distinct positions in a validation split of ``count`` examples, drawn with ``seed``;
+    too many (or too few) is an error naming ``what`` is held out and ``more``, how to hold out more."""
+    if not is_integer(n) or not 1 <= n <= count:
+        raise ValueError(f"asked for {n!r} held-out {what} but the validation split has {count}; lower n "
+                         f"(sciddpm evaluate --n), or {more}")
+    return np.random.default_rng(seed).choice(count, size=int(n), replace=False)
 
 
 def split_indices(n: int, split: str, val_fraction: float, seed: int = 0) -> np.ndarray:

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import Adapter, CondSchema, CondVar, DataSpec, Normaliser, name_list, register_adapter
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, heldout_picks, name_list,
+                               register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)
@@ -295,9 +296,8 @@ class Era5Adapter(Adapter):
     def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
         spec, index = self.spec(), self._build_index()
         val = index["val"]
-        if not 1 <= n <= len(val):
-            raise ValueError(f"asked for {n} held-out times but the validation block has {len(val)}; lower n")
-        picks = np.sort(np.random.default_rng(seed).choice(val, size=n, replace=False))
+        more = "train with an earlier data.kwargs.val_start (or a larger data.kwargs.val_fraction)"
+        picks = np.sort(val[heldout_picks(n, len(val), seed, "times", more)])
         sub = index["ds"].isel({TIME: picks})
         cond = {k: v for k, v in self.cond_from_xarray(sub).items() if k in spec.cond.names}
         layout = OutputLayout(spec)

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, name_list,
-                               plain_json, register_adapter, split_indices)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, heldout_picks,
+                               name_list, plain_json, register_adapter, split_indices)
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -293,10 +293,7 @@ class VolumeAdapter(Adapter):
     def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
         spec = self.spec()
         val = self._items("val", spec.normaliser)
-        if not 1 <= n <= len(val):
-            raise ValueError(f"asked for {n} held-out volumes but the val split has {len(val)}; "
-                             "lower n (sciddpm evaluate --n), or train with a larger data.kwargs.val_fraction")
-        pick = np.random.default_rng(seed).choice(len(val), size=n, replace=False)
+        pick = heldout_picks(n, len(val), seed, "volumes", "train with a larger data.kwargs.val_fraction")
         x = np.stack([val.raw(i) for i in pick])
         index = val.indices[pick]
         cond = {k: [float(v) for v in self._read_table()["values"][k][index]] for k in spec.cond.names}
