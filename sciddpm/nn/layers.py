@@ -370,7 +370,7 @@ class Attention(nn.Module):
         self.qkv = Conv(dims, channels, 3 * channels, kernel_size=1)
         self.out = zero_init(Conv(dims, channels, channels, kernel_size=1))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, *spatial = x.shape
         qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)  # [B, N, 3C]; channels-last: a view
         qkv = qkv.contiguous().view(batch, -1, 3, self.heads, channels // self.heads)
@@ -390,7 +390,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = Conv(dims, channels, channels, 3, stride=2, padding=padding)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
@@ -401,5 +401,5 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = Conv(dims, channels, channels, 3, padding=padding)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -183,7 +183,7 @@ class UNet(nn.Module):
         h = self.conv_in(h)
         skips = [h]
         for layer in self.encoder:
-            h = layer(h, emb)
+            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb)
             skips.append(h)
         for layer in self.middle:
             h = layer(h, emb)
