@@ -51,8 +51,8 @@ import xarray as xr
 
 from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, read_nsynth, soundfile,
                                    spectrogram_db)
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, heldout_picks, register_adapter,
-                               split_indices)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, condition_coords, heldout_picks,
+                               register_adapter, split_indices)
 from sciddpm.data.stores import check_no_namesake, check_replaceable, write_store
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png
@@ -277,17 +277,14 @@ class AudioAdapter(Adapter):
             raise ValueError(f"expected normalised clips [N, {len(spec.channels)}, T], got shape {tuple(x.shape)}")
         n, _, t = x.shape
         wave = spec.normaliser.denormalise(x.double(), channel_axis=1).numpy().astype(np.float32)
-        checked = spec.cond.validate(cond, batch=n, warn=False, require_all=False)  # {}: unconditional
+        checked, cond_coords = condition_coords(spec.cond, cond, n)
         coords: dict[str, Any] = {
             "member": ("member", np.arange(n)),
             "time": ("time", np.arange(t) / self.sample_rate, {"units": "s", "long_name": "time from clip start"}),
+            **cond_coords,
         }
         if len(spec.channels) > 1:
             coords["channel"] = ("channel", list(spec.channels))
-        for var in (v for v in spec.cond.vars if v.name in checked):
-            attrs = {"units": var.units, "long_name": var.description or var.name}
-            scalar = np.ndim(cond[var.name]) == 0  # one value for all members: a scalar coordinate
-            coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
         dims = ("member", *self._clip_dims())
         data = wave[:, 0] if len(spec.channels) == 1 else wave
         waveform = xr.Variable(dims, data, {"units": spec.output.get("units", "1"),

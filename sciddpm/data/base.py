@@ -364,6 +364,19 @@ def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, 
                 "use the data_spec.json the run was trained with")
 
 
+def condition_coords(schema: CondSchema, cond: Mapping[str, Any], n: int) -> tuple[dict, dict]:
+    """The checked conditions of ``n`` examples (``{}``: unconditional) and their coordinates for
+    ``to_xarray``: units and description as attributes, a scalar coordinate where one value was
+    given for all members, else one value per ``member``."""
+    checked = schema.validate(cond, batch=n, warn=False, require_all=False)
+    coords = {}
+    for var in (v for v in schema.vars if v.name in checked):
+        attrs = {"units": var.units, "long_name": var.description or var.name}
+        scalar = np.ndim(cond[var.name]) == 0
+        coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
+    return checked, coords
+
+
 def heldout_picks(n: int, count: int, seed: int, what: str, more: str) -> np.ndarray:
     """``n`` distinct positions in a validation split of ``count`` examples, drawn with ``seed``;
     too many (or too few) is an error naming ``what`` is held out and ``more``, how to hold out more."""

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, heldout_picks,
-                               name_list, plain_json, register_adapter, split_indices)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, condition_coords,
+                               heldout_picks, name_list, plain_json, register_adapter, split_indices)
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -332,11 +332,8 @@ class VolumeAdapter(Adapter):
         for d, c in out["coords"].items():
             if c is not None:
                 coords[d] = (d, np.asarray(c["values"], dtype=c["dtype"]), dict(c["attrs"]))
-        checked = spec.cond.validate(cond, batch=n, warn=False, require_all=False)  # {}: unconditional
-        for var in (v for v in spec.cond.vars if v.name in checked):
-            attrs = {"units": var.units, "long_name": var.description or var.name}
-            scalar = np.ndim(cond[var.name]) == 0  # one value for all members: a scalar coordinate
-            coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
+        checked, cond_coords = condition_coords(spec.cond, cond, n)
+        coords.update(cond_coords)
         dtypes = out.get("dtypes") or {}  # the store's float64 fields stay float64 (an offset of 1e5 Pa needs it)
         data = {name: xr.Variable(dims, values[:, c].astype(dtypes.get(name, "float32")), dict(out["variables"][name]))
                 for c, name in enumerate(spec.channels)}
