@@ -110,9 +110,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     Works for files and for directories (zarr stores). Readers never see a half-written target:
     on error the temporary is removed and ``target`` is left as it was. A directory is replaced
     in two renames (old aside, new in), so between them a reader finds no target; a failed second
-    rename puts the old one back. Temporaries are named with this host and process id, so what a
-    killed process left (a first-use build stopped with kill -9) is removed, or an old directory
-    it had moved aside restored, by the next write of the same target.
+    rename puts the old one back. Temporaries are named with this process's id and process table
+    (host, boot, pid namespace), so what a killed process left (a first-use build stopped with
+    kill -9) is removed, or an old directory it had moved aside restored, by the next write of
+    the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
