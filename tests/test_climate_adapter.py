@@ -252,3 +252,24 @@ def test_a_nan_mask_from_a_run_directory_is_checked_before_use():
     bomb = {"shape": [2, 4, 8], "packbits_zlib_base64": base64.b64encode(zlib.compress(bytes(50_000_000))).decode()}
     with pytest.raises(ValueError, match="holds other than the 64 bits"):
         decode_mask(bomb, [2, 4, 8])  # inflated no further than 9 bytes, not to 50 MB
+
+
+@pytest.mark.parametrize("layout", list(SMALL))
+def test_a_batch_of_items_is_read_at_once_and_equals_the_store(stores, layout):
+    # The DataLoader asks for whole batches (__getitems__): one read per variable, any order, repeats
+    from sciddpm.data.era5_layouts import parse_channel
+
+    a = adapter(stores[layout], SMALL[layout]["variables"], layout=layout, **VAL[layout])
+    items, spec, source = a.dataset("train"), a.spec(), open_era5_store(str(stores[layout]))
+    indices = [len(items) - 1, 0, len(items) - 1]
+    batch = items.__getitems__(indices)
+    for i, item in zip(indices, batch):
+        for c, channel in enumerate(spec.channels):
+            name, level = parse_channel(channel)
+            da = source[name].isel(time=int(items.positions[i]))
+            da = (da if level is None else da.sel(level=level)).transpose("latitude", "longitude")
+            truth = da.sortby("latitude", ascending=False).values  # the tensor is north-up
+            z = (truth - spec.normaliser.mean[c]) / spec.normaliser.std[c]
+            np.testing.assert_allclose(item["x"][c].numpy(), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(item["cond"].numpy(), items[i]["cond"].numpy())
+    torch.testing.assert_close(batch[0]["x"], batch[2]["x"])

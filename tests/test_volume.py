@@ -258,6 +258,14 @@ def test_store_source_reads_any_layout(custom_store, tmp_path, suffix):
         truth = custom_store["temp"].isel(run=run).transpose("k", "j", "i").values
         np.testing.assert_allclose(ds["temp"].isel(member=member).values, truth, rtol=1e-12)
     assert_roundtrip(adapter, ds, cond)
+    items, spec = adapter.dataset("train"), adapter.spec()  # a batch is read at once, any order, repeats
+    batch = items.__getitems__([2, 0, 2])
+    for i, item in zip([2, 0, 2], batch):
+        run = int(items.indices[i])
+        for c, name in enumerate(["rho", "temp"]):
+            truth = custom_store[name].isel(run=run).transpose("k", "j", "i").values
+            z = (truth - spec.normaliser.mean[c]) / spec.normaliser.std[c]
+            np.testing.assert_allclose(item["x"][c].numpy(), z, rtol=1e-5, atol=1e-5)
     caveat = adapter.evaluate(ds, ds, cond, tmp_path / "eval")["spectral_slope"]["caveat"]
     assert "axes ['j'] are not periodic" in caveat and "grid spacings differ (k: 0.333333, i: 1)" in caveat
 
@@ -380,3 +388,14 @@ def test_the_spectrum_caveat_is_not_fooled_by_rounding_of_offset_coordinates(grf
     assert _spectrum_caveats(DataSpec.from_dict(spec)) is None
     spec["output"]["coords"]["x"]["values"] = (np.arange(8) * 0.2).tolist()
     assert "grid spacings differ" in _spectrum_caveats(DataSpec.from_dict(spec))
+
+
+def test_a_sample_with_nan_is_named_when_it_is_read(custom_store, tmp_path):
+    broken = custom_store.copy(deep=True)
+    broken["temp"][5, 1, 2, 3] = np.nan
+    broken.to_zarr(tmp_path / "sims.zarr")
+    adapter = build_adapter("volume", source="store", path=str(tmp_path / "sims.zarr"), fields=["rho", "temp"],
+                            params=["mass"], dims=["k", "j", "i"], sample_dim="run", val_fraction=0.25,
+                            stats_samples=64)
+    with pytest.raises(ValueError, match=r"sims\.zarr: sample 5 of \['temp'\] holds NaN/Inf; volumes must be finite"):
+        adapter.spec()  # the statistics pass reads every training sample (64 >= 9) and names the bad one

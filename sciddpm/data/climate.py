@@ -56,7 +56,8 @@ from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normalise
                                register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
-                                       detect_layout, encode_mask, open_era5_store, read_time)
+                                       detect_layout, encode_mask, open_era5_store, read_time,
+                                       read_times)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.stores import check_no_namesake, write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
@@ -64,6 +65,7 @@ from sciddpm.metrics.ensemble import area_weights as latitude_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIABLES = ("2m_temperature", "geopotential@500", "temperature@850")
+READ_BYTES = 256 * 2**20  # at most this much float64 read at once (a 64 x 32 batch of 32 is 1.5 MB)
 TIME_CONDS = {
     "dayofyear": dict(units="day", min=1.0, max=366.0, feature="cyclic", period=365.25,
                       description="day of the year of the valid time (1 = 1 January)"),
@@ -91,9 +93,23 @@ class Era5Times(torch.utils.data.Dataset):
         return len(self.positions)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch of items (the DataLoader asks for a whole batch at once): each variable is read
+        once for all its times, not once per item - on a 64 x 32 store, a quarter of the training
+        time went to reading item by item."""
         if self._store is None:
             self._store = self.plan.open()
-        raw = read_time(self._store, self.plan, int(self.positions[i]))
+        per_read = max(1, READ_BYTES // (8 * len(self.plan.channels) * int(np.prod(self.plan.shape))))
+        items = []
+        for start in range(0, len(indices), per_read):  # bounded memory on 0.25-degree grids
+            group = [int(i) for i in indices[start:start + per_read]]
+            raws = read_times(self._store, self.plan, self.positions[group])
+            items += [self._item(i, raw) for i, raw in zip(group, raws)]
+        return items
+
+    def _item(self, i: int, raw: np.ndarray) -> dict[str, torch.Tensor]:
         x = ((raw - self.mean) / self.std).astype(np.float32)
         item = {"x": torch.from_numpy(x), "cond": self.cond[i], "weight": self.weight}
         valid = np.isfinite(x)

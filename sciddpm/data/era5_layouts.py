@@ -24,8 +24,8 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
   names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
 * ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``canonical_dims``
   (the new CDS's ``valid_time``/``pressure_level`` read as ``time``/``level``), ``StorePlan`` +
-  ``read_time`` (which variable/level positions make each channel; one ``isel`` per variable per
-  time, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
+  ``read_times`` (which variable/level positions make each channel; one ``isel`` per variable per
+  batch of times, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
   masks (``encode_mask``/``decode_mask``). Outputs live in ``era5_output``.
 """
 
@@ -340,19 +340,32 @@ class StorePlan:
 
 
 def read_time(ds: Any, plan: StorePlan, position: int) -> np.ndarray:
-    """The channels at one time position: ``[C, n_lat, n_lon]`` float64, one read per variable."""
-    out = np.empty((len(plan.channels), *plan.shape))
+    """The channels at one time position: ``[C, n_lat, n_lon]`` float64 (``read_times`` of one)."""
+    return read_times(ds, plan, [position])[0]
+
+
+def read_times(ds: Any, plan: StorePlan, positions: Sequence[int]) -> np.ndarray:
+    """The channels at several time positions: ``[T, C, n_lat, n_lon]`` float64, in the order asked.
+
+    One read per variable for all the times (at their sorted positions: a training batch costs a
+    few store calls, not one per item and variable), transposed in numpy afterwards (a lazy
+    transpose turns a zarr read into point-wise indexing)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    order, inverse = np.unique(positions, return_inverse=True)
+    out = np.empty((len(order), len(plan.channels), *plan.shape))
     for name, levels, indices in plan.sources:
         var = ds[name].variable
-        if levels is None:
-            block = var.isel({TIME: position}).transpose(LAT, LON).values[None]
-        else:
-            block = var.isel({TIME: position, LEVEL: levels}).transpose(LEVEL, LAT, LON).values
-        out[indices] = plan._orient(np.asarray(block, dtype=np.float64))
+        picked = var.isel({TIME: order} if levels is None else {TIME: order, LEVEL: levels})
+        block = np.asarray(picked.values, dtype=np.float64)
+        want = (TIME, LAT, LON) if levels is None else (TIME, LEVEL, LAT, LON)
+        block = np.transpose(block, [picked.dims.index(d) for d in want])
+        out[:, indices] = plan._orient(block[:, None] if levels is None else block)
+    out = out[inverse]
     if np.isinf(out).any():  # NaN marks missing data; an infinity is a broken value
-        bad = [plan.channels[k] for k in np.flatnonzero(np.isinf(out).any(axis=(1, 2)))]
-        raise ValueError(f"{plan.path}, time index {position}: {', '.join(bad)} hold(s) +-inf; NaN marks missing "
-                         "values, so replace the infinities first (ds.where(np.isfinite(ds)) makes them NaN)")
+        t = int(np.argwhere(np.isinf(out).any(axis=(1, 2, 3)))[0, 0])
+        bad = [plan.channels[k] for k in np.flatnonzero(np.isinf(out[t]).any(axis=(1, 2)))]
+        raise ValueError(f"{plan.path}, time index {positions[t]}: {', '.join(bad)} hold(s) +-inf; NaN marks "
+                         "missing values, so replace the infinities first (ds.where(np.isfinite(ds)) makes them NaN)")
     return out
 
 

@@ -53,6 +53,7 @@ from sciddpm.data.volume_eval import slices_png, slope_scores
 log = logging.getLogger(__name__)
 
 SOURCES = {"grf": (["field"], ["alpha"]), "gray_scott": (["u", "v"], ["F", "k"]), "store": (None, None)}
+READ_BYTES = 256 * 2**20  # at most this much float64 read from a store at once
 
 
 def open_volume_store(path: str | Path) -> xr.Dataset:
@@ -82,20 +83,44 @@ class VolumeItems(torch.utils.data.Dataset):
 
     def raw(self, i: int) -> np.ndarray:
         """Sample ``i`` of this split in physical units, ``[C, *S]`` float64."""
+        return self.raws([i])[0]
+
+    def raws(self, items: Sequence[int]) -> np.ndarray:
+        """Samples ``items`` of this split, ``[N, C, *S]`` float64: one read per field for all of
+        them (sorted positions, transposed in numpy), not one per sample and field."""
         if self._store is None:
             self._store = open_volume_store(self.path)
-        index = int(self.indices[i])
-        x = np.stack([self._store[f].isel({self.sample_dim: index}).transpose(*self.dims).values
-                      for f in self.fields]).astype(np.float64)
-        if not np.isfinite(x).all():
-            bad = [f for f, c in zip(self.fields, x) if not np.isfinite(c).all()]
-            raise ValueError(f"{self.path}: sample {index} of {bad} holds NaN/Inf; volumes must be finite "
-                             "(drop or repair that sample)")
+        wanted = self.indices[np.asarray(items, dtype=np.int64)]
+        order, inverse = np.unique(wanted, return_inverse=True)
+        fields = []
+        for f in self.fields:
+            picked = self._store[f].variable.isel({self.sample_dim: order})
+            block = np.asarray(picked.values, dtype=np.float64)
+            fields.append(np.transpose(block, [picked.dims.index(d) for d in (self.sample_dim, *self.dims)]))
+        x = np.stack(fields, axis=1)[inverse]
+        finite = np.isfinite(x).reshape(len(x), len(self.fields), -1).all(axis=2)
+        if not finite.all():
+            n, c = np.argwhere(~finite)[0]
+            raise ValueError(f"{self.path}: sample {wanted[n]} of {[self.fields[c]]} holds NaN/Inf; volumes must be "
+                             "finite (drop or repair that sample)")
         return x
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = self.normaliser.normalise(self.raw(i), channel_axis=0)
-        return {"x": torch.from_numpy(x.astype(np.float32)), "cond": self.cond[i]}
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch (the DataLoader asks for a whole one at once), read a few samples per call: at
+        most 256 MB of float64 at once, so a batch of 256^3 volumes does not double its memory."""
+        if self._store is None:
+            self._store = open_volume_store(self.path)
+        size = len(self.fields) * int(np.prod([self._store.sizes[d] for d in self.dims]))
+        per_read = max(1, READ_BYTES // (8 * size))
+        out = []
+        for start in range(0, len(items), per_read):
+            group = [int(i) for i in items[start:start + per_read]]
+            x = self.normaliser.normalise(self.raws(group), channel_axis=1).astype(np.float32)
+            out += [{"x": torch.from_numpy(xi), "cond": self.cond[i]} for i, xi in zip(group, x)]
+        return out
 
 
 @register_adapter("volume")
@@ -294,7 +319,7 @@ class VolumeAdapter(Adapter):
         spec = self.spec()
         val = self._items("val", spec.normaliser)
         pick = heldout_picks(n, len(val), seed, "volumes", "train with a larger data.kwargs.val_fraction")
-        x = np.stack([val.raw(i) for i in pick])
+        x = val.raws(pick)
         index = val.indices[pick]
         cond = {k: [float(v) for v in self._read_table()["values"][k][index]] for k in spec.cond.names}
         x = spec.normaliser.normalise(torch.from_numpy(x), channel_axis=1)  # in the store's precision
