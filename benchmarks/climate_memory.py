@@ -8,8 +8,8 @@ samples), iterates one epoch of its training split through a DataLoader (batch 3
 ``num_workers`` 0 and 2 with spawned workers) and reads the peak resident set size (VmHWM of
 /proc/self/status; workers: RUSAGE_CHILDREN's largest maxrss). Prints one JSON line per case, then
 per worker count the ratio 10 T / T of the peak and of its growth over the post-import baseline.
-The adapter reads one ``isel(time=i)`` per variable per item and holds O(T) small arrays only
-(time positions, encoded conditions), so the ratio should be ~1 (< 1.1).
+The adapter reads one ``isel`` per variable per batch (at most 256 MB at once) and holds O(T)
+small arrays only (time positions, encoded conditions), so the ratio should be ~1 (< 1.1).
 """
 
 from __future__ import annotations
