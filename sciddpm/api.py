@@ -40,6 +40,7 @@ from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
 from sciddpm.diffusion.samplers import check_settings
+from sciddpm.distributed import local_rank
 from sciddpm.precision import network_dtype_name, resolve_device
 from sciddpm.runs import RunDir, resolve_run
 
@@ -60,7 +61,7 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     (25-40 s on a 2-core CPU), so it pays for large ensembles only: there it made sampling
     1.1-1.5x faster (docs/performance.md; ``benchmarks/compiled_sampling.py`` measures a run).
     Samples agree with the uncompiled ones to the network's rounding, not bit for bit."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, local_rank=local_rank())  # under torchrun, each rank its own GPU
     path = resolve_run(run, runs_dir)
     folder = RunDir(path)
     config = folder.load_config()
@@ -313,9 +314,8 @@ class Model:
             except ValueError:  # not one value per observation: case_table says so, in its own words
                 continue
             if differs:
-                log.warning("%s=%s replaces the observations' own %s (%s): the gaps are filled as if at %s",
-                            name, np.array2string(wanted, precision=6), name, np.array2string(own, precision=6),
-                            np.array2string(wanted, precision=6))
+                log.warning("%s=%s replaces the observations' own %s (%s): the gaps are filled as if at the former",
+                            name, np.array2string(wanted, precision=6), name, np.array2string(own, precision=6))
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""

@@ -65,7 +65,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.api import load, read_cases_csv
 
     settings = _run_overrides(overrides, "sample")
-    model = load(settings["model"], runs_dir=settings["runs_dir"], device=_device(args.device),
+    model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device,
                  bf16=False if args.fp32 else None, compile=args.compile)
     cond = _parse_cond(args.cond)
     options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
@@ -104,26 +104,13 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _device(device: str) -> str:
-    """Under torchrun each rank takes its own GPU (LOCAL_RANK) unless a device was named."""
-    local_rank = os.environ.get("LOCAL_RANK")
-    if device == "auto" and local_rank is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(local_rank))
-            return f"cuda:{int(local_rank)}"
-    return device
-
-
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.api import load
     from sciddpm.evaluate import evaluate
 
     settings = _run_overrides(overrides, "evaluate")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device,
-                 bf16=False if args.fp32 else None,
-                 compile=args.compile)
+                 bf16=False if args.fp32 else None, compile=args.compile)
     out = Path(args.out) if args.out else model.path / "evaluation"
     for path in evaluate(model, out, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          guidance=args.guidance, cases=args.cases, members=args.members):

@@ -79,7 +79,7 @@ def _fill(model: Model, out: Path, table: dict, items: list, batches: list, memb
             _open_or_create(model, out, table, members, settings, seed, fingerprint)
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
             failure = err
-    _agree(failure, world, f"creating {out} failed on rank 0")
+    _agree(failure, world, model.device, f"creating {out} failed on rank 0")
 
     # phase 2: every rank samples its share of the unfinished batches
     sampled, skipped = 0, 0
@@ -100,11 +100,11 @@ def _fill(model: Model, out: Path, table: dict, items: list, batches: list, memb
                 bar.update(len(batch))
     except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
         failure = err
-    _agree(failure, world, f"ensemble sampling failed on at least one rank; {out} keeps the items that "
-                           "finished - run the same command again to complete it")
+    _agree(failure, world, model.device, f"ensemble sampling failed on at least one rank; {out} keeps the "
+                                         "items that finished - run the same command again to complete it")
     if rank == 0:
         consolidate(out)
-    _agree(None, world, "")
+    _agree(None, world, model.device, "")
     return {"out": str(out), "items": len(items), "sampled": sampled, "skipped": skipped,
             "rank": rank, "world": world}
 
@@ -185,11 +185,12 @@ def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: tor
 
 
 # ----------------------------------------------------------------------------------- ranks
-def _agree(failure: Exception | None, world: int, message: str) -> None:
-    """A barrier that also tells every rank whether any rank failed; then all raise together."""
+def _agree(failure: Exception | None, world: int, device: torch.device, message: str) -> None:
+    """A barrier that also tells every rank whether any rank failed; then all raise together.
+    ``device``: the rank's model device, where an NCCL group's tensors must be."""
     if world > 1:
         on_gpu = torch.distributed.get_backend() == "nccl"
-        flag = torch.tensor([failure is not None], dtype=torch.int32, device="cuda" if on_gpu else "cpu")
+        flag = torch.tensor([failure is not None], dtype=torch.int32, device=device if on_gpu else "cpu")
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if flag.item() and failure is None:
             raise RuntimeError(message)

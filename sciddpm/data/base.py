@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,18 @@ def heldout_picks(n: int, count: int, seed: int, what: str, more: str) -> np.nda
         raise ValueError(f"asked for {n!r} held-out {what} but the validation split has {count}; lower n "
                          f"(sciddpm evaluate --n), or {more}")
     return np.random.default_rng(seed).choice(count, size=int(n), replace=False)
+
+
+READ_BYTES = 256 * 2**20  # the most float64 one batched read of training items holds at once
+
+
+def read_groups(indices: Sequence[int], values_per_item: int) -> Iterator[list[int]]:
+    """``indices`` in consecutive groups that each fit ``READ_BYTES`` of float64 (at least one item
+    a group): how ``__getitems__`` reads a batch in few store calls with bounded memory - a batch
+    of 32 is one group on a 64 x 32 grid, several on a 0.25-degree grid or of 256^3 volumes."""
+    per_read = max(1, READ_BYTES // (8 * values_per_item))
+    for start in range(0, len(indices), per_read):
+        yield [int(i) for i in indices[start:start + per_read]]
 
 
 def split_indices(n: int, split: str, val_fraction: float, seed: int = 0) -> np.ndarray:

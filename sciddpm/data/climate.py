@@ -53,7 +53,7 @@ import torch
 import xarray as xr
 
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, heldout_picks, name_list,
-                               register_adapter)
+                               read_groups, register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time,
@@ -65,7 +65,6 @@ from sciddpm.metrics.ensemble import area_weights as latitude_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIABLES = ("2m_temperature", "geopotential@500", "temperature@850")
-READ_BYTES = 256 * 2**20  # at most this much float64 read at once (a 64 x 32 batch of 32 is 1.5 MB)
 TIME_CONDS = {
     "dayofyear": dict(units="day", min=1.0, max=366.0, feature="cyclic", period=365.25,
                       description="day of the year of the valid time (1 = 1 January)"),
@@ -101,10 +100,8 @@ class Era5Times(torch.utils.data.Dataset):
         time went to reading item by item."""
         if self._store is None:
             self._store = self.plan.open()
-        per_read = max(1, READ_BYTES // (8 * len(self.plan.channels) * int(np.prod(self.plan.shape))))
         items = []
-        for start in range(0, len(indices), per_read):  # bounded memory on 0.25-degree grids
-            group = [int(i) for i in indices[start:start + per_read]]
+        for group in read_groups(indices, len(self.plan.channels) * int(np.prod(self.plan.shape))):
             raws = read_times(self._store, self.plan, self.positions[group])
             items += [self._item(i, raw) for i, raw in zip(group, raws)]
         return items

@@ -46,14 +46,14 @@ import torch
 import xarray as xr
 
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, condition_coords,
-                               heldout_picks, name_list, plain_json, register_adapter, split_indices)
+                               heldout_picks, name_list, plain_json, read_groups, register_adapter,
+                               split_indices)
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
 log = logging.getLogger(__name__)
 
 SOURCES = {"grf": (["field"], ["alpha"]), "gray_scott": (["u", "v"], ["F", "k"]), "store": (None, None)}
-READ_BYTES = 256 * 2**20  # at most this much float64 read from a store at once
 
 
 def open_volume_store(path: str | Path) -> xr.Dataset:
@@ -114,10 +114,8 @@ class VolumeItems(torch.utils.data.Dataset):
         if self._store is None:
             self._store = open_volume_store(self.path)
         size = len(self.fields) * int(np.prod([self._store.sizes[d] for d in self.dims]))
-        per_read = max(1, READ_BYTES // (8 * size))
         out = []
-        for start in range(0, len(items), per_read):
-            group = [int(i) for i in items[start:start + per_read]]
+        for group in read_groups(items, size):
             x = self.normaliser.normalise(self.raws(group), channel_axis=1).astype(np.float32)
             out += [{"x": torch.from_numpy(xi), "cond": self.cond[i]} for i, xi in zip(group, x)]
         return out
