@@ -81,8 +81,8 @@ class Denoiser(nn.Module):
     ``schedule`` (a VPSchedule or its name) makes training draw DDPM timesteps uniformly from
     its table and, for eps/v/x0, feeds the network the continuous timestep as ``c_noise`` (DDPM
     compatibility); without one, training draws ``ln sigma ~ N(p_mean, p_std^2)`` (EDM; None
-    means Karras et al.'s -1.2 and 1.2) and ``c_noise = ln(sigma)/4``. ``cond_dropout`` is the probability that a training row uses the
-    null condition (classifier-free guidance).
+    means Karras et al.'s -1.2 and 1.2) and ``c_noise = ln(sigma)/4``. ``cond_dropout`` is the
+    probability that a training row uses the null condition (classifier-free guidance).
     """
 
     def __init__(self, net: Callable[..., torch.Tensor], parameterisation: str = "edm",

@@ -5,8 +5,8 @@ Every sampler has the signature ``fn(denoiser, x, sigmas, *, generator=None, cal
 is a float64 table decreasing to 0, and ``denoiser(x, sigma) -> x0_hat`` (``sigma`` of shape [B])
 is all a sampler knows of the model. No state survives a call; all randomness comes from
 ``generator`` (a ``torch.Generator``, or a list of them, one per batch row, so that each row's
-noise does not depend on the rows batched with it); the update arithmetic runs in the dtype of ``x`` (at least float32, chosen by the
-caller) and denoiser outputs are cast to it. ``callback(i, sigma, x, x0_hat)``, if given, sees
+noise does not depend on the rows batched with it); the update arithmetic runs in the dtype of
+``x`` (at least float32, chosen by the caller) and denoiser outputs are cast to it. ``callback(i, sigma, x, x0_hat)``, if given, sees
 each state before its update together with the denoiser's estimate there.
 
 The last step of every sampler lands on sigma = 0, where each update rule reduces to the
