@@ -364,16 +364,16 @@ def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, 
                 "use the data_spec.json the run was trained with")
 
 
-def condition_coords(schema: CondSchema, cond: Mapping[str, Any], n: int) -> tuple[dict, dict]:
+def condition_coords(schema: CondSchema, cond: Mapping[str, Any], n: int, dim: str = "member") -> tuple[dict, dict]:
     """The checked conditions of ``n`` examples (``{}``: unconditional) and their coordinates for
     ``to_xarray``: units and description as attributes, a scalar coordinate where one value was
-    given for all members, else one value per ``member``."""
+    given for all examples, else one value along ``dim`` (``member``, or a climate field's ``time``)."""
     checked = schema.validate(cond, batch=n, warn=False, require_all=False)
     coords = {}
     for var in (v for v in schema.vars if v.name in checked):
         attrs = {"units": var.units, "long_name": var.description or var.name}
         scalar = np.ndim(cond[var.name]) == 0
-        coords[var.name] = ((), checked[var.name][0], attrs) if scalar else ("member", checked[var.name], attrs)
+        coords[var.name] = ((), checked[var.name][0], attrs) if scalar else (dim, checked[var.name], attrs)
     return checked, coords
 
 

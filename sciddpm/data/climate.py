@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, heldout_picks, name_list,
-                               read_groups, register_adapter)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, condition_coords, heldout_picks,
+                               name_list, read_groups, register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time,
@@ -313,9 +313,10 @@ class Era5Adapter(Adapter):
         picks = np.sort(val[heldout_picks(n, len(val), seed, "times", more)])
         sub = index["ds"].isel({TIME: picks})
         cond = {k: v for k, v in self.cond_from_xarray(sub).items() if k in spec.cond.names}
+        cond_coords = condition_coords(spec.cond, cond, len(picks), dim=TIME)[1]
         layout = OutputLayout(spec)
         data = {var["name"]: layout.select(sub[var["name"]], var) for var in spec.output["variables"]}
-        return layout.dataset(data, TIME, sub[TIME].values, cond), cond
+        return layout.dataset(data, TIME, sub[TIME].values, cond_coords), cond
 
     # ------------------------------------------------------------------ shared (both sides)
     def cond_from_xarray(self, ds: xr.Dataset, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -385,10 +386,9 @@ class Era5Adapter(Adapter):
         lead, lead_values = ("member", np.arange(len(values))) if stamps is None else (TIME, np.asarray(stamps))
         if len(lead_values) != len(values):
             raise ValueError(f"cond['time'] has {len(lead_values)} values for {len(values)} fields")
-        checked = spec.cond.validate(cond, batch=len(values), warn=False, require_all=False)
-        shown = {k: (checked[k][0] if np.ndim(cond[k]) == 0 else checked[k]) for k in checked}
+        cond_coords = condition_coords(spec.cond, cond, len(values), dim=lead)[1]
         layout = OutputLayout(spec)
-        return layout.dataset(layout.from_channels(values, lead), lead, lead_values, shown)
+        return layout.dataset(layout.from_channels(values, lead), lead, lead_values, cond_coords)
 
     def to_tensor(self, ds: xr.Dataset) -> torch.Tensor:
         return torch.from_numpy(OutputLayout(self.spec()).to_channels(ds)).float()

@@ -78,14 +78,14 @@ class OutputLayout:
                 da = da.where(~da[LEVEL].isin(missing))
         return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=var["dtype"])
 
-    def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray, cond: Mapping[str, Any]) -> xr.Dataset:
+    def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray,
+                cond_coords: Mapping[str, tuple]) -> xr.Dataset:
+        """The output Dataset of ``data`` (from ``from_channels`` or ``select``) along ``lead``, with
+        the conditions' coordinates from ``base.condition_coords``."""
         coords = {lead: (lead, lead_values)}
         for name in self.coords:
             coords[name] = self._coord(name)
-        for name, value in cond.items():
-            var = self.spec.cond[name]
-            attrs = {"units": var.units, "long_name": var.description or name}
-            coords[name] = ((), float(value), attrs) if np.ndim(value) == 0 else (lead, np.asarray(value, np.float64), attrs)
+        coords.update(cond_coords)
         variables = {v["name"]: xr.Variable(data[v["name"]][0], data[v["name"]][1], dict(v["attrs"]))
                      for v in self.variables}
         ds = xr.Dataset(variables, coords=coords, attrs=dict(self.attrs))
