@@ -38,6 +38,7 @@ from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
+from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.diffusion import sample as run_sampler
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank
@@ -407,7 +408,7 @@ class Model:
             def network_in_bf16(x, sigma, **kwargs):  # only the network runs in bf16 (house rule 1)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     return network(x, sigma, **kwargs).float()
-            denoiser = network_in_bf16
+            denoiser = forwards_drop_cond(network_in_bf16, network)
         if self._valid is not None:
             denoiser = _zero_outside(denoiser, self._valid.to(self.device))
         if conditional and guidance != 1.0:
@@ -420,14 +421,18 @@ def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:
     """``denoiser`` through torch.compile with static shapes; on CUDA in CUDA graphs too."""
     log.info("the network is compiled on its first call at each batch shape (tens of seconds)")
     if device.type != "cuda":
-        return torch.compile(denoiser, dynamic=False)
+        compiled = torch.compile(denoiser, dynamic=False)
+
+        def compiled_denoiser(x, sigma, **kwargs):
+            return compiled(x, sigma, **kwargs)
+        return forwards_drop_cond(compiled_denoiser, denoiser)
     graphed = torch.compile(denoiser, dynamic=False, mode="reduce-overhead")
 
     def graphed_denoiser(x, sigma, **kwargs):
         # a graph's output lives in a buffer that its next replay overwrites, while samplers and
         # guidance keep earlier estimates (dpmpp_2m's previous x0, the two halves of guidance)
         return graphed(x, sigma, **kwargs).clone()
-    return graphed_denoiser
+    return forwards_drop_cond(graphed_denoiser, denoiser)
 
 
 def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
@@ -435,7 +440,7 @@ def _zero_outside(denoiser: Callable, valid: torch.Tensor) -> Callable:
     0, the value such points had in training, so they stay noise-free and cannot disturb the rest."""
     def masked_denoiser(x, sigma, **kwargs):
         return torch.where(valid, denoiser(x, sigma, **kwargs), torch.zeros((), dtype=x.dtype, device=x.device))
-    return masked_denoiser
+    return forwards_drop_cond(masked_denoiser, denoiser)
 
 
 def _progress(total: int, show: bool) -> tqdm:

@@ -284,3 +284,17 @@ def test_samples_of_one_name_in_two_formats_are_refused_not_mixed(model, tmp_pat
     assert {p.name: p.read_bytes() for p in tmp_path.glob("x_*")} == clips and not (tmp_path / "x.zarr").exists()
     (tmp_path / "y.nc").write_bytes(b"not ours")  # a user's own file of that name is no namesake of ours
     model.write(first, tmp_path / "y.zarr")
+
+
+@pytest.mark.parametrize("bf16", [False, None])
+def test_guidance_runs_both_branches_as_one_batch(runs, bf16):
+    # the wrappers between sampler and network (bf16 autocast, the never-valid mask) must pass
+    # drop_cond on, or guidance falls back to two network calls per step
+    guided_model = sciddpm.load("tiny", runs_dir=runs, device="cpu", bf16=bf16)
+    batches = []
+    hook = guided_model._network.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        guided_model.sample(3, {"pitch": 440.0}, steps=3, guidance=2.0, seed=0)
+    finally:
+        hook.remove()
+    assert batches and set(batches) == {6}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sciddpm.diffusion import SAMPLERS, Denoiser, guided, inpainting, sample
+from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.testing import gaussian_denoiser
 
 
@@ -52,7 +53,7 @@ def _counting(fn):
         calls.append((x.shape[0], kwargs))
         return fn(x, sigma, **kwargs)
 
-    return wrapped, calls
+    return forwards_drop_cond(wrapped, fn), calls
 
 
 def whitened_error(x, mean, cov):
@@ -81,9 +82,21 @@ def test_guidance_scale_zero_is_unconditional_and_one_conditional():
     assert [n for n, _ in calls] == [10]
     assert calls[0][1]["drop_cond"].tolist() == [False] * 5 + [True] * 5
     counted, calls = _counting(two_call_gaussian)
-    counted._sciddpm_takes_drop_cond = False
     guided(counted, 2.0)(x, sigma, cond=cond)
     assert [n for n, _ in calls] == [5, 5]
+
+
+def test_a_denoiser_that_takes_but_ignores_extra_keywords_is_still_guided():
+    # a user's function with **kwargs that never looks at drop_cond: batching both branches through
+    # it would make both conditional (guidance silently off), so it gets two calls
+    def loose(x, sigma, cond=None, **ignored):
+        return conditional_gaussian(x, sigma, cond)
+
+    g = torch.Generator().manual_seed(5)
+    x, cond = torch.randn(4, D_DIM, generator=g, dtype=torch.float64), torch.randn(4, D_DIM, generator=g, dtype=torch.float64)
+    sigma = torch.full((4,), 1.3, dtype=torch.float64)
+    d_u, d_c = conditional_gaussian(x, sigma), conditional_gaussian(x, sigma, cond)
+    torch.testing.assert_close(guided(loose, 4.0)(x, sigma, cond=cond), d_u + 4.0 * (d_c - d_u))
 
 
 def test_guided_sampling_gives_the_extrapolated_gaussian():

@@ -227,6 +227,8 @@ def test_sample_errors_name_the_problem():
         sample(denoiser, noise, method="heun", churn=1.0)
     with pytest.raises(ValueError, match="more than the 1000 levels"):
         sample(denoiser, noise, method="ddim", steps=1001)
+    with pytest.warns(UserWarning, match=r"starts at 2: .*too little variance.*sigma_max >= 20"):
+        sample(denoiser, noise, sigma_max=2.0, steps=4)
 
 
 def test_a_bad_sampler_config_is_refused_before_training_starts(tmp_path):

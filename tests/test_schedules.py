@@ -31,6 +31,17 @@ def test_linear_schedule_is_ho_et_al():
     assert s.sigmas.numpy() == pytest.approx(np.sort(s.sigmas.numpy()))  # increasing in t
 
 
+@pytest.mark.parametrize("T", [50, 250, 4000])
+def test_linear_schedule_of_other_lengths_keeps_the_total_noise(T):
+    # betas scaled by 1000/T (Nichol & Dhariwal's code): the last level stays of the order of
+    # T=1000's sigma 157 (359 at T=50, 153 at 4000); unscaled, T=50 ended at sigma 0.81, far too
+    # little noise to start sampling from
+    s, reference = vp_schedule("linear", T), vp_schedule("linear")
+    assert s.betas[0].item() == pytest.approx(1e-4 * 1000 / T) and s.betas[-1].item() == pytest.approx(0.02 * 1000 / T)
+    assert 100 < s.sigmas[-1].item() < 400
+    assert s.sigmas[0].item() == pytest.approx(reference.sigmas[0].item() * math.sqrt(1000 / T), rel=0.01)
+
+
 def test_cosine_schedule_is_nichol_and_dhariwal():
     T = 1000
     s = vp_schedule("cosine", T)

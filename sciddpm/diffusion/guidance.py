@@ -16,7 +16,7 @@ import torch
 
 from sciddpm.diffusion.schedules import append_dims
 
-__all__ = ["guided", "inpainting"]
+__all__ = ["guided", "inpainting", "forwards_drop_cond"]
 
 DenoiserFn = Callable[..., torch.Tensor]
 _DROP_COND = "_sciddpm_takes_drop_cond"  # set on our wrappers: may this one get `drop_cond`?
@@ -28,12 +28,21 @@ def _takes_drop_cond(denoiser: DenoiserFn) -> bool:
     if flag is not None:
         return bool(flag)
     try:
-        parameters = inspect.signature(denoiser).parameters
+        call = denoiser.forward if isinstance(denoiser, torch.nn.Module) else denoiser
+        parameters = inspect.signature(call).parameters
     except (TypeError, ValueError):
         return False
-    # a Denoiser (or anything with an explicit drop_cond); **kwargs are assumed to forward there
-    return "drop_cond" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    # Only an explicit drop_cond counts: a function that merely takes **kwargs may ignore it, and
+    # then both halves of a batched call would run conditionally (guidance silently off).
+    return "drop_cond" in parameters
+
+
+def forwards_drop_cond(wrapper: DenoiserFn, inner: DenoiserFn) -> DenoiserFn:
+    """Mark ``wrapper``, a ``(x, sigma, **kwargs)`` function that hands its keyword arguments on to
+    ``inner``, as taking ``drop_cond`` exactly when ``inner`` does, so that :func:`guided` can run
+    both of its branches as one batch through it (a bare ``**kwargs`` is not taken as a promise)."""
+    setattr(wrapper, _DROP_COND, _takes_drop_cond(inner))
+    return wrapper
 
 
 def _twice(value: Any, batch: int) -> Any:
@@ -49,8 +58,9 @@ def guided(denoiser: DenoiserFn, scale: float) -> DenoiserFn:
     ``D_c = denoiser(x, sigma, cond=cond)`` and ``D_u = denoiser(x, sigma, cond=None)``, the
     network's null condition learnt through conditioning dropout. ``scale = 1`` is the plain
     conditional denoiser, ``0`` the unconditional one, ``> 1`` sharpens towards the condition.
-    When the wrapped denoiser takes ``drop_cond`` (a :class:`Denoiser` does) both branches run as
-    one batch of 2B rows with ``drop_cond`` marking the unconditional half; otherwise two calls.
+    When the wrapped denoiser takes ``drop_cond`` (a :class:`Denoiser` does, and wrappers marked
+    with :func:`forwards_drop_cond`) both branches run as one batch of 2B rows with ``drop_cond``
+    marking the unconditional half; otherwise two calls.
     Calls without ``cond`` pass straight through.
     """
     scale = float(scale)
@@ -140,8 +150,7 @@ def inpainting(denoiser: DenoiserFn, known: torch.Tensor, mask: torch.Tensor, *,
                             iterations, tol)
         return torch.where(keep, values, x0)
 
-    setattr(inpainting_denoiser, _DROP_COND, _takes_drop_cond(denoiser))
-    return inpainting_denoiser
+    return forwards_drop_cond(inpainting_denoiser, denoiser)
 
 
 def _condition(denoiser: DenoiserFn, x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor,

@@ -57,9 +57,13 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ VP (DDPM) tables
 @VP_SCHEDULES.register("linear")
-def _linear_betas(T: int) -> np.ndarray:
-    # Ho et al. 2020, sec. 4: beta_t from 1e-4 to 0.02, linearly over T=1000 steps.
-    return np.linspace(1e-4, 0.02, T, dtype=np.float64)
+def _linear_betas(T: int, max_beta: float = 0.999) -> np.ndarray:
+    # Ho et al. 2020, sec. 4: beta_t from 1e-4 to 0.02, linearly over T=1000 steps. Other T scale
+    # both ends by 1000/T (Nichol & Dhariwal 2021's code), so the total noise sum(beta), and with it
+    # alphas_cumprod at the last step (sigma_max ~ 157), stays that of T=1000: unscaled, T=50 would
+    # end at sigma 0.81 and sample from far too little noise. Clipped like the cosine table.
+    scale = 1000.0 / T
+    return np.minimum(np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64), max_beta)
 
 
 @VP_SCHEDULES.register("cosine")
