@@ -9,7 +9,7 @@ one whole ``sample()`` call, median over ``--rounds``. Weights are untrained (sp
 depend on them).
 
 GPU path: ``--dtype bfloat16`` casts the network's weights to bf16 (the sampler arithmetic stays
-float32, DESIGN.md rule 1); ``--compile`` compiles the network with static shapes, and
+float32, house rule 1 in docs/architecture.md); ``--compile`` compiles the network with static shapes, and
 ``--compile-mode reduce-overhead`` also captures it in CUDA graphs, so each evaluation is one
 graph launch; compile time is reported. ``--batch 0`` doubles the batch until memory runs out (or
 ``--max-batch``) and keeps the largest that fitted. On CUDA the timed rounds run under

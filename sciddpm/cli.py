@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_override(token: str) -> bool:
-    return "=" in token and not token.startswith("-")
+    """Hydra's ``key=value``, ``+key=value``, ``++key=value`` and ``~key`` (delete; ``~key=value`` too)."""
+    return ("=" in token or token.startswith("~")) and not token.startswith("-")
 
 
 # ------------------------------------------------------------------------------------- commands

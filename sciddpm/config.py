@@ -1,20 +1,58 @@
 """Hydra composition of sciddpm's configs, shared by the command line and the Python API.
 
 The configs ship inside the package (``sciddpm/configs``; the repository's top-level ``configs/``
-is a link to it), so an installed sciddpm composes exactly what a source checkout does. Only
-``compose`` is used: nothing here calls ``hydra.utils.instantiate``, and configs name registry
-entries, never import paths.
+is a link to it), so an installed sciddpm composes exactly what a source checkout does. Presets of
+one's own (``data/sst.yaml``, ``model/big.yaml``) sit in folders of the same layout, found through
+the environment variable ``SCIDDPM_CONFIG_PATH`` (folders, separated like ``PATH``) or shipped in a
+plugin package named by an entry point in the group ``sciddpm.configs``; sciddpm's own presets come
+first when names clash. Only ``compose`` is used: nothing here calls ``hydra.utils.instantiate``,
+and configs name registry entries, never import paths.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("data", "model", "diffusion", "sampler", "trainer", "experiment")
+CONFIG_PATH_VARIABLE = "SCIDDPM_CONFIG_PATH"
+CONFIG_ENTRY_POINTS = "sciddpm.configs"  # name = "mypkg.conf": a package holding data/, model/, ...
+WHERE_PRESETS_GO = (f"(sciddpm's presets live in {CONFIG_DIR}; your own go in a folder named by {CONFIG_PATH_VARIABLE}, "
+                    f"e.g. <folder>/data/<name>.yaml, or in a plugin package's '{CONFIG_ENTRY_POINTS}' entry point)")
+
+
+def preset_folders(*, check: bool = True) -> list[Path]:
+    """The folders of presets besides sciddpm's own: ``$SCIDDPM_CONFIG_PATH`` in order (an entry
+    that is not a folder is an error, or left out with ``check=False``)."""
+    folders = []
+    for entry in filter(None, os.environ.get(CONFIG_PATH_VARIABLE, "").split(os.pathsep)):
+        folder = Path(entry).expanduser().resolve()
+        if not folder.is_dir() and not check:
+            continue
+        if not folder.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_VARIABLE} names {entry!r}, which is not a folder; it should hold "
+                              "config groups of presets, e.g. data/<name>.yaml")
+        folders.append(folder)
+    return folders
+
+
+def preset_packages() -> list[str]:
+    """The packages of presets that installed plugins name in the ``sciddpm.configs`` group."""
+    return [entry_point.value for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS)]
+
+
+def _search_path() -> list[str]:
+    """Hydra search-path entries for the presets beyond sciddpm's own."""
+    return [f"file://{folder}" for folder in preset_folders()] + [f"pkg://{package}" for package in preset_packages()]
+
+
+def _quoted(entry: str) -> str:
+    return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class ConfigError(ValueError):
@@ -30,9 +68,14 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+        raise ConfigError(f"set {CONFIG_PATH_VARIABLE}=<folder> instead of hydra.searchpath: sciddpm builds the "
+                          "search path itself, from that variable and the installed plugins")
+    extra = _search_path()
+    search = [f"hydra.searchpath=[{','.join(map(_quoted, extra))}]"] if extra else []
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=search + overrides)
         missing = sorted(OmegaConf.missing_keys(cfg))  # a preset's ??? (e.g. your data's path)
         if missing:
             raise ConfigError("this config needs " + ", ".join(missing) + " set: add "
@@ -42,8 +85,7 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         quoting = ("\nA value with non-ASCII letters or characters such as ( ) [ ] needs quotes inside the override: "
                    "'runs_dir=\"/my runs/x\"'" if "LexerNoViableAlt" in str(error) or "no viable alternative"
                    in str(error) else "")
-        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}\n"
-                          f"(config groups live in {CONFIG_DIR})") from None
+        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}\n{WHERE_PRESETS_GO}") from None
 
 
 def _close_key_hint(message: str, overrides: list[str]) -> str:
@@ -71,9 +113,19 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
 
 
 def options(group: str) -> list[str]:
-    """The presets available in one config group, e.g. ``options("trainer")``."""
-    folder = CONFIG_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """The presets available in one config group, e.g. ``options("trainer")``: sciddpm's own and
+    those in ``$SCIDDPM_CONFIG_PATH`` and installed plugins."""
+    names = set()
+    for folder in [CONFIG_DIR, *preset_folders(check=False)]:
+        names.update(p.stem for p in (folder / group).glob("*.yaml"))
+    for package in preset_packages():
+        try:
+            entries = resources.files(package).joinpath(group)
+            if entries.is_dir():
+                names.update(e.name.removesuffix(".yaml") for e in entries.iterdir() if e.name.endswith(".yaml"))
+        except (ImportError, OSError, TypeError):  # a broken plugin: compose names it when it is used
+            continue
+    return sorted(names)
 
 
 def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ bf16 autocast pays only where the hardware multiplies bf16 natively: CUDA GPUs t
 Lake, Sapphire Rapids and later). There the DDPM CIFAR-10 net trains 1.9x faster than in float32
 on 2 CPU cores (docs/performance.md). Elsewhere bf16 is emulated and slower than float32, so the
 network runs in float32. Either way only the network runs in bf16: noise levels, sampler
-arithmetic, losses and optimiser state stay float32 or wider (DESIGN.md house rule 1).
+arithmetic, losses and optimiser state stay float32 or wider (house rule 1 in docs/architecture.md).
 """
 
 from __future__ import annotations

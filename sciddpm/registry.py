@@ -1,7 +1,7 @@
 """Name -> builder registries: the one way sciddpm turns a short name from a config into an object.
 
 Configs and run directories hold ``{name, kwargs}``, never dotted import paths, so nothing read
-from disk can choose what code runs (DESIGN.md house rule 7). A registry checks the keyword
+from disk can choose what code runs (house rule 7 in docs/architecture.md). A registry checks the keyword
 arguments against the builder's signature before calling it, so a typo in a config fails with
 the list of accepted arguments instead of deep inside a constructor. Third-party packages add
 entries through the entry-point groups ``sciddpm.backbones``, ``sciddpm.adapters`` and
@@ -86,6 +86,9 @@ class Registry:
         close = difflib.get_close_matches(str(name), known, n=1)
         if close:
             message += f". Did you mean {close[0]!r}?"
+        elif self.entry_point_group is not None:
+            message += (f". If {name!r} comes from another package, install it (it names its {self.kind}s in the "
+                        f"entry-point group '{self.entry_point_group}'), or import the module that registers it")
         return message
 
     def _load_plugins(self) -> None:

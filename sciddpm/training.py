@@ -23,7 +23,7 @@ import torch.distributed as dist
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import is_integer
 from sciddpm.config import as_config
-from sciddpm.data import DataSpec, build_adapter
+from sciddpm.data import ADAPTERS, DataSpec, build_adapter
 from sciddpm.data.batches import training_batches
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank, process_group
@@ -43,22 +43,25 @@ def train(config: Mapping[str, Any] | Iterable[str] | None = None) -> Path:
     ``config`` is a composed config or a list of Hydra overrides, e.g.
     ``sciddpm.train(["data=audio", "trainer=quick"])``.
     """
-    cfg = _with_absolute_data_path(as_config(config))
+    cfg = _with_absolute_data_paths(as_config(config))
     trainer = cfg["trainer"]
     on_cuda = trainer["device"] != "cpu" and torch.cuda.is_available()
     with process_group(on_cuda) as (rank, world), contextlib.ExitStack() as held:
         return _train(cfg, trainer, rank, world, local_rank(), held)
 
 
-def _with_absolute_data_path(cfg: dict) -> dict:
-    """``data.kwargs.path`` made absolute when it is local, so that the saved config finds the data
-    again from any folder (``sciddpm evaluate``, a resumed run); URLs (``gs://...``) stay as given."""
+def _with_absolute_data_paths(cfg: dict) -> dict:
+    """The adapter's ``path_arguments`` (``data.kwargs.path``...) made absolute where they are
+    local, so that the saved config finds the data again from any folder (``sciddpm evaluate``, a
+    resumed run); URLs (``gs://...``) stay as given. The caller's config is left as it was."""
     data = cfg.get("data") or {}
-    path = (data.get("kwargs") or {}).get("path")
-    if not isinstance(path, str) or "://" in path:
-        return cfg
-    absolute = str(Path(path).expanduser().resolve())  # a copy: the caller's config stays as given
-    return {**cfg, "data": {**data, "kwargs": {**data["kwargs"], "path": absolute}}}
+    kwargs = dict(data.get("kwargs") or {})
+    builder = ADAPTERS.get(data.get("name"))  # an unknown name lists the known ones
+    for key in getattr(builder, "path_arguments", ("path",)):
+        value = kwargs.get(key)
+        if isinstance(value, str) and "://" not in value:
+            kwargs[key] = str(Path(value).expanduser().resolve())
+    return {**cfg, "data": {**data, "kwargs": kwargs}}
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:

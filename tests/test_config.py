@@ -27,6 +27,49 @@ def test_unknown_option_lists_the_available_ones():
     assert compose(['runs_dir="/tmp/rüns"'])["runs_dir"] == "/tmp/rüns"
 
 
+def _preset(folder, group, name, text="name: audio\nkwargs:\n  tones_clips: 32\n"):
+    (folder / group).mkdir(parents=True, exist_ok=True)
+    (folder / group / f"{name}.yaml").write_text(text)
+
+
+def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, capsys):
+    mine = tmp_path / "my presets"  # a space in the path: the search path entry is quoted
+    _preset(mine, "data", "mine")
+    _preset(mine, "trainer", "quick", "steps: 1\n")  # a clash: sciddpm's own preset wins
+    monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(mine))
+    assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
+    assert compose(["trainer=quick"])["trainer"]["steps"] > 1
+    assert "mine" in options("data")
+    # a plugin package ships its presets and names them in the sciddpm.configs entry-point group
+    _preset(tmp_path / "sstplug" / "conf", "data", "sst", "name: audio\nkwargs:\n  tones_clips: 48\n")
+    for package in (tmp_path / "sstplug", tmp_path / "sstplug" / "conf"):
+        (package / "__init__.py").write_text("")
+    info = tmp_path / "sstplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sstplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sciddpm.configs]\nsst = sstplug.conf\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert compose(["data=sst"])["data"]["kwargs"]["tones_clips"] == 48
+    assert {"mine", "sst"} <= set(options("data"))
+    with pytest.raises(ConfigError, match=r"(?s)Could not find 'data/nosuch'.*your own go in a folder named by "
+                                          r"SCIDDPM_CONFIG_PATH.*'sciddpm\.configs' entry point"):
+        compose(["data=nosuch"])
+    with pytest.raises(ConfigError, match="instead of hydra.searchpath"):
+        compose([f"hydra.searchpath=[file://{mine}]"])
+    monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"SCIDDPM_CONFIG_PATH names .*missing.*not a folder"):
+        compose()
+
+
+def test_the_command_line_takes_hydras_delete_overrides(tmp_path, monkeypatch, capsys):
+    from sciddpm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # what the error for a mapping over a preset's mapping recommends must get through argparse
+    assert main(["train", "~model.kwargs", "+model.kwargs={nosuch: 1}"]) == 1
+    assert "got unknown argument(s) 'nosuch'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", ["audio_folder", "volume_store"])
 def test_a_preset_for_your_own_data_asks_for_its_path(preset):
     with pytest.raises(ConfigError, match=r"needs data\.kwargs\.path set: add data\.kwargs\.path=\.\.\."):

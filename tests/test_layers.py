@@ -1,4 +1,4 @@
-"""Imports go one way (DESIGN.md section 2): checked on the source, so a new module can't slip."""
+"""Imports go one way (docs/architecture.md): checked on the source, so a new module can't slip."""
 
 import ast
 import sys

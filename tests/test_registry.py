@@ -23,3 +23,6 @@ def test_a_broken_plugin_is_named_and_does_not_hide_the_others(monkeypatch, capl
         things.get("broken")
     with pytest.raises(UnknownNameError, match=r"unknown thing 'wrking'; known things: working. Did you mean"):
         things.get("wrking")
+    with pytest.raises(UnknownNameError, match=r"unknown thing 'sst'; .*install it \(it names its things in the "
+                                               r"entry-point group 'sciddpm\.test_things'\), or import the module"):
+        things.get("sst")  # a run trained with a plugin, loaded where the plugin is missing

@@ -321,3 +321,23 @@ def test_two_process_gloo_ddp_trains_and_checkpoints_once(cache, trained, tmp_pa
     assert result.stdout.count("run directory:") == 1  # said once, by rank 0; torchrun's 0 exit: both finished
     model, _, step = run.load_weights()
     assert step == 20 and all(torch.isfinite(v).all() for v in model.values())
+
+
+def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
+    # a plugin whose data lives in two places, named other than `path`
+    from sciddpm.data import ADAPTERS, Adapter
+    from sciddpm.training import _with_absolute_data_paths
+
+    class TwoStores(Adapter):
+        path_arguments = ("store", "mask_file")
+
+    monkeypatch.setitem(ADAPTERS._builders, "two_stores", TwoStores)
+    monkeypatch.chdir(tmp_path)
+    cfg = {"data": {"name": "two_stores", "kwargs": {"store": "sst.zarr", "mask_file": "gs://bucket/mask.nc",
+                                                     "label": "relative/but/not/a/path"}}}
+    saved = _with_absolute_data_paths(cfg)["data"]["kwargs"]
+    assert saved == {"store": str(tmp_path / "sst.zarr"), "mask_file": "gs://bucket/mask.nc",
+                     "label": "relative/but/not/a/path"}
+    assert cfg["data"]["kwargs"]["store"] == "sst.zarr"  # the caller's config is untouched
+    audio = _with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
+    assert audio["data"]["kwargs"]["path"] == str(tmp_path / "clips")

@@ -1,7 +1,7 @@
 """Audio files in and out for the audio adapter: the folder + CSV and NSynth readers, probing,
 clip loading (mono mix-down, resampling, crop / zero-pad) and spectrograms.
 
-soundfile and torchaudio are optional (DESIGN.md house rule 12): they are imported inside the
+soundfile and torchaudio are optional (house rule 12 in docs/architecture.md): they are imported inside the
 functions that use them, and a missing one raises ImportError naming the extra to install.
 """
 

@@ -1,6 +1,6 @@
 """The data-layer contract: what every adapter gives the rest of sciddpm, and in what form.
 
-An adapter owns the physics of one modality (DESIGN.md house rule 6): units, statistics,
+An adapter owns the physics of one modality (house rule 6 in docs/architecture.md): units, statistics,
 coordinates, masks, periodic axes and the conditioning schema. Everything below ``data/`` sees
 only normalised tensors ``[B, C, *S]`` and an encoded conditioning vector ``[B, D]``. This module
 defines the pieces those tensors are made from and described by:
@@ -223,13 +223,19 @@ class Adapter(abc.ABC):
     statistics. Inference side: ``from_spec(spec)`` needs no data, only the run's ``DataSpec``.
     """
 
+    #: the keyword arguments that name local files or folders: a run saves them absolute, so that
+    #: ``sciddpm evaluate`` and a resumed run find the data from any folder (URLs stay as given)
+    path_arguments: tuple[str, ...] = ("path",)
+
     @abc.abstractmethod
     def spec(self) -> DataSpec:
         """The data description; on the training side computed once from the training split."""
 
     @abc.abstractmethod
     def dataset(self, split: str = "train") -> torch.utils.data.Dataset:
-        """Items ``{"x": [C, *S] float32 normalised, "cond": [cond.dim] float32}`` (+ ``"mask"``)."""
+        """Items ``{"x": [C, *S] float32 normalised, "cond": [cond.dim] float32}``, optionally with
+        ``"mask"`` (bool ``[C, *S]``, False where the value is missing: left out of the loss) and
+        ``"weight"`` (``[*S]``, e.g. ``area_weights()``); every item of a dataset has the same keys."""
 
     @classmethod
     @abc.abstractmethod

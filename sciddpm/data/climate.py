@@ -166,7 +166,7 @@ class Era5Adapter(Adapter):
         note = (f"SYNTHETIC DATA, NOT ERA5: data.kwargs.path is null, so this run uses the offline "
                 f"{what} at {store}. Point data.kwargs.path at a WeatherBench2/ARCO zarr (e.g. "
                 "gs://weatherbench2/datasets/era5/1959-2022-6h-64x32_equiangular_conservative.zarr, or a "
-                "local copy from datasets/era5.py subset) to train on ERA5.")
+                "local copy made by the sciddpm repository's datasets/era5.py subset) to train on ERA5.")
         log.warning(note)
         return store, [note]
 

@@ -4,7 +4,7 @@ A ``CondVar`` is one parameter in the units the data declares (pitch in Hz, day 
 range seen in training; a ``CondSchema`` is the ordered list a model takes. ``encode`` turns
 physical values into the network's conditioning tensor ``[B, dim]``; errors name the fix
 (unknown names list every known one with units and training range), and values outside the
-training range warn rather than being clamped (DESIGN.md house rule 8).
+training range warn rather than being clamped (house rule 8 in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ def _spatial_order(ds: Any) -> tuple[str, str] | None:
 def open_era5_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
     """The ERA5 store at ``path``: local zarr/netCDF or a ``gs://`` URL (anonymous by default), lazily."""
     return open_store(path, storage_options=storage_options, what="ERA5 store",
-                      hint="give a local zarr/netCDF path or a gs:// URL (datasets/era5.py subset copies "
-                           "part of a WeatherBench2 store locally)")
+                      hint="give a local zarr/netCDF path or a gs:// URL (the sciddpm repository's datasets/era5.py "
+                           "subset copies part of a WeatherBench2 store locally)")
 
 
 def encode_mask(mask: np.ndarray) -> dict:

@@ -58,7 +58,7 @@ SOURCES = {"grf": (["field"], ["alpha"]), "gray_scott": (["u", "v"], ["F", "k"])
 
 def open_volume_store(path: str | Path) -> xr.Dataset:
     """The volume store at ``path`` (zarr, netCDF or HDF5), opened lazily."""
-    return open_store(path, what="volume store", hint="check path= (or build one with datasets/*.py)")
+    return open_store(path, what="volume store", hint="check path= (or build one with the sciddpm repository's datasets/*.py)")
 
 
 class VolumeItems(torch.utils.data.Dataset):

@@ -1,6 +1,6 @@
 """The diffusion core: noise schedules, the preconditioned Denoiser, samplers and wrappers.
 
-Everything here speaks the noise level sigma of ``x = x0 + sigma * eps`` (DESIGN.md rule 1):
+Everything here speaks the noise level sigma of ``x = x0 + sigma * eps`` (house rule 1 in docs/architecture.md):
 
 * ``schedules`` - VP (DDPM) tables, Karras sigmas, training noise, ``append_dims``;
 * ``denoiser``  - ``Denoiser(net, parameterisation, sigma_data)``: c_skip/c_out/c_in/c_noise

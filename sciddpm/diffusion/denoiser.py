@@ -1,6 +1,6 @@
 """The Denoiser: a backbone wrapped in the preconditioning of Karras et al. 2022, and its losses.
 
-The network never knows the noise schedule (DESIGN.md house rule 3). A backbone maps
+The network never knows the noise schedule (house rule 3 in docs/architecture.md). A backbone maps
 ``net(x_in, c_noise, cond=None, drop_cond=None) -> F`` shaped like ``x_in``; :class:`Denoiser`
 turns it into an x0 estimate,
 

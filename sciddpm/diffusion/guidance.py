@@ -1,4 +1,4 @@
-"""Denoiser -> denoiser wrappers: classifier-free guidance and inpainting (DESIGN.md rule 4).
+"""Denoiser -> denoiser wrappers: classifier-free guidance and inpainting (house rule 4 in docs/architecture.md).
 
 Each wrapper takes a denoiser ``D(x, sigma, **kwargs) -> x0_hat`` and returns another, so it
 works with every sampler without touching one, and wrappers compose:

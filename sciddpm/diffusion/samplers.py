@@ -1,7 +1,7 @@
 """Samplers: pure functions that walk a sigma table down to 0, and the one entry point ``sample``.
 
 Every sampler has the signature ``fn(denoiser, x, sigmas, *, generator=None, callback=None,
-**opts) -> x`` (DESIGN.md house rule 2): ``x`` is already at noise level ``sigmas[0]``, ``sigmas``
+**opts) -> x`` (house rule 2 in docs/architecture.md): ``x`` is already at noise level ``sigmas[0]``, ``sigmas``
 is a float64 table decreasing to 0, and ``denoiser(x, sigma) -> x0_hat`` (``sigma`` of shape [B])
 is all a sampler knows of the model. No state survives a call; all randomness comes from
 ``generator`` (a ``torch.Generator``, or a list of them, one per batch row, so that each row's

@@ -1,7 +1,7 @@
 """Noise levels: the one place where every schedule becomes a table of sigmas.
 
 Below the public API sciddpm speaks only the noise level sigma of the variance-exploding form
-``x = x0 + sigma * eps`` (DESIGN.md house rule 1). This module owns
+``x = x0 + sigma * eps`` (house rule 1 in docs/architecture.md). This module owns
 
 * the discrete variance-preserving (DDPM) schedules, ``linear`` (Ho et al. 2020) and ``cosine``
   (Nichol & Dhariwal 2021), as a :class:`VPSchedule` holding ``betas``, ``alphas_cumprod`` and

@@ -1,7 +1,7 @@
 """Embeddings of the per-sample scalars a backbone sees: the noise level and the conditioning.
 
 The noise level is whatever the Denoiser chose to feed (the network never knows the schedule,
-DESIGN.md house rule 3): ``c_noise = ln(sigma) / 4`` in about [-3, 2] for EDM, or a DDPM timestep
+house rule 3 in docs/architecture.md): ``c_noise = ln(sigma) / 4`` in about [-3, 2] for EDM, or a DDPM timestep
 in [0, 1000). Both are embedded with sinusoids of the raw value (Vaswani et al. 2017; Ho et al.
 2020, App. B) whose frequencies are log-spaced from 1e-4 (period ~6e4, so a whole timestep range
 sits on a monotone slope) to 4 (period ~1.6, so a unit step of c_noise turns the phase by ~4 rad).

@@ -3,7 +3,7 @@ residual blocks with FiLM conditioning, multi-head self-attention, down- and up-
 
 Every layer works for 1-, 2- and 3-D data: the convolution is picked from a table by ``dims`` and
 per-sample vectors are broadcast with :func:`append_dims`, never with a hard-coded reshape
-(DESIGN.md house rule 5). Boundary conditions are part of every spatial operation: a circular
+(house rule 5 in docs/architecture.md). Boundary conditions are part of every spatial operation: a circular
 axis (longitude, a periodic simulation box) is padded circularly before each convolution,
 including the convolutions of the down- and up-samplers, so the whole network commutes with
 shifts along that axis (by multiples of its downsampling factor). That is why up-sampling is a

@@ -2,7 +2,7 @@
 2020 and Dhariwal & Nichol 2021), registered as the backbones ``unet1d``, ``unet2d``, ``unet3d``.
 
 The network maps ``(x, noise_level, cond)`` to a tensor shaped like ``x``; what the noise level
-means is the Denoiser's business (DESIGN.md house rule 3). Levels ``l = 0 .. L-1`` run at
+means is the Denoiser's business (house rule 3 in docs/architecture.md). Levels ``l = 0 .. L-1`` run at
 resolution ``2^-l``; each holds ``blocks_per_level`` residual blocks (plus self-attention at the
 ``attention_levels``) on the way down and one more on the way up, where every block also reads
 the matching encoder activation (skip connection). The total downsampling factor per axis is
