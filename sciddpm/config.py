@@ -52,7 +52,10 @@ def _search_path() -> list[str]:
 
 
 def _quoted(entry: str) -> str:
-    return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """``entry`` as a quoted string of Hydra's override grammar: a quote is escaped with a backslash
+    and only backslashes right before a quote (or the closing one) are doubled; others stay as they are."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", entry)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body) + "'"
 
 
 class ConfigError(ValueError):

@@ -33,7 +33,7 @@ def _preset(folder, group, name, text="name: audio\nkwargs:\n  tones_clips: 32\n
 
 
 def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, capsys):
-    mine = tmp_path / "my presets"  # a space in the path: the search path entry is quoted
+    mine = tmp_path / "Ana's presets"  # a space and a quote: the search path entry is quoted
     _preset(mine, "data", "mine")
     _preset(mine, "trainer", "quick", "steps: 1\n")  # a clash: sciddpm's own preset wins
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(mine))
