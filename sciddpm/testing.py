@@ -7,16 +7,21 @@ the same oracles the project's own tests use, instead of golden numbers.
   return that Gaussian (mean and covariance) up to sampling error and its own discretisation error.
 * :func:`assert_roundtrip` - an adapter's promise that ``to_xarray(to_tensor(ds), cond)`` gives
   back ``ds``: values to float32 precision, and coordinates, attributes and dimension order exactly.
+* :func:`check_backbone` - the contract a registered backbone must keep for training, sampling,
+  guidance and ensembles: shapes on odd grids, ``cond=None`` and ``drop_cond``, rows independent of
+  each other, a gradient for every parameter, per-axis circular padding. The project's own tests
+  run it over every registered name, plugins included.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["assert_roundtrip", "gaussian_denoiser"]
+__all__ = ["assert_roundtrip", "check_backbone", "gaussian_denoiser"]
 
 
 def gaussian_denoiser(mu, Sigma) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -82,3 +87,144 @@ def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float 
         assert again.attrs == original.attrs, f"{name}: attrs {again.attrs} != {original.attrs}"
         np.testing.assert_allclose(again.values, original.values, rtol=rtol, atol=atol, err_msg=name)
     xr.testing.assert_identical(back.drop_vars(list(ds.data_vars)), ds.drop_vars(list(ds.data_vars)))
+
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+             nn.FeatureAlphaDropout)
+
+
+def check_backbone(name: str, *, dims: int | None = None, shape: Sequence[int] | None = None,
+                   in_channels: int = 2, out_channels: int | None = None, cond_dim: int = 3,
+                   padding: Sequence[str] | None = None, **kwargs) -> None:
+    """Assert that the backbone registered as ``name`` keeps the contract sciddpm relies on.
+
+    It is built as :func:`sciddpm.assembly.build_denoiser` builds it: ``in_channels``,
+    ``cond_dim`` (0 = unconditional data), ``padding`` as a list with one mode per spatial axis,
+    ``out_channels`` only when given (the package passes it when static input fields ride along as
+    extra channels), and ``kwargs`` for the backbone's own settings (``model.kwargs``). ``dims``
+    comes from the builder's ``dims`` attribute unless given (or from ``len(shape)``); ``shape``
+    defaults to an odd grid (13, 22, 9)[:dims]; ``padding`` to circular in 1-D, else zeros on the
+    first axis and circular on the others. The net is cast to float64 and its all-zero parameters
+    (zero-initialised output layers) get random values, so that no check passes trivially. Then,
+    on a batch of 3 rows called as the Denoiser calls it, ``net(x, noise_level, cond=...,
+    drop_cond=...)`` with the keywords left out when None (float64, tolerance 1e-9 relative):
+
+    * the output is finite and shaped ``[B, out_channels (default in_channels), *shape]``, and the
+      noise level changes it; the attributes ``dims`` (which the package reads), ``in_channels``,
+      ``out_channels`` and ``cond_dim`` agree with the arguments where the net has them;
+    * with ``cond_dim > 0``: leaving ``cond`` out works and differs from the conditional output,
+      and rows with ``drop_cond=True`` equal the ``cond``-less output while the other rows equal the
+      conditional one (classifier-free guidance runs both branches as one batch this way);
+    * each row gives the same output alone as in the batch, in eval mode (sampling: members must
+      not change with the batch size) and in train mode with dropout modules off (no BatchNorm);
+    * an MSE on the output (train mode) gives every parameter a non-zero gradient (DDP fails on
+      unused parameters);
+    * on every circular axis, rolling the input rolls the output. Shifts are by the net's
+      ``downsampling_factor`` (1 if it has none), on a grid whose circular axes are rounded up to
+      multiples of it.
+
+    Raises AssertionError saying what the contract requires and what came back.
+    """
+    from sciddpm.nn import BACKBONES, build_backbone
+
+    declared = getattr(BACKBONES.get(name), "dims", None)
+    if dims is None:
+        dims = declared if declared is not None else None if shape is None else len(shape)
+    if not dims or declared not in (None, dims):
+        raise ValueError(f"backbone {name!r} declares dims={declared}; pass dims (or shape) that "
+                         f"agree with it, got dims={dims}")
+    shape = tuple((13, 22, 9, 7, 5)[:dims] if shape is None else shape)
+    padding = [padding] * dims if isinstance(padding, str) else list(
+        padding or (["circular"] if dims == 1 else ["zeros"] + ["circular"] * (dims - 1)))
+    if len(shape) != dims or len(padding) != dims:
+        raise ValueError(f"shape {shape} and padding {padding} need one entry per axis ({dims})")
+    out = in_channels if out_channels is None else out_channels
+    contract = {"in_channels": in_channels, "cond_dim": cond_dim, "padding": padding}
+    contract.update({} if out_channels is None else {"out_channels": out_channels})
+
+    def require(ok, what: str) -> None:
+        if not ok:
+            raise AssertionError(f"backbone {name!r}: {what}")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_backbone(name, **contract, **kwargs)
+        require(isinstance(net, nn.Module), f"must build a torch.nn.Module, got {type(net).__name__}")
+        net = net.double()
+        with torch.no_grad():
+            for p in net.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.3)
+    for attr, want in {"dims": dims, "in_channels": in_channels, "out_channels": out,
+                       "cond_dim": cond_dim}.items():
+        got = getattr(net, attr, want)
+        require(got == want, f"net.{attr} is {got!r} but it was built with {attr}={want!r}")
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, in_channels, *shape, generator=generator, dtype=torch.float64)
+    level = torch.tensor([-1.2, 0.3, 1.5], dtype=torch.float64)
+    cond = torch.randn(3, cond_dim, generator=generator, dtype=torch.float64) if cond_dim else None
+    drop = torch.tensor([True, False, True]) if cond_dim else None
+
+    def run(x, level, cond=None, drop=None, training=False):
+        net.train(training)
+        for module in net.modules():
+            if isinstance(module, _DROPOUTS):
+                module.eval()
+        extra = {k: v for k, v in (("cond", cond), ("drop_cond", drop)) if v is not None}
+        return net(x, level, **extra)
+
+    def close(got, want, what: str) -> None:
+        error = (got - want).abs().max().item() if want.numel() else 0.0
+        tol = 1e-9 * (1 + want.abs().max().item())
+        require(error <= tol, f"{what}; they differ by up to {error:.3g} (tolerance {tol:.1g})")
+
+    def differs(a, b) -> bool:
+        return (a - b).abs().max().item() > 1e-6 * (1 + b.abs().max().item())
+
+    with torch.no_grad():
+        y = run(x, level, cond)
+        want = (3, out, *shape)
+        require(tuple(y.shape) == want, f"returned shape {tuple(y.shape)} for x of shape "
+                f"{tuple(x.shape)}; it must be [B, out_channels, *grid] = {want} on any grid")
+        require(torch.isfinite(y).all(), "returned NaN/Inf for finite inputs")
+        require(differs(run(x, level + 0.5, cond), y), "the noise level does not change the output")
+        mixed = y
+        if cond_dim:
+            y_none = run(x, level)
+            require(differs(y, y_none), "leaving cond out gives the conditional output: the "
+                    "condition has no effect, so guidance would do nothing")
+            mixed = run(x, level, cond, drop)
+            close(mixed[drop], y_none[drop], f"rows with drop_cond=True (of {drop.tolist()}) must "
+                  "give exactly the output without cond (classifier-free guidance relies on it)")
+            close(mixed[~drop], y[~drop], "rows with drop_cond=False must give the conditional output")
+        for training in (False, True):
+            batch = run(x, level, cond, drop, training) if training else mixed
+            for i in range(3):
+                row = slice(i, i + 1)
+                alone = run(x[row], level[row], None if cond is None else cond[row],
+                            None if drop is None else drop[row], training)
+                close(alone, batch[row], f"row {i} run alone differs from the same row in a batch of 3 "
+                      f"({'train' if training else 'eval'} mode): a row's output must not depend "
+                      "on the other rows (no BatchNorm or mixing over the batch dimension)")
+
+    net.zero_grad(set_to_none=True)
+    y = run(x, level, cond, drop, training=True)
+    (y - torch.randn(y.shape, generator=generator, dtype=y.dtype)).square().mean().backward()
+    dead = [n for n, p in net.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.any())]
+    require(not dead, f"no gradient reaches {dead} from an MSE on the output (drop_cond="
+            f"{None if drop is None else drop.tolist()}); every parameter must be used (DDP fails "
+            "on unused ones)")
+
+    factor = int(getattr(net, "downsampling_factor", 1))
+    circular = [axis for axis, mode in enumerate(padding) if mode == "circular"]
+    grid = [max(2, -(-n // factor)) * factor if axis in circular else n for axis, n in enumerate(shape)]
+    x = torch.randn(3, in_channels, *grid, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        y = run(x, level, cond) if circular else None
+        for axis in circular:
+            close(run(x.roll(factor, 2 + axis), level, cond), y.roll(factor, 2 + axis),
+                  f"axis {axis} is circular but rolling the input by {factor} along it does not roll "
+                  f"the output (grid {grid}); a periodic axis must commute with shifts by the "
+                  "net's downsampling_factor (1 if it does not say)")
