@@ -97,12 +97,19 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
     if not match:
         return ""
     parent, _, leaf = match.group(1).rpartition(".")
-    try:  # the config without the offending override, to read the keys that do exist
-        node: Any = compose([o for o in overrides if not o.startswith(match.group(1) + "=")])
-        for part in filter(None, parent.split(".")):
-            node = node[part]
-    except (ConfigError, KeyError, TypeError):
-        return ""
+    # the config without the offending override (or, when another one fails too, with only the
+    # preset choices such as data=sst), to read the keys that do exist
+    without = [o for o in overrides if not o.startswith(match.group(1) + "=")]
+    presets = [o for o in without if "." not in o.partition("=")[0]]
+    node: Any = None
+    for attempt in (without, presets):
+        try:
+            node = compose(attempt)
+            for part in filter(None, parent.split(".")):
+                node = node[part]
+            break
+        except (ConfigError, KeyError, TypeError):
+            node = None
     if not isinstance(node, Mapping):
         return ""
     keys = sorted(map(str, node))

@@ -18,6 +18,8 @@ def test_unknown_option_lists_the_available_ones():
         compose(["trainer=nosuch"])
     with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*trainer has keys: batch_size, .* - did you mean trainer\.steps\?"):
         compose(["trainer=quick", "trainer.stepz=3"])
+    with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*did you mean trainer\.steps\?"):
+        compose(["trainer=quick", "trainer.stepz=3", "model.kwargs.foo.bar=1"])  # a second bad key too
     with pytest.raises(ConfigError, match=r"model\.kwargs exists; to replace it whole, drop it first: '~model\.kwargs'"):
         compose(["model.kwargs={width: 512}"])  # a mapping over a preset's mapping
     with pytest.raises(ConfigError, match=r"the config has keys: .* - did you mean seed\?"):
