@@ -59,9 +59,14 @@ def _sweep_png(requested: np.ndarray, measured: np.ndarray, path: Path) -> Path:
                    label=f"unvoiced ({(~voiced).sum()})")
     ax.set(xscale="log", yscale="log", xlabel="requested pitch [Hz]", ylabel="measured pitch [Hz]",
            title="pitch sweep")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
+    # ticks an octave apart on the A's (55, 110, 220... Hz), or at the ends of a narrower range
+    octaves = 55.0 * 2.0 ** np.arange(-3, 10)
+    ticks = octaves[(octaves >= line[0]) & (octaves <= line[-1])]
+    ticks = ticks if len(ticks) >= 2 else np.round(line[[0, -1]], 1)
     for axis in (ax.xaxis, ax.yaxis):  # plain Hz labels, not 3x10^2
+        axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
