@@ -26,7 +26,8 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
         -d .gpu_wheels zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c hydra-core==1.3.8 \
-        omegaconf==2.3.0 diffusers==0.42.1 importlib_metadata soundfile==0.14.0 cffi pycparser h5netcdf==1.8.2
+        omegaconf==2.3.0 diffusers==0.42.1 importlib_metadata soundfile==0.14.0 cffi pycparser h5netcdf==1.8.2 \
+        xarray==2026.9.0  # the image's xarray may predate zarr 3
     python3 -m pip wheel -q --no-deps -w .gpu_wheels antlr4-python3-runtime==4.9.3  # sdist only on PyPI
     du -sh .gpu_wheels
     exit 0
@@ -48,10 +49,12 @@ if ! ls .gpu_wheels/*.whl >/dev/null 2>&1; then
     echo "no .gpu_wheels/: run 'bash benchmarks/gpu_checks.sh --fetch-wheels' here first and carry .gpu_wheels" >&2
     exit 2
 fi
-python3 -m pip install -q --no-index --no-deps .gpu_wheels/*.whl >>"$log" 2>&1 || { tail "$log"; exit 2; }
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# beside the image's packages, not into them (device/README.md's way): /tmp/site comes first on the path
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .gpu_wheels/*.whl >>"$log" 2>&1 || { tail "$log"; exit 2; }
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$OUT/gpu.csv"
-python3 -c "import torch, sciddpm, diffusers, zarr, hydra; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+python3 -c "import torch, sciddpm, diffusers, zarr, hydra, xarray, pandas; print(*(f'{m.__name__} {m.__version__}' for m in (torch, diffusers, zarr, xarray, pandas)))"
 
 status=0
 step() {  # step NAME SECONDS COMMAND...
