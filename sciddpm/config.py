@@ -32,9 +32,9 @@ def preset_folders(*, check: bool = True) -> list[Path]:
     folders = []
     for entry in filter(None, os.environ.get(CONFIG_PATH_VARIABLE, "").split(os.pathsep)):
         folder = Path(entry).expanduser().resolve()
-        if not folder.is_dir() and not check:
-            continue
         if not folder.is_dir():
+            if not check:
+                continue
             raise ConfigError(f"{CONFIG_PATH_VARIABLE} names {entry!r}, which is not a folder; it should hold "
                               "config groups of presets, e.g. data/<name>.yaml")
         folders.append(folder)
