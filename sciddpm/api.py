@@ -38,8 +38,8 @@ from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
-from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.diffusion import sample as run_sampler
+from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank
 from sciddpm.precision import network_dtype_name, resolve_device
