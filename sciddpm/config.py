@@ -12,13 +12,15 @@ and configs name registry entries, never import paths.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger("sciddpm")
 GROUPS = ("data", "model", "diffusion", "sampler", "trainer", "experiment")
 CONFIG_PATH_VARIABLE = "SCIDDPM_CONFIG_PATH"
 CONFIG_ENTRY_POINTS = "sciddpm.configs"  # name = "mypkg.conf": a package holding data/, model/, ...
@@ -75,6 +77,7 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         raise ConfigError(f"set {CONFIG_PATH_VARIABLE}=<folder> instead of hydra.searchpath: sciddpm builds the "
                           "search path itself, from that variable and the installed plugins")
     extra = _search_path()
+    _warn_of_unusable_presets()
     search = [f"hydra.searchpath=[{','.join(map(_quoted, extra))}]"] if extra else []
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
@@ -88,18 +91,21 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         quoting = ("\nA value with non-ASCII letters or characters such as ( ) [ ] needs quotes inside the override: "
                    "'runs_dir=\"/my runs/x\"'" if "LexerNoViableAlt" in str(error) or "no viable alternative"
                    in str(error) else "")
-        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}\n{WHERE_PRESETS_GO}") from None
+        where = f"\n{WHERE_PRESETS_GO}" if "Could not find" in str(error) else ""  # a preset that is not there
+        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}{where}") from None
 
 
 def _close_key_hint(message: str, overrides: list[str]) -> str:
-    """For Hydra's "Could not override 'trainer.stepz'": the keys there, and the closest one."""
-    match = re.search(r"Could not override '([^']+)'", message)
+    """For Hydra's "Could not override 'trainer.stepz'" (or "Could not delete ... 'data.kwarg'"):
+    the keys there, and the closest one."""
+    match = re.search(r"Could not (override|delete from config\.) '([^']+)'", message)
     if not match:
         return ""
-    parent, _, leaf = match.group(1).rpartition(".")
+    deleting, key = match.group(1) != "override", match.group(2)
+    parent, _, leaf = key.rpartition(".")
     # the config without the offending override (or, when another one fails too, with only the
     # preset choices such as data=sst), to read the keys that do exist
-    without = [o for o in overrides if not o.startswith(match.group(1) + "=")]
+    without = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
     presets = [o for o in without if "." not in o.partition("=")[0]]
     node: Any = None
     for attempt in (without, presets):
@@ -113,9 +119,11 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
     if not isinstance(node, Mapping):
         return ""
     keys = sorted(map(str, node))
+    if leaf in keys and deleting:  # Hydra cannot delete a key whose value is null or ??? - nor need it
+        return f"\n{key} is empty here (null or ???): give it a value, {key}=..., instead of deleting it"
     if leaf in keys:  # the key exists: the value is what does not fit (a mapping into a mapping, say)
-        return (f"\n{match.group(1)} exists; to replace it whole, drop it first: '~{match.group(1)}' "
-                f"'+{match.group(1)}=...' (or set its keys one by one, {match.group(1)}.<key>=...)")
+        return (f"\n{key} exists; to replace it whole, drop it first: '~{key}' "
+                f"'+{key}=...' (or set its keys one by one, {key}.<key>=...)")
     close = difflib.get_close_matches(leaf, keys, n=1)
     prefix = f"{parent}." if parent else ""
     return (f"\n{parent or 'the config'} has keys: {', '.join(keys)}"
@@ -125,17 +133,45 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
 def options(group: str) -> list[str]:
     """The presets available in one config group, e.g. ``options("trainer")``: sciddpm's own and
     those in ``$SCIDDPM_CONFIG_PATH`` and installed plugins."""
-    names = set()
-    for folder in [CONFIG_DIR, *preset_folders(check=False)]:
-        names.update(p.stem for p in (folder / group).glob("*.yaml"))
+    own = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
+    return sorted(own | {name for g, name, _, _ in _other_presets() if g == group})
+
+
+def _other_presets() -> Iterator[tuple[str, str, str, str]]:
+    """``(group, name, file, source)`` of every preset in ``$SCIDDPM_CONFIG_PATH`` and installed
+    plugins, ``source`` being its folder or package."""
+    for folder in preset_folders(check=False):
+        for path in sorted(folder.glob("*/*.yaml")):
+            yield path.parent.name, path.stem, str(path), str(folder)
     for package in preset_packages():
         try:
-            entries = resources.files(package).joinpath(group)
-            if entries.is_dir():
-                names.update(e.name.removesuffix(".yaml") for e in entries.iterdir() if e.name.endswith(".yaml"))
+            root = resources.files(package)
+            for group in (g for g in root.iterdir() if g.is_dir()):
+                for entry in group.iterdir():
+                    if entry.name.endswith(".yaml"):
+                        yield group.name, entry.name.removesuffix(".yaml"), f"{package}/{group.name}/{entry.name}", package
         except (ImportError, OSError, TypeError):  # a broken plugin: compose names it when it is used
             continue
-    return sorted(names)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_of_unusable_presets() -> None:
+    """Once each: a preset of one's own named like one of sciddpm's (it never takes effect), and a
+    plugin's preset package with no presets in it (installed without its YAML files)."""
+    sources = set()
+    for group, name, where, source in _other_presets():
+        sources.add(source)
+        if (CONFIG_DIR / group / f"{name}.yaml").is_file() and where not in _WARNED:
+            _WARNED.add(where)
+            log.warning("%s is not used: sciddpm's own %s=%s comes first; rename yours", where, group, name)
+    for package in preset_packages():
+        if package not in sources and package not in _WARNED:
+            _WARNED.add(package)
+            log.warning("the plugin preset package %s (entry point group %s) holds no presets such as "
+                        "data/<name>.yaml; were its YAML files left out of the install (package-data)?",
+                        package, CONFIG_ENTRY_POINTS)
 
 
 def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -27,8 +27,7 @@ import torch
 import xarray as xr
 
 from sciddpm.api import Model
-from sciddpm.data import build_adapter
-from sciddpm.data.base import Adapter
+from sciddpm.data.base import Adapter, adapter_from_config
 from sciddpm.files import atomic_write_text
 from sciddpm.metrics.ensemble import crps, rmse, spread_skill
 from sciddpm.metrics.spectra import log_spectral_distance, power_spectrum
@@ -42,8 +41,7 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     with the run's sampler settings unless ``steps``/``sampler``/``guidance`` are given; returns
     the files written under ``out``."""
     out = Path(out)
-    data_cfg = model.config["data"]
-    adapter = build_adapter(data_cfg["name"], **dict(data_cfg.get("kwargs") or {}))
+    adapter = adapter_from_config(model.config["data"])
     heldout, cond = adapter.heldout(n, seed=seed)
     samples = model.sample(n, cond, steps=steps, sampler=sampler, seed=seed, guidance=guidance)
     out.mkdir(parents=True, exist_ok=True)

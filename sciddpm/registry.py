@@ -108,8 +108,10 @@ class Registry:
                 log.warning("%s plugin %r failed to load: %s", self.kind, entry_point.name, why)
 
 
-def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str) -> None:
-    """Raise TypeError naming the bad and the accepted keyword arguments of ``builder``."""
+def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str,
+                 config_key: str | None = None) -> None:
+    """Raise TypeError naming the bad and the accepted keyword arguments of ``builder``; with
+    ``config_key`` (``data.kwargs``) a missing one is named as the override that gives it."""
     try:
         signature = inspect.signature(builder)
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
@@ -142,4 +144,5 @@ def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: s
         and p.name not in kwargs
     ]
     if missing:
-        raise TypeError(f"{what} needs argument(s): {', '.join(missing)}")
+        fix = f"; add {' '.join(f'{config_key}.{name}=...' for name in missing)}" if config_key else ""
+        raise TypeError(f"{what} needs argument(s): {', '.join(missing)}{fix}")

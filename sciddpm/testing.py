@@ -130,7 +130,10 @@ def check_backbone(name: str, *, dims: int | None = None, shape: Sequence[int] |
     declared = getattr(BACKBONES.get(name), "dims", None)
     if dims is None:
         dims = declared if declared is not None else None if shape is None else len(shape)
-    if not dims or declared not in (None, dims):
+    if not dims:
+        raise ValueError(f"backbone {name!r} does not say how many spatial dims it has: give its class a "
+                         "`dims` attribute (dims = 2), which sciddpm reads before building it, or pass dims=")
+    if declared not in (None, dims):
         raise ValueError(f"backbone {name!r} declares dims={declared}; pass dims (or shape) that "
                          f"agree with it, got dims={dims}")
     shape = tuple((13, 22, 9, 7, 5)[:dims] if shape is None else shape)

@@ -10,6 +10,7 @@ of an uninterrupted run (on the same device and thread count).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -23,7 +24,8 @@ import torch.distributed as dist
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import is_integer
 from sciddpm.config import as_config
-from sciddpm.data import ADAPTERS, DataSpec, build_adapter
+from sciddpm.data import ADAPTERS, DataSpec
+from sciddpm.data.base import adapter_from_config
 from sciddpm.data.batches import training_batches
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank, process_group
@@ -57,10 +59,22 @@ def _with_absolute_data_paths(cfg: dict) -> dict:
     data = cfg.get("data") or {}
     kwargs = dict(data.get("kwargs") or {})
     builder = ADAPTERS.get(data.get("name"))  # an unknown name lists the known ones
-    for key in getattr(builder, "path_arguments", ("path",)):
-        value = kwargs.get(key)
-        if isinstance(value, str) and "://" not in value:
-            kwargs[key] = str(Path(value).expanduser().resolve())
+    path_arguments = getattr(builder, "path_arguments", ("path",))
+    takes = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values()):
+        unknown = [key for key in path_arguments if key not in takes]
+        if unknown:
+            raise TypeError(f"adapter {data.get('name')!r} lists path_arguments {unknown} that it does not take; "
+                            f"it takes: {', '.join(takes)}")
+
+    def absolute(value: Any) -> Any:  # a local path, or a list of them
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and "://" not in value else value
+
+    for key in path_arguments:
+        if key in kwargs:
+            kwargs[key] = absolute(kwargs[key])
     return {**cfg, "data": {**data, "kwargs": kwargs}}
 
 
@@ -197,7 +211,7 @@ def _hold_run_dir(cfg: dict, rank: int, world: int, held: contextlib.ExitStack) 
 
 def _read_data(cfg: dict, rank: int, world: int) -> tuple[Any, DataSpec]:
     """The adapter and its spec: rank 0 builds any embedded data first, the others then read it."""
-    adapter = build_adapter(cfg["data"]["name"], **dict(cfg["data"].get("kwargs") or {}))
+    adapter = adapter_from_config(cfg["data"])
     if rank == 0:
         spec = adapter.spec()
         for note in spec.notes:

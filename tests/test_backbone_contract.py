@@ -151,7 +151,7 @@ def test_dims_come_from_the_builder_the_net_or_the_caller(register):
     with pytest.raises(ValueError, match=r"declares dims=1; pass dims \(or shape\) that agree"):
         check_backbone("unet1d", dims=2)
     register("undeclared", lambda **kwargs: PointwiseNet(**kwargs))  # only the net says dims=1
-    with pytest.raises(ValueError, match=r"declares dims=None"):
+    with pytest.raises(ValueError, match=r"does not say how many spatial dims it has: give its class a `dims` attribute"):
         check_backbone("undeclared")
     check_backbone("undeclared", shape=(9,))  # the caller says what the data's spec would
     with pytest.raises(AssertionError, match=r"net.dims is 1 but it was built with dims=2"):

@@ -1,5 +1,7 @@
 """Configs: composition, errors naming the fix, and no import paths anywhere."""
 
+import re
+
 import pytest
 import yaml
 
@@ -20,6 +22,10 @@ def test_unknown_option_lists_the_available_ones():
         compose(["trainer=quick", "trainer.stepz=3"])
     with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*did you mean trainer\.steps\?"):
         compose(["trainer=quick", "trainer.stepz=3", "model.kwargs.foo.bar=1"])  # a second bad key too
+    with pytest.raises(ConfigError, match=r"data has keys: kwargs, name - did you mean data\.kwargs\?"):
+        compose(["~data.kwarg"])
+    with pytest.raises(ConfigError, match=r"data\.kwargs\.path is empty here \(null or \?\?\?\): give it a value"):
+        compose(["data=climate_era5", "~data.kwargs.path"])  # Hydra says it "does not exist"
     with pytest.raises(ConfigError, match=r"model\.kwargs exists; to replace it whole, drop it first: '~model\.kwargs'"):
         compose(["model.kwargs={width: 512}"])  # a mapping over a preset's mapping
     with pytest.raises(ConfigError, match=r"the config has keys: .* - did you mean seed\?"):
@@ -34,13 +40,14 @@ def _preset(folder, group, name, text="name: audio\nkwargs:\n  tones_clips: 32\n
     (folder / group / f"{name}.yaml").write_text(text)
 
 
-def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, capsys):
+def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, caplog):
     mine = tmp_path / "Ana's presets"  # a space and a quote: the search path entry is quoted
     _preset(mine, "data", "mine")
-    _preset(mine, "trainer", "quick", "steps: 1\n")  # a clash: sciddpm's own preset wins
+    _preset(mine, "trainer", "quick", "steps: 1\n")  # a clash: sciddpm's own preset wins, and says so
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(mine))
     assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
     assert compose(["trainer=quick"])["trainer"]["steps"] > 1
+    assert re.search(r"trainer/quick\.yaml is not used: sciddpm's own trainer=quick comes first", caplog.text)
     assert "mine" in options("data")
     # a plugin package ships its presets and names them in the sciddpm.configs entry-point group
     _preset(tmp_path / "sstplug" / "conf", "data", "sst", "name: audio\nkwargs:\n  tones_clips: 48\n")
@@ -53,6 +60,10 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     monkeypatch.syspath_prepend(str(tmp_path))
     assert compose(["data=sst"])["data"]["kwargs"]["tones_clips"] == 48
     assert {"mine", "sst"} <= set(options("data"))
+    (tmp_path / "sstplug" / "conf" / "data" / "sst.yaml").unlink()  # installed without its YAML files
+    with pytest.raises(ConfigError, match="Could not find 'data/sst'"):
+        compose(["data=sst"])
+    assert "the plugin preset package sstplug.conf (entry point group sciddpm.configs) holds no presets" in caplog.text
     with pytest.raises(ConfigError, match=r"(?s)Could not find 'data/nosuch'.*your own go in a folder named by "
                                           r"SCIDDPM_CONFIG_PATH.*'sciddpm\.configs' entry point"):
         compose(["data=nosuch"])

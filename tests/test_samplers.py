@@ -238,7 +238,7 @@ def test_a_bad_sampler_config_is_refused_before_training_starts(tmp_path):
     for override, message in [("sampler.guidance=abc", r"sampler\.guidance must be a finite number"),
                               ("sampler.method=foo", r"unknown sampler 'foo'; known samplers: ddim, ddpm"),
                               ("sampler.steps=0", r"sampler\.steps must be a positive integer"),
-                              ("+sampler.opts.etta=1", r"sampler 'heun' got unknown option\(s\) 'etta'")]:
+                              ("+sampler.opts.etta=1", r"sampler 'dpmpp_2m' got unknown option\(s\) 'etta'")]:
         with pytest.raises((ValueError, TypeError, UnknownNameError), match=message):
             train([*base, override])
     assert not (tmp_path / "bad").exists()

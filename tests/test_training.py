@@ -206,7 +206,7 @@ def test_a_run_directory_has_one_writer(cache, tmp_path, monkeypatch):
     run = [*TINY, "trainer.steps=5", "trainer.checkpoint_every=5", f"runs_dir={tmp_path}", "name=busy"]
     other = RunDir(tmp_path / "busy").lock()  # as a first `sciddpm train` holds it
     with monkeypatch.context() as patch:  # refused at once, before any data is read or built
-        patch.setattr("sciddpm.training.build_adapter", lambda *a, **k: pytest.fail("built the data first"))
+        patch.setattr("sciddpm.training.adapter_from_config", lambda *a, **k: pytest.fail("built the data first"))
         with pytest.raises(RunError, match=rf"busy is in use by sciddpm train, pid {os.getpid()}; wait for it"):
             sciddpm.train(run)
     other.close()  # the first one ends (a kill releases it too)
@@ -331,13 +331,23 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
     class TwoStores(Adapter):
         path_arguments = ("store", "mask_file")
 
+        def __init__(self, store, mask_file=None, label=None):
+            pass
+
     monkeypatch.setitem(ADAPTERS._builders, "two_stores", TwoStores)
     monkeypatch.chdir(tmp_path)
-    cfg = {"data": {"name": "two_stores", "kwargs": {"store": "sst.zarr", "mask_file": "gs://bucket/mask.nc",
+    cfg = {"data": {"name": "two_stores", "kwargs": {"store": ["a.zarr", "b.zarr"], "mask_file": "gs://bucket/mask.nc",
                                                      "label": "relative/but/not/a/path"}}}
     saved = _with_absolute_data_paths(cfg)["data"]["kwargs"]
-    assert saved == {"store": str(tmp_path / "sst.zarr"), "mask_file": "gs://bucket/mask.nc",
+    assert saved == {"store": [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], "mask_file": "gs://bucket/mask.nc",
                      "label": "relative/but/not/a/path"}
-    assert cfg["data"]["kwargs"]["store"] == "sst.zarr"  # the caller's config is untouched
+    assert cfg["data"]["kwargs"]["store"] == ["a.zarr", "b.zarr"]  # the caller's config is untouched
+    from sciddpm.data.base import adapter_from_config
+
+    with pytest.raises(TypeError, match=r"adapter 'two_stores' needs argument\(s\): store; add data\.kwargs\.store=\.\.\."):
+        adapter_from_config({"name": "two_stores", "kwargs": {"label": "x"}})  # e.g. after '~data.kwargs'
+    TwoStores.path_arguments = ("stor",)  # a misspelt name must not quietly leave the path relative
+    with pytest.raises(TypeError, match=r"lists path_arguments \['stor'\] that it does not take; it takes: store"):
+        _with_absolute_data_paths(cfg)
     audio = _with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
     assert audio["data"]["kwargs"]["path"] == str(tmp_path / "clips")

@@ -29,7 +29,7 @@ import torch
 from sciddpm.checks import is_integer
 from sciddpm.data.conditioning import (ConditionRangeWarning, CondSchema, CondVar,  # noqa: F401 (re-exported)
                                        UnknownConditionError, _short)
-from sciddpm.registry import Registry
+from sciddpm.registry import Registry, check_kwargs
 
 PADDINGS = ("zeros", "circular", "reflect")
 log = logging.getLogger(__name__)
@@ -324,6 +324,16 @@ def register_adapter(name: str):
 def build_adapter(name: str, **cfg: Any) -> Adapter:
     """A training-side adapter, its keyword arguments checked against its signature."""
     return ADAPTERS.build(name, **cfg)
+
+
+def adapter_from_config(data: Mapping[str, Any]) -> Adapter:
+    """The training-side adapter of a config's ``data`` block (``name``, ``kwargs``): as
+    ``build_adapter``, but a missing argument is named as the override that gives it
+    (``data.kwargs.path=...``)."""
+    name, kwargs = data.get("name"), dict(data.get("kwargs") or {})
+    builder = ADAPTERS.get(name)
+    check_kwargs(builder, kwargs, what=f"adapter {name!r}", config_key="data.kwargs")
+    return builder(**kwargs)
 
 
 def adapter_from_spec(spec: DataSpec | Mapping[str, Any]) -> Adapter:
