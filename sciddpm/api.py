@@ -20,6 +20,7 @@ must keep it as it was begun (both are recorded in each sample's attributes).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank
 from sciddpm.precision import network_dtype_name, resolve_device
+from sciddpm.registry import UnknownNameError
 from sciddpm.runs import RunDir, resolve_run
 
 log = logging.getLogger("sciddpm")
@@ -69,8 +71,11 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
     if bf16 is None:
         bf16 = bool((config.get("trainer") or {}).get("bf16", True))
     spec = DataSpec.from_dict(folder.load_data_spec())
-    adapter = adapter_from_spec(spec)  # checks the output layout against the shape first
-    denoiser = build_denoiser(config, spec)
+    try:
+        adapter = adapter_from_spec(spec)  # checks the output layout against the shape first
+        denoiser = build_denoiser(config, spec)
+    except UnknownNameError as error:  # a plugin that is not installed here: say which one trained the run
+        raise UnknownNameError(f"{error}{_trained_with_plugins(folder)}") from None
     model_state, ema_state, step = folder.load_weights()
     try:
         denoiser.net.load_state_dict(ema_state if ema else model_state)
@@ -417,6 +422,19 @@ class Model:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _trained_with_plugins(folder: RunDir) -> str:
+    """The plugins a run's weights record having been trained with (``runs.provenance``), as a
+    sentence for an error; empty when it records none."""
+    try:
+        plugins = json.loads(folder.provenance().get("plugins", "{}"))
+    except ValueError:
+        return ""
+    if not isinstance(plugins, dict) or not plugins:
+        return ""
+    listed = ", ".join(f"{what} from {dist}" for what, dist in plugins.items())
+    return f". The run was trained with {listed}: install that package here (pip install <name>==<version>)"
+
+
 def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:
     """``denoiser`` through torch.compile with static shapes; on CUDA in CUDA graphs too."""
     log.info("the network is compiled on its first call at each batch shape (tens of seconds)")

@@ -36,6 +36,7 @@ class Registry:
         self._builders: dict[str, Callable[..., Any]] = {}
         self._plugins_loaded = False
         self._broken_plugins: dict[str, str] = {}  # name -> why its entry point did not load
+        self._providers: dict[str, str] = {}  # name -> "distribution version" of the plugin that added it
 
     def register(self, name: str) -> Callable[[Builder], Builder]:
         """Decorator: ``@REG.register("unet2d")`` above a class or function."""
@@ -74,6 +75,12 @@ class Registry:
         check_kwargs(builder, kwargs, what=f"{self.kind} {name!r}")
         return builder(**kwargs)
 
+    def provider(self, name: str) -> str | None:
+        """The installed distribution (``"name version"``) whose entry point added ``name``; None
+        for names registered in code (sciddpm's own, or a module the user imported)."""
+        self._load_plugins()
+        return self._providers.get(name)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
 
@@ -102,6 +109,8 @@ class Registry:
                 continue
             try:  # one broken package must not hide the others
                 self._builders[entry_point.name] = entry_point.load()
+                if entry_point.dist is not None:
+                    self._providers[entry_point.name] = f"{entry_point.dist.name} {entry_point.dist.version}"
             except Exception as error:  # noqa: BLE001 - whatever its import raised
                 why = f"{type(error).__name__}: {error} (entry point {entry_point.value})"
                 self._broken_plugins[entry_point.name] = why

@@ -222,8 +222,10 @@ class RunDir:
         model: Mapping[str, torch.Tensor],
         ema: Mapping[str, torch.Tensor],
         train_state: Mapping[str, Any],
+        provenance: Mapping[str, str] | None = None,
     ) -> Path:
-        """Write a complete checkpoint for ``step``, publish its weights, keep the last two."""
+        """Write a complete checkpoint for ``step``, publish its weights, keep the last two.
+        ``provenance`` (what trained it: versions, plugins) goes into the weights' metadata."""
         root = self.path / CHECKPOINTS
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step_{step:08d}"
@@ -231,7 +233,7 @@ class RunDir:
         try:
             tensors = {**{f"model.{k}": v for k, v in model.items()}, **{f"ema.{k}": v for k, v in ema.items()}}
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                      staging / WEIGHTS, metadata={"step": str(step)})
+                      staging / WEIGHTS, metadata={**dict(provenance or {}), "step": str(step)})
             follow_umask(staging / WEIGHTS)
             torch.save(dict(train_state), staging / TRAIN_STATE)
             for name in (WEIGHTS, TRAIN_STATE):
@@ -325,6 +327,16 @@ class RunDir:
         if not step.isdigit():
             raise RunError(f"{path}: its metadata gives step {step!r}, not a step number; refusing to load it")
         return model, ema, int(step)
+
+
+    def provenance(self) -> dict[str, str]:
+        """What trained the published weights, from their metadata (``sciddpm``, ``torch``,
+        ``plugins``: a JSON object of plugin -> distribution); {} where unreadable or absent."""
+        try:
+            with safe_open(self.path / WEIGHTS, framework="pt") as handle:
+                return {k: v for k, v in (handle.metadata() or {}).items() if k != "step"}
+        except (FileNotFoundError, SafetensorError, OSError, ValueError):
+            return {}
 
 
 def read_safetensors(path: Path, *, with_metadata: bool = False):

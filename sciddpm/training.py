@@ -21,14 +21,16 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.distributed as dist
 
+from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import is_integer
 from sciddpm.config import as_config
 from sciddpm.data import ADAPTERS, DataSpec
 from sciddpm.data.base import adapter_from_config
 from sciddpm.data.batches import training_batches
-from sciddpm.diffusion.samplers import check_settings
+from sciddpm.diffusion.samplers import SAMPLERS, check_settings
 from sciddpm.distributed import local_rank, process_group
+from sciddpm.nn import BACKBONES
 from sciddpm.precision import network_autocast, network_dtype_name, resolve_device
 from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
@@ -76,6 +78,16 @@ def _with_absolute_data_paths(cfg: dict) -> dict:
         if key in kwargs:
             kwargs[key] = absolute(kwargs[key])
     return {**cfg, "data": {**data, "kwargs": kwargs}}
+
+
+def _provenance(cfg: dict) -> dict[str, str]:
+    """What trains the run, for its weights' metadata: sciddpm's and torch's versions and the
+    distributions of the plugins it names, so that loading it without them can say what to install."""
+    named = (("adapter", ADAPTERS, cfg["data"]["name"]), ("backbone", BACKBONES, cfg["model"]["backbone"]),
+             ("sampler", SAMPLERS, (cfg.get("sampler") or {}).get("method")))
+    plugins = {f"{kind} {name}": registry.provider(name) for kind, registry, name in named
+               if name and registry.provider(name)}
+    return {"sciddpm": __version__, "torch": torch.__version__, "plugins": json.dumps(plugins)}
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:
@@ -184,7 +196,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         if done % trainer["checkpoint_every"] == 0 or done == total_steps:
             if rank == 0:
                 run.save_checkpoint(done, denoiser.net.state_dict(), ema,
-                                    {"step": done, "optimizer": optimizer.state_dict()})
+                                    {"step": done, "optimizer": optimizer.state_dict()}, _provenance(cfg))
             _barrier(world)
     if rank == 0:
         log.info("finished %d steps; run directory %s", total_steps, run.path)

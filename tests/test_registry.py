@@ -26,3 +26,15 @@ def test_a_broken_plugin_is_named_and_does_not_hide_the_others(monkeypatch, capl
     with pytest.raises(UnknownNameError, match=r"unknown thing 'sst'; .*install it \(it names its things in the "
                                                r"entry-point group 'sciddpm\.test_things'\), or import the module"):
         things.get("sst")  # a run trained with a plugin, loaded where the plugin is missing
+
+
+def test_a_plugin_name_knows_the_distribution_that_provides_it(tmp_path, monkeypatch):
+    info = tmp_path / "thingplug-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thingplug\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[sciddpm.test_provided_things]\nplug = math:hypot\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    things = Registry("thing", "sciddpm.test_provided_things")
+    things.register("own")(len)
+    assert things.provider("plug") == "thingplug 0.3"  # recorded in a run, so a missing plugin can be named
+    assert things.provider("own") is None

@@ -351,3 +351,27 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
         _with_absolute_data_paths(cfg)
     audio = _with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
     assert audio["data"]["kwargs"]["path"] == str(tmp_path / "clips")
+
+
+def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from sciddpm.registry import UnknownNameError
+
+    record = RunDir(trained / "tiny").provenance()
+    assert record["sciddpm"] == sciddpm.__version__ and record["torch"] == torch.__version__
+    assert json.loads(record["plugins"]) == {}  # everything here is sciddpm's own
+    # the same run as if trained with a plugin adapter, then loaded where that plugin is missing
+    copy = tmp_path / "from_a_colleague"
+    shutil.copytree(trained / "tiny", copy)
+    spec = json.loads((copy / "data_spec.json").read_text())
+    (copy / "data_spec.json").write_text(json.dumps({**spec, "adapter": "sst"}))
+    tensors, metadata = read_safetensors(copy / "model.safetensors", with_metadata=True)
+    save_file(tensors, copy / "model.safetensors",
+              metadata={**metadata, "plugins": json.dumps({"adapter sst": "sciddpm-sst 0.3.1"})})
+    with pytest.raises(UnknownNameError, match=r"unknown adapter 'sst'.*The run was trained with adapter sst from "
+                                               r"sciddpm-sst 0\.3\.1: install that package here"):
+        sciddpm.load(copy, device="cpu")
