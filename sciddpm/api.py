@@ -28,13 +28,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import xarray as xr
-import yaml
 from tqdm.auto import tqdm
 
 from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import as_count, as_seed
-from sciddpm.config import CONFIG_DIR
+from sciddpm.config import read_preset
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
@@ -159,9 +158,9 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
 
 
 def sampler_preset(method: str) -> dict:
-    """The shipped settings of a sampler (``configs/sampler/<method>.yaml``), or {} for a plugin."""
-    path = CONFIG_DIR / "sampler" / f"{method}.yaml"
-    return dict(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    """The preset settings of a sampler (``configs/sampler/<method>.yaml``, or one's own found as
+    ``sampler=<method>`` would find it), or {} for a method without a preset."""
+    return read_preset("sampler", method) or {}
 
 
 class Model:

@@ -123,11 +123,11 @@ def _run_overrides(overrides: list[str], command: str) -> dict[str, str]:
     """``model=NAME`` and ``runs_dir=DIR`` are the overrides sample/evaluate understand."""
     settings = {"runs_dir": "runs"}
     for token in overrides:
-        key, value = token.split("=", 1)
+        key, _, value = token.partition("=")
         if key not in ("model", "runs_dir"):
             raise ValueError(
-                f"`sciddpm {command}` takes model=<run name or path> and runs_dir=<dir>, not {key!r}; "
-                "sampling options are flags (see `sciddpm sample --help`)")
+                f"`sciddpm {command}` takes model=<run name or path> and runs_dir=<dir>, not {token!r}; "
+                f"sampling options are flags (see `sciddpm {command} --help`)")
         settings[key] = value
     if "model" not in settings:
         raise ValueError(f"`sciddpm {command}` needs model=<run name or run directory>, e.g. model=audio")

@@ -17,7 +17,7 @@ import os
 import re
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger("sciddpm")
@@ -48,9 +48,9 @@ def preset_packages() -> list[str]:
     return [entry_point.value for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS)]
 
 
-def _search_path() -> list[str]:
+def _search_path(packages: list[str]) -> list[str]:
     """Hydra search-path entries for the presets beyond sciddpm's own."""
-    return [f"file://{folder}" for folder in preset_folders()] + [f"pkg://{package}" for package in preset_packages()]
+    return [f"file://{folder}" for folder in preset_folders()] + [f"pkg://{package}" for package in packages]
 
 
 def _quoted(entry: str) -> str:
@@ -66,8 +66,6 @@ class ConfigError(ValueError):
 
 def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     """The resolved config for ``overrides`` (Hydra syntax: ``trainer=quick``, ``seed=3``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -76,12 +74,11 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
         raise ConfigError(f"set {CONFIG_PATH_VARIABLE}=<folder> instead of hydra.searchpath: sciddpm builds the "
                           "search path itself, from that variable and the installed plugins")
-    extra = _search_path()
-    _warn_of_unusable_presets()
-    search = [f"hydra.searchpath=[{','.join(map(_quoted, extra))}]"] if extra else []
+    packages = preset_packages()
+    _warn_of_unusable_presets(packages)
+    search = _search_path([p for p in packages if _package_presets(p)[1] is None])  # Hydra would crash on the rest
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
-            cfg = hydra_compose(config_name="config", overrides=search + overrides)
+        cfg = _hydra_compose(overrides, search)
         missing = sorted(OmegaConf.missing_keys(cfg))  # a preset's ??? (e.g. your data's path)
         if missing:
             raise ConfigError("this config needs " + ", ".join(missing) + " set: add "
@@ -92,10 +89,20 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
                    "'runs_dir=\"/my runs/x\"'" if "LexerNoViableAlt" in str(error) or "no viable alternative"
                    in str(error) else "")
         where = f"\n{WHERE_PRESETS_GO}" if "Could not find" in str(error) else ""  # a preset that is not there
-        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides)}{quoting}{where}") from None
+        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides, search)}{quoting}{where}") from None
 
 
-def _close_key_hint(message: str, overrides: list[str]) -> str:
+def _hydra_compose(overrides: list[str], search: list[str]) -> Any:
+    """Hydra's composition of ``overrides`` over sciddpm's presets and ``search``; Hydra's own errors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    searchpath = [f"hydra.searchpath=[{','.join(map(_quoted, search))}]"] if search else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
+        return hydra_compose(config_name="config", overrides=searchpath + overrides)
+
+
+def _close_key_hint(message: str, overrides: list[str], search: list[str]) -> str:
     """For Hydra's "Could not override 'trainer.stepz'" (or "Could not delete ... 'data.kwarg'"):
     the keys there, and the closest one."""
     match = re.search(r"Could not (override|delete from config\.) '([^']+)'", message)
@@ -103,22 +110,23 @@ def _close_key_hint(message: str, overrides: list[str]) -> str:
         return ""
     deleting, key = match.group(1) != "override", match.group(2)
     parent, _, leaf = key.rpartition(".")
-    # the config without the offending override (or, when another one fails too, with only the
-    # preset choices such as data=sst), to read the keys that do exist
+    # the keys that do exist, read from the config without the offending override or, when another
+    # one fails too (or the key is a preset's, not the user's), with only the preset choices
+    # (data=sst...); each attempt is one plain composition, never another round of hints
     without = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
-    presets = [o for o in without if "." not in o.partition("=")[0]]
+    choices = [o for o in overrides if o.lstrip("+").partition("=")[0] in GROUPS]
     node: Any = None
-    for attempt in (without, presets):
+    for attempt in [a for a in (without, choices) if a != overrides] or [choices]:
         try:
-            node = compose(attempt)
+            node = _hydra_compose(attempt, search)
             for part in filter(None, parent.split(".")):
                 node = node[part]
             break
-        except (ConfigError, KeyError, TypeError):
+        except Exception:  # noqa: BLE001 - no hint is better than a second failure
             node = None
     if not isinstance(node, Mapping):
         return ""
-    keys = sorted(map(str, node))
+    keys = sorted(map(str, node.keys()))
     if leaf in keys and deleting:  # Hydra cannot delete a key whose value is null or ??? - nor need it
         return f"\n{key} is empty here (null or ???): give it a value, {key}=..., instead of deleting it"
     if leaf in keys:  # the key exists: the value is what does not fit (a mapping into a mapping, say)
@@ -134,44 +142,67 @@ def options(group: str) -> list[str]:
     """The presets available in one config group, e.g. ``options("trainer")``: sciddpm's own and
     those in ``$SCIDDPM_CONFIG_PATH`` and installed plugins."""
     own = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
-    return sorted(own | {name for g, name, _, _ in _other_presets() if g == group})
+    return sorted(own | {name for g, name, _ in _other_presets(preset_packages()) if g == group})
 
 
-def _other_presets() -> Iterator[tuple[str, str, str, str]]:
-    """``(group, name, file, source)`` of every preset in ``$SCIDDPM_CONFIG_PATH`` and installed
-    plugins, ``source`` being its folder or package."""
-    for folder in preset_folders(check=False):
-        for path in sorted(folder.glob("*/*.yaml")):
-            yield path.parent.name, path.stem, str(path), str(folder)
-    for package in preset_packages():
-        try:
-            root = resources.files(package)
-            for group in (g for g in root.iterdir() if g.is_dir()):
-                for entry in group.iterdir():
-                    if entry.name.endswith(".yaml"):
-                        yield group.name, entry.name.removesuffix(".yaml"), f"{package}/{group.name}/{entry.name}", package
-        except (ImportError, OSError, TypeError):  # a broken plugin: compose names it when it is used
-            continue
+def _other_presets(packages: list[str]) -> list[tuple[str, str, str]]:
+    """``(group, name, file)`` of every preset in ``$SCIDDPM_CONFIG_PATH`` and in ``packages``."""
+    found = [(path.parent.name, path.stem, str(path))
+             for folder in preset_folders(check=False) for path in sorted(folder.glob("*/*.yaml"))]
+    for package in packages:
+        found += _package_presets(package)[0]
+    return found
+
+
+def _package_presets(package: str) -> tuple[list[tuple[str, str, str]], str | None]:
+    """The presets a plugin's preset package holds, and why it could not be read (or None)."""
+    try:
+        root = resources.files(package)
+        return [(group.name, entry.name.removesuffix(".yaml"), f"{package}/{group.name}/{entry.name}")
+                for group in root.iterdir() if group.is_dir()
+                for entry in group.iterdir() if entry.name.endswith(".yaml")], None
+    except Exception as error:  # noqa: BLE001 - whatever its import raised: one plugin must not stop the rest
+        return [], f"{type(error).__name__}: {error}"
 
 
 _WARNED: set[str] = set()
 
 
-def _warn_of_unusable_presets() -> None:
+def _warn_of_unusable_presets(packages: list[str]) -> None:
     """Once each: a preset of one's own named like one of sciddpm's (it never takes effect), and a
-    plugin's preset package with no presets in it (installed without its YAML files)."""
-    sources = set()
-    for group, name, where, source in _other_presets():
-        sources.add(source)
+    plugin's preset package that cannot be read or holds no presets (installed without its YAML)."""
+    for group, name, where in _other_presets(packages):
         if (CONFIG_DIR / group / f"{name}.yaml").is_file() and where not in _WARNED:
             _WARNED.add(where)
             log.warning("%s is not used: sciddpm's own %s=%s comes first; rename yours", where, group, name)
-    for package in preset_packages():
-        if package not in sources and package not in _WARNED:
-            _WARNED.add(package)
+    for package in packages:
+        presets, failure = _package_presets(package)
+        if package in _WARNED or presets:
+            continue
+        _WARNED.add(package)
+        if failure:
+            log.warning("the plugin preset package %s (entry point group %s) cannot be read, so its presets are "
+                        "left out: %s; fix or reinstall the package that provides it",
+                        package, CONFIG_ENTRY_POINTS, failure)
+        else:
             log.warning("the plugin preset package %s (entry point group %s) holds no presets such as "
                         "data/<name>.yaml; were its YAML files left out of the install (package-data)?",
                         package, CONFIG_ENTRY_POINTS)
+
+
+def read_preset(group: str, name: str) -> dict | None:
+    """One plain preset file as written (a sampler's, say), looked up in Hydra's order: sciddpm's
+    own, ``$SCIDDPM_CONFIG_PATH``, installed plugins; None where there is none."""
+    import yaml
+
+    for folder in [CONFIG_DIR, *preset_folders(check=False)]:
+        path = folder / group / f"{name}.yaml"
+        if path.is_file():
+            return dict(yaml.safe_load(path.read_text()) or {})
+    for package in preset_packages():
+        if any((g, n) == (group, name) for g, n, _ in _package_presets(package)[0]):
+            return dict(yaml.safe_load(resources.files(package).joinpath(group, f"{name}.yaml").read_text()) or {})
+    return None
 
 
 def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import is_integer
 from sciddpm.config import as_config
-from sciddpm.data import ADAPTERS, DataSpec
+from sciddpm.data import ADAPTERS, Adapter, DataSpec
 from sciddpm.data.base import adapter_from_config
 from sciddpm.data.batches import training_batches
 from sciddpm.diffusion.samplers import SAMPLERS, check_settings
@@ -59,15 +59,20 @@ def _with_absolute_data_paths(cfg: dict) -> dict:
     local, so that the saved config finds the data again from any folder (``sciddpm evaluate``, a
     resumed run); URLs (``gs://...``) stay as given. The caller's config is left as it was."""
     data = cfg.get("data") or {}
-    kwargs = dict(data.get("kwargs") or {})
     builder = ADAPTERS.get(data.get("name"))  # an unknown name lists the known ones
-    path_arguments = getattr(builder, "path_arguments", ("path",))
     takes = inspect.signature(builder).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values()):
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
+    path_arguments = getattr(builder, "path_arguments", Adapter.path_arguments)
+    if path_arguments is Adapter.path_arguments:  # the inherited default: `path`, where the adapter takes one
+        path_arguments = tuple(key for key in path_arguments if key in takes or takes_any)
+    elif not takes_any:
         unknown = [key for key in path_arguments if key not in takes]
         if unknown:
             raise TypeError(f"adapter {data.get('name')!r} lists path_arguments {unknown} that it does not take; "
                             f"it takes: {', '.join(takes)}")
+    kwargs = dict(data.get("kwargs") or {})
+    if not any(key in kwargs for key in path_arguments):
+        return cfg  # nothing to change: the config stays exactly as given (resume compares it)
 
     def absolute(value: Any) -> Any:  # a local path, or a list of them
         if isinstance(value, (list, tuple)):

@@ -147,7 +147,7 @@ def test_registrations_do_not_leak_between_tests():
     assert not {"broken", "pointwise_ok"} & set(BACKBONES.names())
 
 
-def test_dims_come_from_the_builder_the_net_or_the_caller(register):
+def test_dims_come_from_the_builder_or_the_caller_and_must_agree_with_the_net(register):
     with pytest.raises(ValueError, match=r"declares dims=1; pass dims \(or shape\) that agree"):
         check_backbone("unet1d", dims=2)
     register("undeclared", lambda **kwargs: PointwiseNet(**kwargs))  # only the net says dims=1

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from sciddpm.config import CONFIG_DIR, ConfigError, compose, options
+from sciddpm.config import CONFIG_DIR, ConfigError, compose, options, read_preset
 from sciddpm.runs import assert_safe_config
 
 
@@ -22,6 +22,8 @@ def test_unknown_option_lists_the_available_ones():
         compose(["trainer=quick", "trainer.stepz=3"])
     with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*did you mean trainer\.steps\?"):
         compose(["trainer=quick", "trainer.stepz=3", "model.kwargs.foo.bar=1"])  # a second bad key too
+    with pytest.raises(ConfigError, match=r"(?s)trainer\.stepz.*did you mean trainer\.steps\?"):
+        compose(["trainer.stepz=1", "sede=1"])  # the other typo is not a preset choice: left out too
     with pytest.raises(ConfigError, match=r"data has keys: kwargs, name - did you mean data\.kwargs\?"):
         compose(["~data.kwarg"])
     with pytest.raises(ConfigError, match=r"data\.kwargs\.path is empty here \(null or \?\?\?\): give it a value"):
@@ -47,6 +49,11 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(mine))
     assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
     assert compose(["trainer=quick"])["trainer"]["steps"] > 1
+    _preset(mine, "sampler", "mysampler", "method: euler\nsteps: 7\n")  # `--sampler` finds it as sampler= does
+    from sciddpm.api import sampler_preset
+
+    assert sampler_preset("mysampler") == {"method": "euler", "steps": 7} and sampler_preset("nosuch") == {}
+    assert sampler_preset("heun")["steps"] == 18
     assert re.search(r"trainer/quick\.yaml is not used: sciddpm's own trainer=quick comes first", caplog.text)
     assert "mine" in options("data")
     # a plugin package ships its presets and names them in the sciddpm.configs entry-point group
@@ -59,6 +66,7 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     (info / "entry_points.txt").write_text("[sciddpm.configs]\nsst = sstplug.conf\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert compose(["data=sst"])["data"]["kwargs"]["tones_clips"] == 48
+    assert read_preset("data", "sst")["kwargs"]["tones_clips"] == 48
     assert {"mine", "sst"} <= set(options("data"))
     (tmp_path / "sstplug" / "conf" / "data" / "sst.yaml").unlink()  # installed without its YAML files
     with pytest.raises(ConfigError, match="Could not find 'data/sst'"):
@@ -69,6 +77,22 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
         compose(["data=nosuch"])
     with pytest.raises(ConfigError, match="instead of hydra.searchpath"):
         compose([f"hydra.searchpath=[file://{mine}]"])
+    # a preset whose own defaults are wrong: one plain error (the hint's retries used to recurse)
+    _preset(mine, "data", "bad", "# @package _global_\ndefaults:\n  - override /nosuchgroup: x\n")
+    with pytest.raises(ConfigError, match=r"In 'data/bad': Could not override 'nosuchgroup'"):
+        compose(["data=bad"])
+    # a plugin preset package that fails to import is named and hides nothing else
+    (tmp_path / "brokenplug" / "conf").mkdir(parents=True)
+    (tmp_path / "brokenplug" / "__init__.py").write_text("")
+    (tmp_path / "brokenplug" / "conf" / "__init__.py").write_text("raise RuntimeError('boom')\n")
+    broken = tmp_path / "brokenplug-0.1.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[sciddpm.configs]\nbroken = brokenplug.conf\n")
+    assert "mine" in options("data")
+    assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
+    assert "the plugin preset package brokenplug.conf (entry point group sciddpm.configs) cannot be read" in caplog.text
+    assert "RuntimeError: boom" in caplog.text
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"SCIDDPM_CONFIG_PATH names .*missing.*not a folder"):
         compose()
@@ -81,6 +105,8 @@ def test_the_command_line_takes_hydras_delete_overrides(tmp_path, monkeypatch, c
     # what the error for a mapping over a preset's mapping recommends must get through argparse
     assert main(["train", "~model.kwargs", "+model.kwargs={nosuch: 1}"]) == 1
     assert "got unknown argument(s) 'nosuch'" in capsys.readouterr().err
+    assert main(["sample", "~/runs/tones-1"]) == 1  # a path where model=... belongs: named, not a crash
+    assert "takes model=<run name or path> and runs_dir=<dir>, not '~/runs/tones-1'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset", ["audio_folder", "volume_store"])

@@ -286,11 +286,13 @@ def test_samples_of_one_name_in_two_formats_are_refused_not_mixed(model, tmp_pat
     model.write(first, tmp_path / "y.zarr")
 
 
-@pytest.mark.parametrize("bf16", [False, None])
-def test_guidance_runs_both_branches_as_one_batch(runs, bf16):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_guidance_runs_both_branches_as_one_batch(runs, dtype, monkeypatch):
     # the wrappers between sampler and network (bf16 autocast, the never-valid mask) must pass
     # drop_cond on, or guidance falls back to two network calls per step
-    guided_model = sciddpm.load("tiny", runs_dir=runs, device="cpu", bf16=bf16)
+    monkeypatch.setattr("sciddpm.api.network_dtype_name", lambda device, bf16: dtype)  # any CPU, either path
+    guided_model = sciddpm.load("tiny", runs_dir=runs, device="cpu")
+    guided_model._valid = torch.ones(len(guided_model.spec.channels), *guided_model.spec.shape, dtype=torch.bool)
     batches = []
     hook = guided_model._network.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     try:

@@ -243,3 +243,18 @@ def test_per_row_known_values_and_errors():
         inpainting(denoiser, known, mask, iterations=-1)
     with pytest.raises(ValueError, match="finite"):
         guided(denoiser, float("nan"))
+
+
+def test_a_compiled_or_data_parallel_denoiser_still_runs_one_batch():
+    # their forward is (*args, **kwargs); what counts is the module inside
+    net = CondNet()
+    den = Denoiser(net, "edm")
+    g = torch.Generator().manual_seed(6)
+    x, cond = torch.randn(4, 2, 3, generator=g), torch.randn(4, 2, generator=g)
+    sigma = torch.full((4,), 0.5)
+    for wrapped in (torch.nn.DataParallel(den), torch.compile(den, backend="eager")):
+        net.calls.clear()
+        with torch.no_grad():
+            out = guided(wrapped, 3.0)(x, sigma, cond=cond)
+        assert [n for n, _ in net.calls] == [8]
+        torch.testing.assert_close(out, den(x, sigma) + 3.0 * (den(x, sigma, cond=cond) - den(x, sigma)))

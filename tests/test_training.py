@@ -352,6 +352,14 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
     audio = _with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
     assert audio["data"]["kwargs"]["path"] == str(tmp_path / "clips")
 
+    class NoPath(Adapter):  # inherits path_arguments = ("path",) but takes no path: nothing to do
+        def __init__(self, n=8):
+            pass
+
+    monkeypatch.setitem(ADAPTERS._builders, "no_path", NoPath)
+    for data in ({"name": "no_path", "kwargs": {"n": 4}}, {"name": "no_path"}):
+        assert _with_absolute_data_paths({"data": data}) == {"data": data}  # unchanged, even without kwargs
+
 
 def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_path):
     import json

@@ -27,6 +27,12 @@ def _takes_drop_cond(denoiser: DenoiserFn) -> bool:
     flag = getattr(denoiser, _DROP_COND, None)
     if flag is not None:
         return bool(flag)
+    # a module wrapped by torch.compile or (Distributed)DataParallel takes what the module inside takes
+    inner = getattr(denoiser, "_orig_mod", None)
+    if inner is None and isinstance(denoiser, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        inner = denoiser.module
+    if inner is not None:
+        return _takes_drop_cond(inner)
     try:
         call = denoiser.forward if isinstance(denoiser, torch.nn.Module) else denoiser
         parameters = inspect.signature(call).parameters
