@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
 from sciddpm.checks import as_count, as_seed
-from sciddpm.config import read_preset
+from sciddpm.config import preset_settings
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
@@ -157,10 +157,10 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
     return columns
 
 
-def sampler_preset(method: str) -> dict:
-    """The preset settings of a sampler (``configs/sampler/<method>.yaml``, or one's own found as
-    ``sampler=<method>`` would find it), or {} for a method without a preset."""
-    return read_preset("sampler", method) or {}
+def sampler_preset(name: str) -> dict:
+    """What ``sampler=<name>`` sets (``configs/sampler/<name>.yaml``, or one's own preset), or {}
+    for a sampler without a preset (a plugin's method, used with its defaults)."""
+    return preset_settings("sampler", name) or {}
 
 
 class Model:
@@ -394,13 +394,16 @@ class Model:
                     "schedule": configured.get("schedule"), "opts": dict(configured.get("opts") or {}),
                     "guidance": configured.get("guidance", 1.0) if guidance is None else guidance}
         if method is not None and method != settings["method"]:
-            # another sampler: its shipped preset (configs/sampler/<method>.yaml), not this run's
+            # another sampler: its preset (configs/sampler/<name>.yaml or one's own), not this run's
             preset = sampler_preset(method)
-            settings.update(method=method, steps=preset.get("steps"), schedule=preset.get("schedule"),
-                            opts=dict(preset.get("opts") or {}))
+            settings.update(method=preset.get("method", method), steps=preset.get("steps"),
+                            schedule=preset.get("schedule"), opts=dict(preset.get("opts") or {}))
         if steps is not None:
             settings["steps"] = as_count(steps, "steps")
-        check_settings(settings["method"], settings["steps"], settings["guidance"], settings["opts"])
+        try:
+            check_settings(settings["method"], settings["steps"], settings["guidance"], settings["opts"])
+        except UnknownNameError as error:  # a plugin sampler that is not installed here
+            raise UnknownNameError(f"{error}{_trained_with_plugins(RunDir(self.path))}") from None
         settings["guidance"] = float(settings["guidance"])
         if settings["steps"] is not None:
             settings["steps"] = int(settings["steps"])  # 20.0 from a YAML file

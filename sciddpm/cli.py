@@ -123,8 +123,8 @@ def _run_overrides(overrides: list[str], command: str) -> dict[str, str]:
     """``model=NAME`` and ``runs_dir=DIR`` are the overrides sample/evaluate understand."""
     settings = {"runs_dir": "runs"}
     for token in overrides:
-        key, _, value = token.partition("=")
-        if key not in ("model", "runs_dir"):
+        key, equals, value = token.partition("=")
+        if key not in ("model", "runs_dir") or not equals:
             raise ValueError(
                 f"`sciddpm {command}` takes model=<run name or path> and runs_dir=<dir>, not {token!r}; "
                 f"sampling options are flags (see `sciddpm {command} --help`)")

@@ -190,19 +190,22 @@ def _warn_of_unusable_presets(packages: list[str]) -> None:
                         package, CONFIG_ENTRY_POINTS)
 
 
-def read_preset(group: str, name: str) -> dict | None:
-    """One plain preset file as written (a sampler's, say), looked up in Hydra's order: sciddpm's
-    own, ``$SCIDDPM_CONFIG_PATH``, installed plugins; None where there is none."""
-    import yaml
+def preset_settings(group: str, name: str) -> dict | None:
+    """What the preset ``<group>=<name>`` composes to, that group alone (a sampler preset, say),
+    found where ``compose`` finds it; None where there is no such preset."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    for folder in [CONFIG_DIR, *preset_folders(check=False)]:
-        path = folder / group / f"{name}.yaml"
-        if path.is_file():
-            return dict(yaml.safe_load(path.read_text()) or {})
-    for package in preset_packages():
-        if any((g, n) == (group, name) for g, n, _ in _package_presets(package)[0]):
-            return dict(yaml.safe_load(resources.files(package).joinpath(group, f"{name}.yaml").read_text()) or {})
-    return None
+    packages = preset_packages()
+    search = _search_path([p for p in packages if _package_presets(p)[1] is None])
+    alone = [f"{group}={name}"] + (["~data"] if group != "data" else [])  # data presets may set other groups
+    try:
+        return OmegaConf.to_container(_hydra_compose(alone, search)[group], resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        if f"Could not find '{group}/{name}'" in str(error):
+            return None
+        raise ConfigError(f"the preset {group}={name} does not compose: {error}") from None
 
 
 def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -78,8 +78,7 @@ class Registry:
     def provider(self, name: str) -> str | None:
         """The installed distribution (``"name version"``) whose entry point added ``name``; None
         for names registered in code (sciddpm's own, or a module the user imported)."""
-        self._load_plugins()
-        return self._providers.get(name)
+        return self._providers.get(name)  # filled as plugins load: a name already resolved needs no new import
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
@@ -109,12 +108,17 @@ class Registry:
                 continue
             try:  # one broken package must not hide the others
                 self._builders[entry_point.name] = entry_point.load()
-                if entry_point.dist is not None:
-                    self._providers[entry_point.name] = f"{entry_point.dist.name} {entry_point.dist.version}"
             except Exception as error:  # noqa: BLE001 - whatever its import raised
                 why = f"{type(error).__name__}: {error} (entry point {entry_point.value})"
                 self._broken_plugins[entry_point.name] = why
                 log.warning("%s plugin %r failed to load: %s", self.kind, entry_point.name, why)
+                continue
+            try:  # which distribution: only for the record, so it may fail without harm
+                name, version = entry_point.dist.name, entry_point.dist.version
+            except Exception:  # noqa: BLE001 - no dist, or metadata without a name
+                continue
+            if name and version:
+                self._providers[entry_point.name] = f"{name} {version}"
 
 
 def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str,

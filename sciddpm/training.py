@@ -87,12 +87,13 @@ def _with_absolute_data_paths(cfg: dict) -> dict:
 
 def _provenance(cfg: dict) -> dict[str, str]:
     """What trains the run, for its weights' metadata: sciddpm's and torch's versions and the
-    distributions of the plugins it names, so that loading it without them can say what to install."""
+    distributions of the plugins it names, so that loading it without them can say what to install.
+    Computed once, before the first step; the names were resolved when the run was built."""
     named = (("adapter", ADAPTERS, cfg["data"]["name"]), ("backbone", BACKBONES, cfg["model"]["backbone"]),
              ("sampler", SAMPLERS, (cfg.get("sampler") or {}).get("method")))
     plugins = {f"{kind} {name}": registry.provider(name) for kind, registry, name in named
                if name and registry.provider(name)}
-    return {"sciddpm": __version__, "torch": torch.__version__, "plugins": json.dumps(plugins)}
+    return {"sciddpm": __version__, "torch": torch.__version__, "plugins": json.dumps(plugins, sort_keys=True)}
 
 
 def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, held: contextlib.ExitStack) -> Path:
@@ -150,6 +151,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         if start_step:
             _warn_if_precision_changed(run, start_step, compute_dtype, device)
     total_steps = int(trainer["steps"])
+    provenance = _provenance(cfg) if rank == 0 else {}
     progress = held.enter_context(_progress(rank, start_step, total_steps, run.path.name))
     board = _tensorboard(run.path) if rank == 0 else None
     if board is not None:
@@ -201,7 +203,7 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
         if done % trainer["checkpoint_every"] == 0 or done == total_steps:
             if rank == 0:
                 run.save_checkpoint(done, denoiser.net.state_dict(), ema,
-                                    {"step": done, "optimizer": optimizer.state_dict()}, _provenance(cfg))
+                                    {"step": done, "optimizer": optimizer.state_dict()}, provenance)
             _barrier(world)
     if rank == 0:
         log.info("finished %d steps; run directory %s", total_steps, run.path)
@@ -330,10 +332,13 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
 
 def _identity(cfg: Mapping[str, Any], key: str) -> Any:
     """``cfg[key]`` as far as it defines the model: with a DDPM table, p_mean/p_std (EDM's training
-    noise) change nothing, and runs saved when the ddpm/vpred presets still carried them resume."""
+    noise) change nothing, and runs saved when the ddpm/vpred presets still carried them resume;
+    absent, null and empty ``data.kwargs`` are the same."""
     value = cfg.get(key)
     if key == "diffusion" and isinstance(value, Mapping) and value.get("schedule"):
         value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
+    if key == "data" and isinstance(value, Mapping):  # no kwargs, null and {} all mean the adapter's defaults
+        value = {**value, "kwargs": dict(value.get("kwargs") or {})}
     return value
 
 

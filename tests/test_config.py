@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from sciddpm.config import CONFIG_DIR, ConfigError, compose, options, read_preset
+from sciddpm.config import CONFIG_DIR, ConfigError, compose, options, preset_settings
 from sciddpm.runs import assert_safe_config
 
 
@@ -49,11 +49,13 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(mine))
     assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
     assert compose(["trainer=quick"])["trainer"]["steps"] > 1
-    _preset(mine, "sampler", "mysampler", "method: euler\nsteps: 7\n")  # `--sampler` finds it as sampler= does
+    # `--sampler` finds one's own sampler presets as sampler= does, composed (defaults list, numbers)
+    _preset(mine, "sampler", "mysampler", "defaults:\n  - euler\n  - _self_\nsteps: 7\nopts:\n  sigma_min: 2e-3\n")
     from sciddpm.api import sampler_preset
 
-    assert sampler_preset("mysampler") == {"method": "euler", "steps": 7} and sampler_preset("nosuch") == {}
-    assert sampler_preset("heun")["steps"] == 18
+    assert sampler_preset("mysampler") == {**compose(["sampler=mysampler"])["sampler"], "guidance": 1.0}
+    assert sampler_preset("mysampler")["method"] == "euler" and sampler_preset("mysampler")["opts"] == {"sigma_min": 0.002}
+    assert sampler_preset("nosuch") == {} and sampler_preset("heun")["steps"] == 18
     assert re.search(r"trainer/quick\.yaml is not used: sciddpm's own trainer=quick comes first", caplog.text)
     assert "mine" in options("data")
     # a plugin package ships its presets and names them in the sciddpm.configs entry-point group
@@ -66,7 +68,7 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     (info / "entry_points.txt").write_text("[sciddpm.configs]\nsst = sstplug.conf\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert compose(["data=sst"])["data"]["kwargs"]["tones_clips"] == 48
-    assert read_preset("data", "sst")["kwargs"]["tones_clips"] == 48
+    assert preset_settings("data", "sst")["kwargs"]["tones_clips"] == 48
     assert {"mine", "sst"} <= set(options("data"))
     (tmp_path / "sstplug" / "conf" / "data" / "sst.yaml").unlink()  # installed without its YAML files
     with pytest.raises(ConfigError, match="Could not find 'data/sst'"):

@@ -258,3 +258,14 @@ def test_a_compiled_or_data_parallel_denoiser_still_runs_one_batch():
             out = guided(wrapped, 3.0)(x, sigma, cond=cond)
         assert [n for n, _ in net.calls] == [8]
         torch.testing.assert_close(out, den(x, sigma) + 3.0 * (den(x, sigma, cond=cond) - den(x, sigma)))
+
+
+def test_a_wrapper_that_wraps_itself_does_not_loop():
+    class Odd(torch.nn.Module):
+        def forward(self, x, sigma, cond=None):
+            return x
+
+    odd = Odd()
+    odd._orig_mod = odd
+    x = torch.zeros(2, 3)
+    torch.testing.assert_close(guided(odd, 2.0)(x, torch.ones(2), cond=torch.ones(2, 1)), x)

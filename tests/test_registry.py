@@ -36,5 +36,7 @@ def test_a_plugin_name_knows_the_distribution_that_provides_it(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     things = Registry("thing", "sciddpm.test_provided_things")
     things.register("own")(len)
+    assert things.provider("plug") is None  # asking imports nothing: a name not yet resolved has none
+    things.get("plug")
     assert things.provider("plug") == "thingplug 0.3"  # recorded in a run, so a missing plugin can be named
     assert things.provider("own") is None

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 import sciddpm
 from sciddpm.cli import main
@@ -383,3 +384,24 @@ def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_p
     with pytest.raises(UnknownNameError, match=r"unknown adapter 'sst'.*The run was trained with adapter sst from "
                                                r"sciddpm-sst 0\.3\.1: install that package here"):
         sciddpm.load(copy, device="cpu")
+    # a plugin sampler is resolved when sampling, with the same hint
+    sampler_run = tmp_path / "sampler_plugin"
+    shutil.copytree(trained / "tiny", sampler_run)
+    config = yaml.safe_load((sampler_run / "config.yaml").read_text())
+    config["sampler"]["method"] = "fancy"
+    (sampler_run / "config.yaml").write_text(yaml.safe_dump(config))
+    save_file(tensors, sampler_run / "model.safetensors",
+              metadata={**metadata, "plugins": json.dumps({"sampler fancy": "fancy-samplers 2.0"})})
+    model = sciddpm.load(sampler_run, device="cpu")
+    with pytest.raises(UnknownNameError, match=r"unknown sampler 'fancy'.*trained with sampler fancy from fancy-samplers 2\.0"):
+        model.sample(1, {"pitch": 440.0})
+
+
+def test_a_run_saved_with_empty_data_kwargs_resumes_without_them():
+    from sciddpm.training import _differences, _identity
+
+    saved = {"data": {"name": "audio", "kwargs": {}}}
+    for now in ({"data": {"name": "audio"}}, {"data": {"name": "audio", "kwargs": None}}):
+        assert _differences(_identity(saved, "data"), _identity(now, "data"), "data") == []
+    changed = {"data": {"name": "audio", "kwargs": {"tones_clips": 64}}}
+    assert _differences(_identity(saved, "data"), _identity(changed, "data"), "data") != []

@@ -24,15 +24,18 @@ _DROP_COND = "_sciddpm_takes_drop_cond"  # set on our wrappers: may this one get
 
 def _takes_drop_cond(denoiser: DenoiserFn) -> bool:
     """Whether ``denoiser`` accepts a ``drop_cond`` argument (rows that use the null condition)."""
-    flag = getattr(denoiser, _DROP_COND, None)
-    if flag is not None:
-        return bool(flag)
-    # a module wrapped by torch.compile or (Distributed)DataParallel takes what the module inside takes
-    inner = getattr(denoiser, "_orig_mod", None)
-    if inner is None and isinstance(denoiser, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        inner = denoiser.module
-    if inner is not None:
-        return _takes_drop_cond(inner)
+    seen = set()
+    while id(denoiser) not in seen:  # a module wrapped by torch.compile or (Distributed)DataParallel
+        seen.add(id(denoiser))       # takes what the module inside takes
+        flag = getattr(denoiser, _DROP_COND, None)
+        if flag is not None:
+            return bool(flag)
+        inner = getattr(denoiser, "_orig_mod", None)
+        if inner is None and isinstance(denoiser, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            inner = denoiser.module
+        if inner is None:
+            break
+        denoiser = inner
     try:
         call = denoiser.forward if isinstance(denoiser, torch.nn.Module) else denoiser
         parameters = inspect.signature(call).parameters
