@@ -15,6 +15,7 @@ import difflib
 import logging
 import os
 import re
+import threading
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -48,9 +49,10 @@ def preset_packages() -> list[str]:
     return [entry_point.value for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS)]
 
 
-def _search_path(packages: list[str]) -> list[str]:
-    """Hydra search-path entries for the presets beyond sciddpm's own."""
-    return [f"file://{folder}" for folder in preset_folders()] + [f"pkg://{package}" for package in packages]
+def _search_path(packages: list[str], *, check: bool = True) -> list[str]:
+    """Hydra search-path entries for the presets beyond sciddpm's own (``check``: as for ``preset_folders``)."""
+    return ([f"file://{folder}" for folder in preset_folders(check=check)]
+            + [f"pkg://{package}" for package in packages])
 
 
 def _quoted(entry: str) -> str:
@@ -92,14 +94,29 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         raise ConfigError(f"{error}{_close_key_hint(str(error), overrides, search)}{quoting}{where}") from None
 
 
+_HYDRA = threading.Lock()
+
+
 def _hydra_compose(overrides: list[str], search: list[str]) -> Any:
-    """Hydra's composition of ``overrides`` over sciddpm's presets and ``search``; Hydra's own errors."""
+    """Hydra's composition of ``overrides`` over sciddpm's presets and ``search``; Hydra's own errors.
+
+    Hydra keeps one global state per process: compositions take turns, and a caller's own Hydra
+    (a ``@hydra.main`` script, a notebook's ``hydra.initialize``) is set aside and put back."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     searchpath = [f"hydra.searchpath=[{','.join(map(_quoted, search))}]"] if search else []
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
-        return hydra_compose(config_name="config", overrides=searchpath + overrides)
+    with _HYDRA:
+        callers = GlobalHydra.instance().hydra
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
+                return hydra_compose(config_name="config", overrides=searchpath + overrides)
+        finally:  # Hydra swaps its global instance on the way out: ask for the current one
+            GlobalHydra.instance().clear()
+            if callers is not None:
+                GlobalHydra.instance().initialize(callers)
 
 
 def _close_key_hint(message: str, overrides: list[str], search: list[str]) -> str:
@@ -198,14 +215,17 @@ def preset_settings(group: str, name: str) -> dict | None:
     from omegaconf.errors import OmegaConfBaseException
 
     packages = preset_packages()
-    search = _search_path([p for p in packages if _package_presets(p)[1] is None])
-    alone = [f"{group}={name}"] + (["~data"] if group != "data" else [])  # data presets may set other groups
-    try:
-        return OmegaConf.to_container(_hydra_compose(alone, search)[group], resolve=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        if f"Could not find '{group}/{name}'" in str(error):
-            return None
-        raise ConfigError(f"the preset {group}={name} does not compose: {error}") from None
+    search = _search_path([p for p in packages if _package_presets(p)[1] is None], check=False)
+    # without the data preset, which may set other groups' values - unless the preset refers to data
+    attempts = [[f"{group}={name}", "~data"], [f"{group}={name}"]] if group != "data" else [[f"{group}={name}"]]
+    for overrides in attempts:
+        try:
+            return OmegaConf.to_container(_hydra_compose(overrides, search)[group], resolve=True)
+        except (HydraException, OmegaConfBaseException) as error:
+            if f"Could not find '{group}/{name}'" in str(error):
+                return None
+            failure = error
+    raise ConfigError(f"the preset {group}={name} does not compose: {failure}")
 
 
 def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -183,3 +183,38 @@ def test_the_custom_model_preset_takes_a_backbone_and_only_its_own_arguments():
         compose(["model=custom"])
     cfg = compose(["model=custom", "model.backbone=mlp", "+model.kwargs.width=512"])
     assert cfg["model"]["kwargs"] == {"width": 512}  # none of the U-Net presets' arguments
+
+
+def test_composing_leaves_a_callers_hydra_alone_and_takes_turns(tmp_path, monkeypatch):
+    import threading
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sciddpm.api import sampler_preset
+
+    # inside someone's Hydra app (or notebook hydra.initialize) sciddpm still composes, and gives it back
+    (tmp_path / "app.yaml").write_text("x: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        outer = GlobalHydra.instance().hydra
+        assert sampler_preset("heun")["steps"] == 18 and compose(["trainer=quick"])["trainer"]["steps"] > 1
+        assert GlobalHydra.instance().hydra is outer
+    # threads asking at once
+    errors, steps = [], []
+
+    def ask():
+        try:
+            steps.append(sampler_preset("euler")["steps"])
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and steps == [32] * 6
+    # a sampler preset that refers to the data, and a stale SCIDDPM_CONFIG_PATH entry beside it
+    _preset(tmp_path / "mine", "sampler", "dataref", "defaults:\n  - heun\n  - _self_\nnote: ${data.name}\n")
+    monkeypatch.setenv("SCIDDPM_CONFIG_PATH", f"{tmp_path / 'mine'}:{tmp_path / 'gone'}")
+    assert sampler_preset("dataref")["note"] == "audio"
