@@ -441,11 +441,7 @@ def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:
     """``denoiser`` through torch.compile with static shapes; on CUDA in CUDA graphs too."""
     log.info("the network is compiled on its first call at each batch shape (tens of seconds)")
     if device.type != "cuda":
-        compiled = torch.compile(denoiser, dynamic=False)
-
-        def compiled_denoiser(x, sigma, **kwargs):
-            return compiled(x, sigma, **kwargs)
-        return forwards_drop_cond(compiled_denoiser, denoiser)
+        return torch.compile(denoiser, dynamic=False)  # guided() looks through it to the Denoiser
     graphed = torch.compile(denoiser, dynamic=False, mode="reduce-overhead")
 
     def graphed_denoiser(x, sigma, **kwargs):

@@ -49,10 +49,15 @@ def preset_packages() -> list[str]:
     return [entry_point.value for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS)]
 
 
-def _search_path(packages: list[str], *, check: bool = True) -> list[str]:
-    """Hydra search-path entries for the presets beyond sciddpm's own (``check``: as for ``preset_folders``)."""
+def _search_path(*, check: bool = True, warn: bool = False) -> list[str]:
+    """Hydra search-path entries for the presets beyond sciddpm's own: the folders (``check``: as
+    for ``preset_folders``), then the plugin packages that can be read (Hydra would crash on the
+    rest); with ``warn``, presets that cannot take effect are named (once each)."""
+    packages = _plugin_presets()
+    if warn:
+        _warn_of_unusable_presets(packages)
     return ([f"file://{folder}" for folder in preset_folders(check=check)]
-            + [f"pkg://{package}" for package in packages])
+            + [f"pkg://{package}" for package, (_, failure) in packages.items() if failure is None])
 
 
 def _quoted(entry: str) -> str:
@@ -76,9 +81,7 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
         raise ConfigError(f"set {CONFIG_PATH_VARIABLE}=<folder> instead of hydra.searchpath: sciddpm builds the "
                           "search path itself, from that variable and the installed plugins")
-    packages = preset_packages()
-    _warn_of_unusable_presets(packages)
-    search = _search_path([p for p in packages if _package_presets(p)[1] is None])  # Hydra would crash on the rest
+    search = _search_path(warn=True)
     try:
         cfg = _hydra_compose(overrides, search)
         missing = sorted(OmegaConf.missing_keys(cfg))  # a preset's ??? (e.g. your data's path)
@@ -159,16 +162,22 @@ def options(group: str) -> list[str]:
     """The presets available in one config group, e.g. ``options("trainer")``: sciddpm's own and
     those in ``$SCIDDPM_CONFIG_PATH`` and installed plugins."""
     own = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
-    return sorted(own | {name for g, name, _ in _other_presets(preset_packages()) if g == group})
+    return sorted(own | {name for g, name, _ in _other_presets(_plugin_presets()) if g == group})
 
 
-def _other_presets(packages: list[str]) -> list[tuple[str, str, str]]:
-    """``(group, name, file)`` of every preset in ``$SCIDDPM_CONFIG_PATH`` and in ``packages``."""
+def _other_presets(packages: Mapping[str, tuple[list, str | None]]) -> list[tuple[str, str, str]]:
+    """``(group, name, file)`` of every preset in ``$SCIDDPM_CONFIG_PATH`` and in ``packages``
+    (each package's ``_package_presets``)."""
     found = [(path.parent.name, path.stem, str(path))
              for folder in preset_folders(check=False) for path in sorted(folder.glob("*/*.yaml"))]
-    for package in packages:
-        found += _package_presets(package)[0]
+    for presets, _ in packages.values():
+        found += presets
     return found
+
+
+def _plugin_presets() -> dict[str, tuple[list[tuple[str, str, str]], str | None]]:
+    """Each installed plugin's preset package, read once: its presets and why it could not be read."""
+    return {package: _package_presets(package) for package in preset_packages()}
 
 
 def _package_presets(package: str) -> tuple[list[tuple[str, str, str]], str | None]:
@@ -185,15 +194,14 @@ def _package_presets(package: str) -> tuple[list[tuple[str, str, str]], str | No
 _WARNED: set[str] = set()
 
 
-def _warn_of_unusable_presets(packages: list[str]) -> None:
+def _warn_of_unusable_presets(packages: Mapping[str, tuple[list, str | None]]) -> None:
     """Once each: a preset of one's own named like one of sciddpm's (it never takes effect), and a
     plugin's preset package that cannot be read or holds no presets (installed without its YAML)."""
     for group, name, where in _other_presets(packages):
         if (CONFIG_DIR / group / f"{name}.yaml").is_file() and where not in _WARNED:
             _WARNED.add(where)
             log.warning("%s is not used: sciddpm's own %s=%s comes first; rename yours", where, group, name)
-    for package in packages:
-        presets, failure = _package_presets(package)
+    for package, (presets, failure) in packages.items():
         if package in _WARNED or presets:
             continue
         _WARNED.add(package)
@@ -214,8 +222,7 @@ def preset_settings(group: str, name: str) -> dict | None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    packages = preset_packages()
-    search = _search_path([p for p in packages if _package_presets(p)[1] is None], check=False)
+    search = _search_path(check=False)
     # without the data preset, which may set other groups' values - unless the preset refers to data
     attempts = [[f"{group}={name}", "~data"], [f"{group}={name}"]] if group != "data" else [[f"{group}={name}"]]
     for overrides in attempts:
