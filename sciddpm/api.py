@@ -6,7 +6,7 @@ data's physical units and coordinates, with a ``member`` dimension (and ``case``
 several conditions). The command line calls exactly these methods.
 
 Reproducibility: every generated item (case ``i``, member ``j``) starts from its own noise, drawn
-from a generator seeded by ``item_seed(seed, i, j)``, and items are sampled in fixed batches of
+from a generator seeded by ``sciddpm.cases.item_seed(seed, i, j)``, and items are sampled in fixed batches of
 consecutive items. So a seed gives the same starting noise on any device, the same members on
 any machine of one kind, and an ensemble split over ranks or resumed after a crash
 (``sciddpm.ensembles``) equals one sampled in a single go. Across kinds of machine the members
@@ -19,7 +19,6 @@ must keep it as it was begun (both are recorded in each sample's attributes).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -32,10 +31,10 @@ from tqdm.auto import tqdm
 
 from sciddpm import __version__
 from sciddpm.assembly import build_denoiser
+from sciddpm.cases import case_table, item_seed
 from sciddpm.checks import as_count, as_seed
 from sciddpm.config import preset_settings
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
-from sciddpm.data.conditioning import split_header
 from sciddpm.data.stores import netcdf_safe
 from sciddpm.diffusion import guided, inpainting
 from sciddpm.diffusion import sample as run_sampler
@@ -83,78 +82,6 @@ def load(run: str | Path, *, runs_dir: str | Path = "runs", device: str = "auto"
                          f"data_spec.json describe (edited, or files from different runs): {err}") from None
     return Model(path, config, spec, denoiser.to(torch_device).eval(), step=step, bf16=bf16,
                  compile=compile, adapter=adapter)
-
-
-def item_seed(seed: int, case: int, member: int) -> int:
-    """The noise seed of member ``member`` of case ``case`` in an ensemble drawn with ``seed``."""
-    words = np.random.SeedSequence([int(seed), int(case), int(member)]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])  # fits torch's 64-bit seed
-
-
-def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
-    """Cases as ``{name: values}`` with one value per case, validated against ``schema``.
-
-    ``cases`` is a mapping name -> value or list (single values are shared by every case) or a
-    pandas DataFrame with one row per case and one column per condition.
-    """
-    if hasattr(cases, "to_dict") and hasattr(cases, "columns"):  # a DataFrame, without importing pandas
-        cases = {str(name): cases[name].to_numpy() for name in cases.columns}
-    if not isinstance(cases, Mapping):
-        raise TypeError(f"cases must be a mapping name -> values or a DataFrame, got {type(cases).__name__}")
-    columns = {}
-    for name, values in cases.items():
-        if isinstance(values, torch.Tensor):  # any dtype, on any device, with or without grad
-            values = values.detach().to("cpu", torch.float64).numpy()
-        try:
-            columns[name] = np.atleast_1d(np.asarray(values, dtype=float))
-        except (TypeError, ValueError):
-            raise ValueError(f"condition {name!r}: values must be numbers in the condition's units, got "
-                             f"{values!r}") from None
-        if columns[name].ndim != 1 or columns[name].size == 0:
-            raise ValueError(f"condition {name!r}: give one value per case (a flat, non-empty list), got "
-                             f"shape {columns[name].shape}")
-    count = max((len(v) for v in columns.values()), default=1)
-    for name, values in columns.items():
-        if len(values) not in (1, count):
-            raise ValueError(
-                f"condition {name!r} has {len(values)} values but others have {count}; give one "
-                "value (shared by every case) or one per case")
-    table = schema.validate(columns, batch=count) if columns else {}
-    return {name: np.asarray(values, dtype=float) for name, values in table.items()}
-
-
-def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float]]:
-    """The cases of a CSV (``sciddpm sample --cases``): a header of condition names (``name`` or
-    ``name[units]``, the units then being the model's), one row per case; for ``case_table``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
-    names = []
-    for cell in rows[0]:
-        try:
-            name, units = split_header(cell)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
-        if name in names:
-            raise ValueError(f"{path}: column {name!r} appears twice in the header")
-        known = name in schema.names
-        if known and units is not None and units != schema[name].units:
-            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
-                             f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
-        names.append(name)
-    columns: dict[str, list[float]] = {name: [] for name in names}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(names):
-            raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
-        for name, cell in zip(names, row):
-            try:
-                columns[name].append(float(cell))
-            except ValueError:
-                raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
-    return columns
 
 
 def sampler_preset(name: str) -> dict:

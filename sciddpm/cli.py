@@ -63,7 +63,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sciddpm.api import load, read_cases_csv
+    from sciddpm.api import load
+    from sciddpm.cases import read_cases_csv
 
     settings = _run_overrides(overrides, "sample")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device,

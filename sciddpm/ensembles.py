@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import zarr
 
-from sciddpm.api import Model, case_table
+from sciddpm.api import Model
+from sciddpm.cases import case_table
 from sciddpm.checks import as_count, as_seed
 from sciddpm.data.base import plain_json
 from sciddpm.data.stores import consolidate

@@ -160,7 +160,8 @@ def test_diffusion_settings_are_checked_when_the_denoiser_is_built(caplog):
     # p_mean/p_std shape only EDM's continuous noise: given with a DDPM table they are named as unused
     # (when training; loading such a run to sample says nothing), and they do not count as a change of
     # model on resume, so runs saved when the ddpm/vpred presets carried them still resume
-    from sciddpm.training import _identity, _warn_unused_noise_settings
+    from sciddpm.resume import identity
+    from sciddpm.training import _warn_unused_noise_settings
 
     climate_on_ddpm = compose(["data=climate_era5", "diffusion=ddpm", "model=tiny1d"])  # the preset sets p_mean
     with caplog.at_level("WARNING", logger="sciddpm"):
@@ -173,9 +174,9 @@ def test_diffusion_settings_are_checked_when_the_denoiser_is_built(caplog):
         _warn_unused_noise_settings(compose(["model=tiny1d", "diffusion=ddpm"]))
     assert "p_mean" not in caplog.text
     saved_by_old_preset = {"diffusion": {**compose(["diffusion=ddpm"])["diffusion"], "p_mean": -1.2, "p_std": 1.2}}
-    assert _identity(saved_by_old_preset, "diffusion") == _identity(compose(["diffusion=ddpm"]), "diffusion")
+    assert identity(saved_by_old_preset, "diffusion") == identity(compose(["diffusion=ddpm"]), "diffusion")
     edm = compose(["diffusion=edm"])
-    assert _identity(edm, "diffusion") != _identity({"diffusion": {**edm["diffusion"], "p_mean": 0.0}}, "diffusion")
+    assert identity(edm, "diffusion") != identity({"diffusion": {**edm["diffusion"], "p_mean": 0.0}}, "diffusion")
 
 
 def test_the_custom_model_preset_takes_a_backbone_and_only_its_own_arguments():

@@ -327,7 +327,7 @@ def test_two_process_gloo_ddp_trains_and_checkpoints_once(cache, trained, tmp_pa
 def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
     # a plugin whose data lives in two places, named other than `path`
     from sciddpm.data import ADAPTERS, Adapter
-    from sciddpm.training import _with_absolute_data_paths
+    from sciddpm.resume import with_absolute_data_paths
 
     class TwoStores(Adapter):
         path_arguments = ("store", "mask_file")
@@ -339,7 +339,7 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = {"data": {"name": "two_stores", "kwargs": {"store": ["a.zarr", "b.zarr"], "mask_file": "gs://bucket/mask.nc",
                                                      "label": "relative/but/not/a/path"}}}
-    saved = _with_absolute_data_paths(cfg)["data"]["kwargs"]
+    saved = with_absolute_data_paths(cfg)["data"]["kwargs"]
     assert saved == {"store": [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], "mask_file": "gs://bucket/mask.nc",
                      "label": "relative/but/not/a/path"}
     assert cfg["data"]["kwargs"]["store"] == ["a.zarr", "b.zarr"]  # the caller's config is untouched
@@ -349,8 +349,8 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
         adapter_from_config({"name": "two_stores", "kwargs": {"label": "x"}})  # e.g. after '~data.kwargs'
     TwoStores.path_arguments = ("stor",)  # a misspelt name must not quietly leave the path relative
     with pytest.raises(TypeError, match=r"lists path_arguments \['stor'\] that it does not take; it takes: store"):
-        _with_absolute_data_paths(cfg)
-    audio = _with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
+        with_absolute_data_paths(cfg)
+    audio = with_absolute_data_paths({"data": {"name": "audio", "kwargs": {"path": "clips"}}})
     assert audio["data"]["kwargs"]["path"] == str(tmp_path / "clips")
 
     class NoPath(Adapter):  # inherits path_arguments = ("path",) but takes no path: nothing to do
@@ -359,7 +359,7 @@ def test_the_adapters_path_arguments_are_saved_absolute(tmp_path, monkeypatch):
 
     monkeypatch.setitem(ADAPTERS._builders, "no_path", NoPath)
     for data in ({"name": "no_path", "kwargs": {"n": 4}}, {"name": "no_path"}):
-        assert _with_absolute_data_paths({"data": data}) == {"data": data}  # unchanged, even without kwargs
+        assert with_absolute_data_paths({"data": data}) == {"data": data}  # unchanged, even without kwargs
 
 
 def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_path):
@@ -398,10 +398,10 @@ def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_p
 
 
 def test_a_run_saved_with_empty_data_kwargs_resumes_without_them():
-    from sciddpm.training import _differences, _identity
+    from sciddpm.resume import differences, identity
 
     saved = {"data": {"name": "audio", "kwargs": {}}}
     for now in ({"data": {"name": "audio"}}, {"data": {"name": "audio", "kwargs": None}}):
-        assert _differences(_identity(saved, "data"), _identity(now, "data"), "data") == []
+        assert differences(identity(saved, "data"), identity(now, "data"), "data") == []
     changed = {"data": {"name": "audio", "kwargs": {"tones_clips": 64}}}
-    assert _differences(_identity(saved, "data"), _identity(changed, "data"), "data") != []
+    assert differences(identity(saved, "data"), identity(changed, "data"), "data") != []

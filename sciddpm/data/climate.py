@@ -53,12 +53,12 @@ import torch
 import xarray as xr
 
 from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, condition_coords, heldout_picks,
-                               name_list, read_groups, register_adapter)
+                               name_list, register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
-                                       detect_layout, encode_mask, open_era5_store, read_time,
-                                       read_times)
+                                       detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
+from sciddpm.data.era5_times import Era5Items, check_time_range, day_label, time_window, train_val_split
 from sciddpm.data.stores import check_no_namesake, write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
@@ -70,53 +70,6 @@ TIME_CONDS = {
                       description="day of the year of the valid time (1 = 1 January)"),
     "hour": dict(units="h", feature="cyclic", period=24.0, description="UTC hour of the valid time"),
 }
-
-
-class Era5Times(torch.utils.data.Dataset):
-    """Items of one split, read lazily; holds a path and numbers, so it pickles for spawned workers."""
-
-    def __init__(self, plan: StorePlan, positions: np.ndarray, cond: np.ndarray, normaliser: Normaliser,
-                 weight: np.ndarray, with_mask: bool):
-        self.plan, self.positions = plan, np.asarray(positions, dtype=np.int64)
-        self.cond = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))
-        self.mean = np.asarray(normaliser.mean, dtype=np.float64)[:, None, None]
-        self.std = np.asarray(normaliser.std, dtype=np.float64)[:, None, None]
-        self.weight = torch.from_numpy(np.asarray(weight, dtype=np.float32)[None])
-        self.with_mask = with_mask
-        self._store = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}  # each process opens the store itself
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        """A batch of items (the DataLoader asks for a whole batch at once): each variable is read
-        once for all its times, not once per item - on a 64 x 32 store, a quarter of the training
-        time went to reading item by item."""
-        if self._store is None:
-            self._store = self.plan.open()
-        items = []
-        for group in read_groups(indices, len(self.plan.channels) * int(np.prod(self.plan.shape))):
-            raws = read_times(self._store, self.plan, self.positions[group])
-            items += [self._item(i, raw) for i, raw in zip(group, raws)]
-        return items
-
-    def _item(self, i: int, raw: np.ndarray) -> dict[str, torch.Tensor]:
-        x = ((raw - self.mean) / self.std).astype(np.float32)
-        item = {"x": torch.from_numpy(x), "cond": self.cond[i], "weight": self.weight}
-        valid = np.isfinite(x)
-        if self.with_mask:
-            item["mask"] = torch.from_numpy(valid)
-        elif not valid.all():
-            raise ValueError(f"time index {self.positions[i]} of {self.plan.path} has NaN, but the "
-                             f"{len(self.positions)}-time split was judged NaN-free from a sample; pass "
-                             "mask=True (data.kwargs.mask=true) so NaNs are masked out of the loss")
-        return item
 
 
 @register_adapter("era5")
@@ -140,7 +93,7 @@ class Era5Adapter(Adapter):
         if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
             raise ValueError(f"stats_samples must be a positive integer, got {stats_samples!r}")
         if time_range is not None:
-            _check_time_range(time_range)
+            check_time_range(time_range)
         if path is not None and synthetic:  # the preset always carries them; a real store wins
             log.info("data.kwargs.path is set, so the synthetic-sample options are not used")
             synthetic = None
@@ -186,10 +139,10 @@ class Era5Adapter(Adapter):
         stamps = ds[TIME].values
         if stamps.size > 1 and not (np.diff(stamps) > np.timedelta64(0, "ns")).all():
             raise ValueError(f"the time coordinate of {path} is not strictly increasing; sort it first (ds.sortby('time'))")
-        first, last = _time_window(ds, stamps, self.time_range, path)
-        train, val = _split(stamps, first, last, self.val_start, self.val_fraction, path)
-        notes.append(f"train: {len(train)} times {_day(stamps[train[0]])}..{_day(stamps[train[-1]])}; validation "
-                     f"(one block, held out): {len(val)} times {_day(stamps[val[0]])}..{_day(stamps[val[-1]])}")
+        first, last = time_window(ds, stamps, self.time_range, path)
+        train, val = train_val_split(stamps, first, last, self.val_start, self.val_fraction, path)
+        notes.append(f"train: {len(train)} times {day_label(stamps[train[0]])}..{day_label(stamps[train[-1]])}; validation "
+                     f"(one block, held out): {len(val)} times {day_label(stamps[val[0]])}..{day_label(stamps[val[-1]])}")
         hours = np.unique((stamps[train] - stamps[train].astype("datetime64[D]")).astype("timedelta64[m]")
                           .astype(np.int64) / 60.0)
         if source_names:
@@ -296,14 +249,14 @@ class Era5Adapter(Adapter):
         self.spec()
         return self._index["static"]
 
-    def dataset(self, split: str = "train") -> Era5Times:
+    def dataset(self, split: str = "train") -> Era5Items:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         spec, index = self.spec(), self._build_index()
         positions = index[split]
         values = self.cond_from_xarray(index["ds"].isel({TIME: positions}))
         features = spec.cond.encode(values, batch=len(positions), warn=False).numpy()
-        return Era5Times(index["plan"], positions, features, spec.normaliser,
+        return Era5Items(index["plan"], positions, features, spec.normaliser,
                          self.area_weights(), bool(spec.output["with_mask"]))
 
     def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
@@ -428,57 +381,3 @@ def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> n
                          f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour"
                          f"{close_match(name, scalars)}{fix}")
     return np.asarray(ds[name].values, dtype=np.float64)
-
-
-def _check_time_range(time_range: Sequence[Any]) -> None:
-    if isinstance(time_range, str) or len(time_range) != 2:
-        raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
-    try:
-        start, stop = (np.datetime64(str(t)) for t in time_range)
-    except ValueError:
-        raise ValueError(f"time_range {list(time_range)!r}: give ISO dates or times such as "
-                         "['2018-01-01', '2019-12-31T18']") from None
-    if start > stop:
-        raise ValueError(f"time_range starts after it stops ({time_range[0]} > {time_range[1]}); swap them")
-
-
-def _day(stamp: np.datetime64) -> str:
-    return str(np.datetime64(stamp, "h"))
-
-
-def _time_window(ds: xr.Dataset, stamps: np.ndarray, time_range: Sequence[str] | None, path: str) -> tuple[int, int]:
-    """Positions ``[first, last)`` of the usable times: the ARCO valid range, then ``time_range``."""
-    ns = lambda text, days=0: (np.datetime64(str(text), "D") + days if len(str(text)) <= 10  # noqa: E731
-                               else np.datetime64(str(text))).astype("datetime64[ns]")
-    lo, hi = stamps[0], stamps[-1] + np.timedelta64(1, "ns")
-    if "valid_time_start" in ds.attrs:  # ARCO-ERA5: the time axis runs on past the data
-        lo = max(lo, ns(ds.attrs["valid_time_start"]))
-    if "valid_time_stop" in ds.attrs:
-        hi = min(hi, ns(ds.attrs["valid_time_stop"], 1))  # a date: its whole day is valid
-        log.info("%s: using its valid times %s .. %s (valid_time_start/stop attrs)", path, lo, hi)
-    if time_range is not None:  # inclusive; a bare date includes its whole day
-        lo, hi = max(lo, ns(time_range[0])), min(hi, ns(time_range[1], 1) if len(str(time_range[1])) <= 10
-                                                 else ns(time_range[1]) + np.timedelta64(1, "ns"))
-    first, last = int(np.searchsorted(stamps, lo)), int(np.searchsorted(stamps, hi))
-    if last - first < 2:
-        raise ValueError(f"{path} has {last - first} time(s) in {lo} .. {hi} (store: {stamps[0]} .. {stamps[-1]}); "
-                         "widen time_range")
-    return first, last
-
-
-def _split(stamps: np.ndarray, first: int, last: int, val_start: str | None, val_fraction: float | None,
-           path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation positions: one contiguous validation block at the end (module docstring)."""
-    if val_start is not None:
-        cut = int(np.searchsorted(stamps, np.datetime64(str(val_start)).astype("datetime64[ns]")))
-    elif val_fraction is not None:
-        cut = last - max(1, round(val_fraction * (last - first)))
-    else:
-        year = stamps[last - 1].astype("datetime64[Y]").astype("datetime64[ns]")
-        cut = int(np.searchsorted(stamps, year))
-        if cut <= first:
-            cut = last - max(1, round(0.1 * (last - first)))
-    if not first < cut < last:
-        raise ValueError(f"validation from {val_start or cut} leaves no training or no validation times in "
-                         f"{stamps[first]} .. {stamps[last - 1]} of {path}; pick val_start inside that range")
-    return np.arange(first, cut), np.arange(cut, last)

@@ -1,0 +1,178 @@
+"""Which run directory a training config writes, and whether it may: one writer holds it, a new
+run starts there, or the same model resumes from its last checkpoint. A resume that would change
+what the model *is* (``IDENTITY_KEYS``) is refused with the settings that differ; the config saved
+with the run finds its data again from any folder (local data paths made absolute)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from sciddpm.data import ADAPTERS, Adapter, DataSpec
+from sciddpm.distributed import broadcast
+from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
+
+log = logging.getLogger("sciddpm.training")
+
+# Config sections that define what the model *is*: a resumed run must not change them.
+IDENTITY_KEYS = ("data", "model", "diffusion", "seed")
+UNUSED_WITH_SCHEDULE = ("p_mean", "p_std")  # EDM's log-normal training noise; a DDPM table replaces it
+
+
+def with_absolute_data_paths(cfg: dict) -> dict:
+    """The adapter's ``path_arguments`` (``data.kwargs.path``...) made absolute where they are
+    local, so that the saved config finds the data again from any folder (``sciddpm evaluate``, a
+    resumed run); URLs (``gs://...``) stay as given. The caller's config is left as it was."""
+    data = cfg.get("data") or {}
+    builder = ADAPTERS.get(data.get("name"))  # an unknown name lists the known ones
+    takes = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
+    path_arguments = getattr(builder, "path_arguments", Adapter.path_arguments)
+    if path_arguments is Adapter.path_arguments:  # the inherited default: `path`, where the adapter takes one
+        path_arguments = tuple(key for key in path_arguments if key in takes or takes_any)
+    elif not takes_any:
+        unknown = [key for key in path_arguments if key not in takes]
+        if unknown:
+            raise TypeError(f"adapter {data.get('name')!r} lists path_arguments {unknown} that it does not take; "
+                            f"it takes: {', '.join(takes)}")
+    kwargs = dict(data.get("kwargs") or {})
+    if not any(key in kwargs for key in path_arguments):
+        return cfg  # nothing to change: the config stays exactly as given (resume compares it)
+
+    def absolute(value: Any) -> Any:  # a local path, or a list of them
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and "://" not in value else value
+
+    for key in path_arguments:
+        if key in kwargs:
+            kwargs[key] = absolute(kwargs[key])
+    return {**cfg, "data": {**data, "kwargs": kwargs}}
+
+
+def hold_run_dir(cfg: dict, rank: int, world: int, held: contextlib.ExitStack) -> RunDir:
+    """The run directory: rank 0 names it and holds it (one writer per run) until training ends,
+    before any data is built, so a run in use is refused at once; every rank gets the verdict."""
+    path, refusal = None, None
+    if rank == 0:
+        path = _run_path(cfg)
+        try:
+            lock = RunDir(path).lock()
+            if lock is not None:
+                held.enter_context(lock)  # released when training ends, however it ends
+        except RunError as error:
+            refusal = str(error)
+    path, refusal = broadcast((path, refusal), world)  # every rank stops, none waits at a barrier
+    if refusal is not None:
+        raise RunError(refusal)
+    return RunDir(path)
+
+
+def _run_path(cfg: dict) -> str:
+    name = cfg.get("name") or cfg["model"].get("preset") or cfg["data"]["name"]
+    return str(Path(cfg["runs_dir"]) / name)
+
+
+def prepare_run_dir(run: RunDir, cfg: dict, spec: DataSpec, rank: int, world: int) -> int:
+    """Create a fresh run or check that an existing one is the same model; returns the start step.
+
+    Rank 0 does the work; its verdict (a step or an error message) goes to every rank, so a
+    refused resume stops all ranks instead of leaving them waiting at a barrier.
+    """
+    verdict: int | str = 0
+    if rank == 0:
+        try:
+            verdict = _claim_run_dir(run, cfg, spec)
+        except RunError as error:
+            verdict = str(error)
+    verdict = broadcast(verdict, world)
+    if isinstance(verdict, str):
+        raise RunError(verdict)
+    return int(verdict)
+
+
+def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
+    """The start step: 0 for a new run, the last checkpoint's step when resuming the same run. A
+    directory whose run stopped before its first checkpoint holds nothing to protect, so it starts
+    afresh under the new settings (say, after fixing the model that made the first try fail)."""
+    start_step = 0
+    if (run.path / CONFIG).exists():
+        if run.checkpoint_steps() or (run.path / WEIGHTS).exists():
+            _check_same_run(run, cfg, spec)
+        else:
+            log.info("%s holds no trained weights yet: starting it afresh", run.path)
+        run.clean_staging()
+        start_step = run.usable_checkpoint()
+        if start_step:
+            run.publish(start_step)  # a kill between checkpoint and publication left older weights
+        if start_step and start_step >= int(cfg["trainer"]["steps"]):
+            return start_step  # nothing to train: the run and its config stay as they are
+        run.truncate_metrics(start_step)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(cfg)
+    run.save_data_spec(spec.to_dict())
+    return start_step
+
+
+def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
+    previous = run.load_config()
+    for key in IDENTITY_KEYS:
+        if identity(previous, key) != identity(cfg, key):
+            changes = differences(identity(previous, key), identity(cfg, key), key)
+            shown = "; ".join(f"{name}: {old!r} there, {new!r} now" for name, old, new in changes[:6])
+            more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
+            raise RunError(
+                f"run directory {run.path} already holds a run with other '{key}' settings - {shown}{more}. "
+                f"Resume it with the same settings, or start a new run with name=<new name>.")
+    if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
+        raise RunError(
+            f"the data's statistics/schema differ from those saved in {run.path}: the data "
+            f"changed since the run started. Start a new run with name=<new name>.")
+
+
+def identity(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]`` as far as it defines the model: with a DDPM table, p_mean/p_std (EDM's training
+    noise) change nothing, and runs saved when the ddpm/vpred presets still carried them resume;
+    absent, null and empty ``data.kwargs`` are the same."""
+    value = cfg.get(key)
+    if key == "diffusion" and isinstance(value, Mapping) and value.get("schedule"):
+        value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
+    if key == "data" and isinstance(value, Mapping):  # no kwargs, null and {} all mean the adapter's defaults
+        value = {**value, "kwargs": dict(value.get("kwargs") or {})}
+    return value
+
+
+def differences(old: Any, new: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """The dotted keys at which two configs differ, with both values ("(absent)" for a missing key)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{where}.{key}")
+        return found
+    return [] if old == new else [(where, old, new)]
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def warn_if_precision_changed(run: RunDir, start_step: int, compute_dtype: str, device: torch.device) -> None:
+    """A run resumed on another kind of machine may continue in another network dtype (bf16 follows
+    the hardware, sciddpm.precision): allowed - the weights are float32 either way - but said."""
+    before = [r["network_dtype"] for r in run.read_metrics() if "network_dtype" in r]
+    if before and before[-1] != compute_dtype:
+        why = ("trainer.bf16=false keeps float32" if compute_dtype == "bfloat16"
+               else f"{device} has no native bf16, or trainer.bf16=false was set")
+        log.warning("%s trained in %s up to step %d and continues in %s on %s (%s); metrics.jsonl "
+                    "records the dtype of every window", run.path, before[-1], start_step, compute_dtype,
+                    device, why)
