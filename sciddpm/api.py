@@ -317,7 +317,10 @@ class Model:
                          guidance: float | None = None) -> dict:
         """The run's configured sampler, with any of method/steps/guidance replaced."""
         configured = dict(self.config.get("sampler") or {})
-        settings = {"method": configured.get("method", "heun"), "steps": configured.get("steps"),
+        if not (method or configured.get("method")):
+            raise ValueError(f"the run {self.path} names no sampler in its config.yaml; choose one, e.g. "
+                             "--sampler dpmpp_2m (sampler='dpmpp_2m' from Python)")
+        settings = {"method": configured.get("method"), "steps": configured.get("steps"),
                     "schedule": configured.get("schedule"), "opts": dict(configured.get("opts") or {}),
                     "guidance": configured.get("guidance", 1.0) if guidance is None else guidance}
         if method is not None and method != settings["method"]:

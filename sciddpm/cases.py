@@ -5,14 +5,17 @@ which makes an ensemble the same however it is split over batches, ranks or rest
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from sciddpm.data import CondSchema
+from sciddpm.data import CondSchema, UnknownConditionError
 from sciddpm.data.conditioning import split_header
+
+log = logging.getLogger("sciddpm")
 
 
 def item_seed(seed: int, case: int, member: int) -> int:
@@ -49,6 +52,8 @@ def case_table(cases: Any, schema: CondSchema) -> dict[str, np.ndarray]:
             raise ValueError(
                 f"condition {name!r} has {len(values)} values but others have {count}; give one "
                 "value (shared by every case) or one per case")
+    if not columns and schema.dim:
+        log.info("no conditions given: one case, sampled unconditionally (the null condition)")
     table = schema.validate(columns, batch=count) if columns else {}
     return {name: np.asarray(values, dtype=float) for name, values in table.items()}
 
@@ -59,24 +64,28 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
     if not Path(path).is_file():
         raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
     with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+        reader = csv.reader(handle)
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # blank lines skipped
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
     names = []
-    for cell in rows[0]:
+    for cell in rows[0][1]:
         try:
             name, units = split_header(cell)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
         if name in names:
             raise ValueError(f"{path}: column {name!r} appears twice in the header")
-        known = name in schema.names
-        if known and units is not None and units != schema[name].units:
+        try:  # a column that is no condition is named before any of its values is read
+            schema[name]
+        except UnknownConditionError as error:
+            raise UnknownConditionError(f"{path}: column {name!r}: {error}") from None
+        if units is not None and units != schema[name].units:
             raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
                              f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
         names.append(name)
     columns: dict[str, list[float]] = {name: [] for name in names}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if len(row) != len(names):
             raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
         for name, cell in zip(names, row):

@@ -67,31 +67,33 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from sciddpm.cases import read_cases_csv
 
     settings = _run_overrides(overrides, "sample")
+    cond = _parse_cond(args.cond)
+    if args.cases is not None:  # the flags are checked before the model loads (and perhaps compiles)
+        if args.infill:
+            raise ValueError("--cases and --infill do not combine: fill observations, or sample cases")
+        if args.out and Path(args.out).suffix != ".zarr":
+            raise ValueError(f"--cases writes one zarr store; give --out a path ending in .zarr, got {args.out}")
+    elif args.members is not None:
+        raise ValueError("--members goes with --cases; for one set of conditions use --n")
     model = load(settings["model"], runs_dir=settings["runs_dir"], device=args.device,
                  bf16=False if args.fp32 else None, compile=args.compile)
-    cond = _parse_cond(args.cond)
     options = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance)
     if args.cases is not None:
         from sciddpm.ensembles import write_ensemble
 
-        if args.infill:
-            raise ValueError("--cases and --infill do not combine: fill observations, or sample cases")
         out = Path(args.out) if args.out else Path("samples") / model.name / "ensemble.zarr"
-        if out.suffix != ".zarr":
-            raise ValueError(f"--cases writes one zarr store; give --out a path ending in .zarr, got {out}")
         cases = read_cases_csv(args.cases, model.conditions)
         both = sorted(set(cases) & set(cond))
         if both:
             raise ValueError(f"{', '.join(both)} given both as a --cases column and as --cond; give each once")
         cases.update(cond)
-        summary = write_ensemble(model, cases, args.members or args.n, out, batch_size=args.batch_size or 8,
-                                 **options)
+        members = args.n if args.members is None else args.members  # 0 is refused there, not replaced
+        batch_size = 8 if args.batch_size is None else args.batch_size
+        summary = write_ensemble(model, cases, members, out, batch_size=batch_size, **options)
         if summary["rank"] == 0:
             print(f"{out} ({summary['items']} members in all; {summary['sampled']} sampled by rank 0 of "
                   f"{summary['world']}, {summary['skipped']} already there)")
         return 0
-    if args.members is not None:
-        raise ValueError("--members goes with --cases; for one set of conditions use --n")
     if args.infill:
         from sciddpm.data.stores import open_store
 
@@ -129,6 +131,9 @@ def _run_overrides(overrides: list[str], command: str) -> dict[str, str]:
             raise ValueError(
                 f"`sciddpm {command}` takes model=<run name or path> and runs_dir=<dir>, not {token!r}; "
                 f"sampling options are flags (see `sciddpm {command} --help`)")
+        if not value.strip():
+            wanted = "run name or run directory" if key == "model" else "dir"
+            raise ValueError(f"`sciddpm {command}` got an empty {key}=; give {key}=<{wanted}>")
         settings[key] = value
     if "model" not in settings:
         raise ValueError(f"`sciddpm {command}` needs model=<run name or run directory>, e.g. model=audio")

@@ -44,9 +44,17 @@ def preset_folders(*, check: bool = True) -> list[Path]:
     return folders
 
 
-def preset_packages() -> list[str]:
-    """The packages of presets that installed plugins name in the ``sciddpm.configs`` group."""
-    return [entry_point.value for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS)]
+def preset_packages() -> dict[str, str | None]:
+    """The packages of presets that installed plugins name in the ``sciddpm.configs`` group, each
+    with the distribution that names it (None where its metadata has no name; for messages)."""
+    packages: dict[str, str | None] = {}
+    for entry_point in metadata.entry_points(group=CONFIG_ENTRY_POINTS):
+        try:
+            distribution = entry_point.dist.name or None
+        except Exception:  # noqa: BLE001 - no dist, or metadata without a name
+            distribution = None
+        packages.setdefault(entry_point.value, distribution)
+    return packages
 
 
 def _search_path(*, check: bool = True, warn: bool = False) -> list[str]:
@@ -68,12 +76,14 @@ def _quoted(entry: str) -> str:
 
 
 class ConfigError(ValueError):
-    """An override Hydra could not apply; the message carries Hydra's explanation."""
+    """A config that cannot be composed: an override Hydra could not parse or apply, a preset that
+    is missing or fails to compose, a ``???`` key left unset, an unusable search path. The message
+    carries Hydra's explanation and, where one is known, the fix."""
 
 
 def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
     """The resolved config for ``overrides`` (Hydra syntax: ``trainer=quick``, ``seed=3``)."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -88,13 +98,35 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         if missing:
             raise ConfigError("this config needs " + ", ".join(missing) + " set: add "
                               + " ".join(f"{key}=..." for key in missing) + " to the command")
-        return OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
-        quoting = ("\nA value with non-ASCII letters or characters such as ( ) [ ] needs quotes inside the override: "
-                   "'runs_dir=\"/my runs/x\"'" if "LexerNoViableAlt" in str(error) or "no viable alternative"
-                   in str(error) else "")
+        hint = _close_key_hint(str(error), overrides, search)
+        cause = error.__cause__  # "Error merging override x" says why only here
+        why = (f" ({' '.join(str(cause).split())})" if cause is not None and not hint
+               and str(cause).strip() not in str(error) else "")
+        quoting = ("\nA value with characters such as ( ) [ ] { } , or non-ASCII letters needs quotes inside the "
+                   "override, e.g. 'name=\"a(b)\"'" if isinstance(error, OverrideParseException) else "")
         where = f"\n{WHERE_PRESETS_GO}" if "Could not find" in str(error) else ""  # a preset that is not there
-        raise ConfigError(f"{error}{_close_key_hint(str(error), overrides, search)}{quoting}{where}") from None
+        raise ConfigError(f"{error}{why}{hint}{quoting}{where}") from None
+    _check_argument_blocks(resolved)
+    return resolved
+
+
+# group.key: what the block holds, and an override that sets one entry of it
+_ARGUMENT_BLOCKS = {("data", "kwargs"): ("the adapter's arguments", "data.kwargs.path=/data/x.zarr"),
+                    ("model", "kwargs"): ("the backbone's arguments", "model.kwargs.channels=64"),
+                    ("sampler", "opts"): ("the sampler's options", "+sampler.opts.<option>=<value>")}
+
+
+def _check_argument_blocks(cfg: dict[str, Any]) -> None:
+    """``data.kwargs=5`` composes (Hydra replaces the block), then fails deep inside training;
+    refuse it here, by name."""
+    for (group, key), (holds, example) in _ARGUMENT_BLOCKS.items():
+        block = cfg.get(group)
+        value = block.get(key) if isinstance(block, Mapping) else None
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{group}.{key} holds {holds}, name by name, but is set to {value!r}; set them "
+                              f"one by one, e.g. {example}")
 
 
 _HYDRA = threading.Lock()
@@ -104,14 +136,17 @@ def _hydra_compose(overrides: list[str], search: list[str]) -> Any:
     """Hydra's composition of ``overrides`` over sciddpm's presets and ``search``; Hydra's own errors.
 
     Hydra keeps one global state per process: compositions take turns, and a caller's own Hydra
-    (a ``@hydra.main`` script, a notebook's ``hydra.initialize``) is set aside and put back."""
+    (a ``@hydra.main`` script, a notebook's ``hydra.initialize``) is set aside and put back, with
+    the ``version_base`` it chose (ours is 1.3; theirs may be older, which changes Hydra's API)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import VersionBase
 
     searchpath = [f"hydra.searchpath=[{','.join(map(_quoted, search))}]"] if search else []
     with _HYDRA:
         callers = GlobalHydra.instance().hydra
+        callers_base = VersionBase.instance().version_base  # read raw: it may still be "unspecified"
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sciddpm"):
@@ -120,6 +155,7 @@ def _hydra_compose(overrides: list[str], search: list[str]) -> Any:
             GlobalHydra.instance().clear()
             if callers is not None:
                 GlobalHydra.instance().initialize(callers)
+            VersionBase.instance().version_base = callers_base
 
 
 def _close_key_hint(message: str, overrides: list[str], search: list[str]) -> str:
@@ -201,18 +237,19 @@ def _warn_of_unusable_presets(packages: Mapping[str, tuple[list, str | None]]) -
         if (CONFIG_DIR / group / f"{name}.yaml").is_file() and where not in _WARNED:
             _WARNED.add(where)
             log.warning("%s is not used: sciddpm's own %s=%s comes first; rename yours", where, group, name)
+    providers = preset_packages()
     for package, (presets, failure) in packages.items():
         if package in _WARNED or presets:
             continue
         _WARNED.add(package)
+        named = (f"the plugin preset package {package} (entry point group {CONFIG_ENTRY_POINTS}"
+                 + (f", from the distribution {providers[package]})" if providers.get(package) else ")"))
         if failure:
-            log.warning("the plugin preset package %s (entry point group %s) cannot be read, so its presets are "
-                        "left out: %s; fix or reinstall the package that provides it",
-                        package, CONFIG_ENTRY_POINTS, failure)
+            log.warning("%s cannot be read, so its presets are left out: %s; fix or reinstall %s", named, failure,
+                        providers.get(package) or "the package that provides it")
         else:
-            log.warning("the plugin preset package %s (entry point group %s) holds no presets such as "
-                        "data/<name>.yaml; were its YAML files left out of the install (package-data)?",
-                        package, CONFIG_ENTRY_POINTS)
+            log.warning("%s holds no presets such as data/<name>.yaml; were its YAML files left out of the "
+                        "install (package-data)?", named)
 
 
 def preset_settings(group: str, name: str) -> dict | None:
@@ -242,9 +279,9 @@ def as_config(config: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any
     if isinstance(config, Mapping):
         from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(config, DictConfig):
-            return OmegaConf.to_container(config, resolve=True)
-        return dict(config)
+        plain = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+        _check_argument_blocks(plain)
+        return plain
     if isinstance(config, str):
         return compose([config])
     return compose(config)

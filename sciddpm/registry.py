@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import sys
+import threading
 from importlib import metadata
 from typing import Any, Callable, TypeVar
 
@@ -35,6 +37,8 @@ class Registry:
         self.entry_point_group = entry_point_group
         self._builders: dict[str, Callable[..., Any]] = {}
         self._plugins_loaded = False
+        self._plugins_lock = threading.RLock()  # one thread imports the plugins; the others wait for them
+        self._loading_plugins = False  # a plugin's own import asking this registry again must not recurse
         self._broken_plugins: dict[str, str] = {}  # name -> why its entry point did not load
         self._providers: dict[str, str] = {}  # name -> "distribution version" of the plugin that added it
 
@@ -76,9 +80,19 @@ class Registry:
         return builder(**kwargs)
 
     def provider(self, name: str) -> str | None:
-        """The installed distribution (``"name version"``) whose entry point added ``name``; None
-        for names registered in code (sciddpm's own, or a module the user imported)."""
-        return self._providers.get(name)  # filled as plugins load: a name already resolved needs no new import
+        """The installed distribution (``"name version"``) whose entry point names ``name``'s
+        builder; None for names registered only in code (sciddpm's own). Asking imports nothing: a
+        name registered by an import (the plugin's module loaded for another of its names, or by
+        the user) is matched to an entry point that points at that very object in a loaded module."""
+        builder = self._builders.get(name)
+        if name not in self._providers and builder is not None and self.entry_point_group is not None:
+            for entry_point in metadata.entry_points(group=self.entry_point_group, name=name):
+                target = sys.modules.get(entry_point.module)
+                for part in (entry_point.attr or "").split(".") if target is not None else ():
+                    target = getattr(target, part, None)
+                if target is builder:
+                    self._record_provider(entry_point)
+        return self._providers.get(name)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
@@ -102,23 +116,36 @@ class Registry:
         # installed that package, so importing it is their choice, not the config's.
         if self._plugins_loaded or self.entry_point_group is None:
             return
-        self._plugins_loaded = True
-        for entry_point in metadata.entry_points(group=self.entry_point_group):
-            if entry_point.name in self._builders:
-                continue
-            try:  # one broken package must not hide the others
-                self._builders[entry_point.name] = entry_point.load()
-            except Exception as error:  # noqa: BLE001 - whatever its import raised
-                why = f"{type(error).__name__}: {error} (entry point {entry_point.value})"
-                self._broken_plugins[entry_point.name] = why
-                log.warning("%s plugin %r failed to load: %s", self.kind, entry_point.name, why)
-                continue
-            try:  # which distribution: only for the record, so it may fail without harm
-                name, version = entry_point.dist.name, entry_point.dist.version
-            except Exception:  # noqa: BLE001 - no dist, or metadata without a name
-                continue
-            if name and version:
-                self._providers[entry_point.name] = f"{name} {version}"
+        with self._plugins_lock:
+            if self._plugins_loaded or self._loading_plugins:
+                return
+            self._loading_plugins = True
+            try:
+                for entry_point in metadata.entry_points(group=self.entry_point_group):
+                    self._load_plugin(entry_point)
+            finally:
+                self._loading_plugins = False
+                self._plugins_loaded = True  # only now: a thread that waited finds every plugin in place
+
+    def _load_plugin(self, entry_point: metadata.EntryPoint) -> None:
+        if entry_point.name in self._builders:  # sciddpm's own, or registered by an import already made
+            return
+        try:  # one broken package must not hide the others
+            self._builders[entry_point.name] = entry_point.load()
+        except Exception as error:  # noqa: BLE001 - whatever its import raised
+            why = f"{type(error).__name__}: {error} (entry point {entry_point.value})"
+            self._broken_plugins[entry_point.name] = why
+            log.warning("%s plugin %r failed to load: %s", self.kind, entry_point.name, why)
+            return
+        self._record_provider(entry_point)
+
+    def _record_provider(self, entry_point: metadata.EntryPoint) -> None:
+        try:  # which distribution: only for the record, so it may fail without harm
+            name, version = entry_point.dist.name, entry_point.dist.version
+        except Exception:  # noqa: BLE001 - no dist, or metadata without a name
+            return
+        if name and version:
+            self._providers[entry_point.name] = f"{name} {version}"
 
 
 def check_kwargs(builder: Callable[..., Any], kwargs: dict[str, Any], *, what: str,

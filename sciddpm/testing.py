@@ -84,7 +84,7 @@ def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float 
     for name, original in ds.data_vars.items():
         again = back[name]
         assert again.dims == original.dims, f"{name}: dims {again.dims} != {original.dims}"
-        assert again.attrs == original.attrs, f"{name}: attrs {again.attrs} != {original.attrs}"
+        np.testing.assert_equal(again.attrs, original.attrs, err_msg=f"{name}: attrs")  # values may be arrays
         np.testing.assert_allclose(again.values, original.values, rtol=rtol, atol=atol, err_msg=name)
     xr.testing.assert_identical(back.drop_vars(list(ds.data_vars)), ds.drop_vars(list(ds.data_vars)))
 

@@ -67,8 +67,10 @@ def _train(cfg: dict, trainer: dict, rank: int, world: int, local_rank: int, hel
     if rank == 0:
         _warn_unused_noise_settings(cfg)
     sampler = dict(cfg.get("sampler") or {})  # what sampling from this run will use: checked now
-    check_settings(sampler.get("method", "heun"), sampler.get("steps"), sampler.get("guidance", 1.0),
-                   sampler.get("opts"))
+    if not sampler.get("method"):
+        raise ValueError("the config names no sampler (sampler.method) for sampling from this run; choose one, "
+                         "e.g. sampler=dpmpp_2m")
+    check_settings(sampler["method"], sampler.get("steps"), sampler.get("guidance", 1.0), sampler.get("opts"))
     device = resolve_device(trainer["device"], flag="trainer.device", local_rank=local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -83,6 +83,18 @@ def test_arco_is_cut_to_its_valid_times(stores):
     assert "mask" not in train[0] and torch.isfinite(val[len(val) - 1]["x"]).all()
 
 
+def test_a_time_range_includes_its_stop_at_the_stop_s_own_precision():
+    from sciddpm.data.era5_times import time_window
+
+    stamps = np.arange("2016-01-01", "2019-01-01", np.timedelta64(6, "h"), dtype="datetime64[ns]")
+    window = lambda start, stop: [str(stamps[i])[:13] for i in np.array(time_window(xr.Dataset(), stamps, [start, stop], "s")) - [0, 1]]  # noqa: E731
+    assert window("2016", "2018") == ["2016-01-01T00", "2018-12-31T18"]  # the years, whole (the stop used to be 1 January)
+    assert window("2016-02", "2018-12") == ["2016-02-01T00", "2018-12-31T18"]  # the months, whole
+    assert window("2018-12-30", "2018-12-31") == ["2018-12-30T00", "2018-12-31T18"]  # the days, whole
+    assert window("2018-12-30T06", "2018-12-31T12") == ["2018-12-30T06", "2018-12-31T12"]  # the hours
+    assert window(2017, 2017) == ["2017-01-01T00", "2017-12-31T18"]  # a YAML year is a number
+
+
 def test_unknown_variable_and_level_list_what_the_store_has(stores):
     with pytest.raises(ValueError, match=r"variable '2m_temprature' is not in .*the store has: 2m_temperature, "
                                          r"geopotential.*did you mean '2m_temperature'"):

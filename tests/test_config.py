@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from sciddpm.config import CONFIG_DIR, ConfigError, compose, options, preset_settings
+from sciddpm.config import CONFIG_DIR, ConfigError, as_config, compose, options, preset_settings
 from sciddpm.runs import assert_safe_config
 
 
@@ -35,6 +35,15 @@ def test_unknown_option_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"needs quotes inside the override"):
         compose(["runs_dir=/tmp/rüns"])  # a non-ASCII letter: Hydra's grammar wants quotes
     assert compose(['runs_dir="/tmp/rüns"'])["runs_dir"] == "/tmp/rüns"
+    with pytest.raises(ConfigError, match=r"needs quotes inside the override, e\.g\. 'name=\"a\(b\)\"'"):
+        compose(["name=a[1]"])  # Hydra's "mismatched input": the same cure
+    with pytest.raises(ConfigError, match=r"data\.kwargs=\[a,b\] \(Cannot merge DictConfig with ListConfig"):
+        compose(["data.kwargs=[a,b]"])  # Hydra's reason, which its message leaves in __cause__
+    for bad in (["data.kwargs=5"], ["sampler.opts=3"]):
+        with pytest.raises(ConfigError, match=r"(data\.kwargs|sampler\.opts) holds the .* set to [53]; set them one by one"):
+            compose(bad)  # composed, and failed deep inside training with "'int' object is not iterable"
+    with pytest.raises(ConfigError, match=r"model\.kwargs holds the backbone's arguments"):
+        as_config({**compose(), "model": {"backbone": "unet", "kwargs": "wide"}})
 
 
 def _preset(folder, group, name, text="name: audio\nkwargs:\n  tones_clips: 32\n"):
@@ -73,7 +82,8 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     (tmp_path / "sstplug" / "conf" / "data" / "sst.yaml").unlink()  # installed without its YAML files
     with pytest.raises(ConfigError, match="Could not find 'data/sst'"):
         compose(["data=sst"])
-    assert "the plugin preset package sstplug.conf (entry point group sciddpm.configs) holds no presets" in caplog.text
+    assert ("the plugin preset package sstplug.conf (entry point group sciddpm.configs, from the distribution "
+            "sstplug) holds no presets") in caplog.text
     with pytest.raises(ConfigError, match=r"(?s)Could not find 'data/nosuch'.*your own go in a folder named by "
                                           r"SCIDDPM_CONFIG_PATH.*'sciddpm\.configs' entry point"):
         compose(["data=nosuch"])
@@ -93,8 +103,8 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     (broken / "entry_points.txt").write_text("[sciddpm.configs]\nbroken = brokenplug.conf\n")
     assert "mine" in options("data")
     assert compose(["data=mine"])["data"]["kwargs"]["tones_clips"] == 32
-    assert "the plugin preset package brokenplug.conf (entry point group sciddpm.configs) cannot be read" in caplog.text
-    assert "RuntimeError: boom" in caplog.text
+    assert "the plugin preset package brokenplug.conf (entry point group sciddpm.configs, from the" in caplog.text
+    assert "RuntimeError: boom; fix or reinstall brokenplug" in caplog.text
     monkeypatch.setenv("SCIDDPM_CONFIG_PATH", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"SCIDDPM_CONFIG_PATH names .*missing.*not a folder"):
         compose()
@@ -196,10 +206,14 @@ def test_composing_leaves_a_callers_hydra_alone_and_takes_turns(tmp_path, monkey
 
     # inside someone's Hydra app (or notebook hydra.initialize) sciddpm still composes, and gives it back
     (tmp_path / "app.yaml").write_text("x: 1\n")
-    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
-        outer = GlobalHydra.instance().hydra
+    from hydra import compose as hydra_compose
+    from hydra.version import getbase
+
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.1"):  # an older app's
+        outer, base = GlobalHydra.instance().hydra, getbase()
         assert sampler_preset("heun")["steps"] == 18 and compose(["trainer=quick"])["trainer"]["steps"] > 1
-        assert GlobalHydra.instance().hydra is outer
+        assert GlobalHydra.instance().hydra is outer and getbase() == base
+        assert hydra_compose("app", strict=False)["x"] == 1  # its 1.1 API still there (1.3 has no strict=)
     # threads asking at once
     errors, steps = [], []
 

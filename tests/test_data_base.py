@@ -361,3 +361,25 @@ def test_one_process_builds_a_cache_entry_and_the_others_wait_for_it(tmp_path, m
     assert "waiting for another process that is building the test data" in caplog.text
     ensure_built(tmp_path / "fresh", build, "the test data")
     assert builds == [tmp_path / "fresh"]
+
+
+def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
+    import xarray as xr
+
+    from sciddpm.testing import assert_roundtrip
+
+    class Identity:  # an adapter whose round trip keeps everything, or changes one attribute
+        def __init__(self, change=False):
+            self.change = change
+
+        def to_tensor(self, ds):
+            return torch.from_numpy(ds["t"].values)
+
+        def to_xarray(self, x, cond):
+            attrs = {"units": "K", "valid_range": np.array([0.0, 400.0 if not self.change else 500.0])}
+            return xr.Dataset({"t": (("x",), x.numpy(), attrs)})
+
+    ds = xr.Dataset({"t": (("x",), np.arange(3.0), {"units": "K", "valid_range": np.array([0.0, 400.0])})})
+    assert_roundtrip(Identity(), ds)  # used to raise "truth value of an array is ambiguous"
+    with pytest.raises(AssertionError, match="t: attrs"):
+        assert_roundtrip(Identity(change=True), ds)

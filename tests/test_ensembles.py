@@ -192,6 +192,23 @@ def test_cases_csv_errors(runs, tmp_path, capsys):
     assert "column header 'pitch[Hz' is not 'name' or 'name[units]', e.g. pitch[Hz]" in capsys.readouterr().err
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cond", "pitch=440", "--cond", "pitch=220"]) == 1
     assert "--cond pitch is given twice (440 and 220)" in capsys.readouterr().err
+    bad.write_text("pitch\n\n220\n\n\nabc\n")  # blank lines still count: the line is the editor's
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "u.zarr")]) == 1
+    assert "line 6: pitch='abc' is not a number" in capsys.readouterr().err
+    bad.write_text("pitch,label\n220,a\n")  # a text column that is no condition: named as such
+    assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--out", str(tmp_path / "t.zarr")]) == 1
+    assert "column 'label': unknown condition 'label'; known: pitch [Hz" in capsys.readouterr().err
+    # counts of 0 are refused, never replaced by a default
+    bad.write_text("pitch\n220\n")
+    for flag in ("--members", "--batch-size"):
+        assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), flag, "0",
+                     "--out", str(tmp_path / "s.zarr")]) == 1
+        assert f"{flag.lstrip('-').replace('-', '_')} must be an integer >= 1, got 0" in capsys.readouterr().err
+    # flags that do not combine are refused before the model loads
+    assert main(["sample", "model=no-such-run", f"runs_dir={runs}", "--cases", str(bad), "--infill", "x.nc"]) == 1
+    assert "--cases and --infill do not combine" in capsys.readouterr().err
+    assert main(["sample", "model=", f"runs_dir={runs}"]) == 1
+    assert "got an empty model=; give model=<run name or run directory>" in capsys.readouterr().err
     # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
     bad.write_bytes("\ufeffpitch[Hz]\n220\n".encode("utf-8"))
     assert main(["sample", "model=tiny", f"runs_dir={runs}", "--cases", str(bad), "--members", "1", "--steps", "2",
@@ -272,6 +289,12 @@ def test_case_tables_name_the_column_that_is_wrong(model):
         model.ensemble(pd.DataFrame({"pitch": []}), 1, steps=2, progress=False)
 
 
+def test_an_ensemble_without_conditions_says_it_is_unconditional(model, caplog):
+    with caplog.at_level("INFO", logger="sciddpm"):
+        ens = model.ensemble({}, 2, steps=2, progress=False)
+    assert ens.sizes["case"] == 1 and "one case, sampled unconditionally" in caplog.text
+
+
 def test_samples_of_one_name_in_two_formats_are_refused_not_mixed(model, tmp_path):
     # x.nc and x.zarr would share x_member000.wav and x_spectrogram.png: the second write would leave
     # the first store beside another set's clips
@@ -300,3 +323,15 @@ def test_guidance_runs_both_branches_as_one_batch(runs, dtype, monkeypatch):
     finally:
         hook.remove()
     assert batches and set(batches) == {6}
+
+
+def test_a_run_without_a_sampler_is_refused_not_given_one(model, monkeypatch, tmp_path):
+    from sciddpm.training import train
+
+    with pytest.raises(ValueError, match=r"the config names no sampler \(sampler\.method\).*e\.g\. sampler=dpmpp_2m"):
+        train(["~sampler", f"runs_dir={tmp_path}"])  # refused before any data is built or run written
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setattr(model, "config", {k: v for k, v in model.config.items() if k != "sampler"})
+    with pytest.raises(ValueError, match=r"names no sampler in its config\.yaml; choose one, e\.g\. --sampler dpmpp_2m"):
+        model.sample(1, {"pitch": 220.0})  # used to sample with heun, silently
+    assert model.sample(1, {"pitch": 220.0}, sampler="euler", steps=2).attrs["sampler"] == "euler"

@@ -269,3 +269,18 @@ def test_a_wrapper_that_wraps_itself_does_not_loop():
     odd._orig_mod = odd
     x = torch.zeros(2, 3)
     torch.testing.assert_close(guided(odd, 2.0)(x, torch.ones(2), cond=torch.ones(2, 1)), x)
+
+
+def test_a_wrapper_is_marked_for_one_inner_denoiser_only():
+    def takes(x, sigma, cond=None, drop_cond=None):
+        return x
+
+    def ignores(x, sigma, cond=None):
+        return x
+
+    def shared(x, sigma, **kwargs):
+        return x
+
+    forwards_drop_cond(shared, takes)
+    with pytest.raises(TypeError, match="fresh wrapper function per inner denoiser"):
+        forwards_drop_cond(shared, ignores)  # would have overwritten the first mark

@@ -19,7 +19,8 @@ Options:
   ``time`` (linear, its units). Default: dayofyear, plus hour when the store is sub-daily.
 * ``units`` - units of scalar conditions whose variable has no ``units`` attribute, e.g.
   ``{co2: ppm}`` (a condition without units is an error).
-* ``time_range`` - ``[start, stop]`` (inclusive dates) of the times used at all.
+* ``time_range`` - ``[start, stop]`` of the times used at all, both inclusive at their own precision
+  (``["2016", "2018-06"]`` runs from 1 January 2016 to the end of June 2018).
 * Train/val split by time, one block: times from ``val_start`` on are validation; else the last
   ``val_fraction`` of the times; by default the last calendar year (the last 10 % when the range
   is within one year).
@@ -58,7 +59,7 @@ from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
-from sciddpm.data.era5_times import Era5Items, check_time_range, day_label, time_window, train_val_split
+from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
 from sciddpm.data.stores import check_no_namesake, write_store
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
@@ -141,8 +142,8 @@ class Era5Adapter(Adapter):
             raise ValueError(f"the time coordinate of {path} is not strictly increasing; sort it first (ds.sortby('time'))")
         first, last = time_window(ds, stamps, self.time_range, path)
         train, val = train_val_split(stamps, first, last, self.val_start, self.val_fraction, path)
-        notes.append(f"train: {len(train)} times {day_label(stamps[train[0]])}..{day_label(stamps[train[-1]])}; validation "
-                     f"(one block, held out): {len(val)} times {day_label(stamps[val[0]])}..{day_label(stamps[val[-1]])}")
+        notes.append(f"train: {len(train)} times {hour_label(stamps[train[0]])}..{hour_label(stamps[train[-1]])}; validation "
+                     f"(one block, held out): {len(val)} times {hour_label(stamps[val[0]])}..{hour_label(stamps[val[-1]])}")
         hours = np.unique((stamps[train] - stamps[train].astype("datetime64[D]")).astype("timedelta64[m]")
                           .astype(np.int64) / 60.0)
         if source_names:

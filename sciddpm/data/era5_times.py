@@ -20,7 +20,7 @@ import xarray as xr
 from sciddpm.data.base import Normaliser, read_groups
 from sciddpm.data.era5_layouts import StorePlan, read_times
 
-log = logging.getLogger("sciddpm.data.climate")
+log = logging.getLogger(__name__)
 
 
 class Era5Items(torch.utils.data.Dataset):
@@ -71,34 +71,42 @@ class Era5Items(torch.utils.data.Dataset):
 
 
 def check_time_range(time_range: Sequence[Any]) -> None:
+    """``[start, stop]``: two ISO dates or times, start not after stop (each at its own precision)."""
     if isinstance(time_range, str) or len(time_range) != 2:
         raise ValueError(f"time_range must be [start, stop] (dates, inclusive), got {time_range!r}")
     try:
-        start, stop = (np.datetime64(str(t)) for t in time_range)
+        (start, _), (_, stop) = (_period(t) for t in time_range)
     except ValueError:
         raise ValueError(f"time_range {list(time_range)!r}: give ISO dates or times such as "
-                         "['2018-01-01', '2019-12-31T18']") from None
-    if start > stop:
+                         "['2018-01-01', '2019-12-31T18'] (or years, months: ['2018', '2019-06'])") from None
+    if start >= stop:
         raise ValueError(f"time_range starts after it stops ({time_range[0]} > {time_range[1]}); swap them")
 
 
-def day_label(stamp: np.datetime64) -> str:
+def hour_label(stamp: np.datetime64) -> str:
+    """A time stamp to the hour, for messages: ``2018-01-01T06``."""
     return str(np.datetime64(stamp, "h"))
 
 
+def _period(text: Any) -> tuple[np.datetime64, np.datetime64]:
+    """``[start, end)`` of the period an ISO date or time names, at its own precision: ``2018`` is
+    the year, ``2018-12`` its December, ``2018-12-31`` the day, ``2018-12-31T18`` the hour."""
+    stamp = np.datetime64(str(text))
+    unit = np.datetime_data(stamp.dtype)[0]
+    return stamp.astype("datetime64[ns]"), (stamp + np.timedelta64(1, unit)).astype("datetime64[ns]")
+
+
 def time_window(ds: xr.Dataset, stamps: np.ndarray, time_range: Sequence[str] | None, path: str) -> tuple[int, int]:
-    """Positions ``[first, last)`` of the usable times: the ARCO valid range, then ``time_range``."""
-    ns = lambda text, days=0: (np.datetime64(str(text), "D") + days if len(str(text)) <= 10  # noqa: E731
-                               else np.datetime64(str(text))).astype("datetime64[ns]")
+    """Positions ``[first, last)`` of the usable times: the ARCO valid range, then ``time_range``;
+    both inclusive, so a stop given as a date, month or year includes all of it."""
     lo, hi = stamps[0], stamps[-1] + np.timedelta64(1, "ns")
     if "valid_time_start" in ds.attrs:  # ARCO-ERA5: the time axis runs on past the data
-        lo = max(lo, ns(ds.attrs["valid_time_start"]))
+        lo = max(lo, _period(ds.attrs["valid_time_start"])[0])
     if "valid_time_stop" in ds.attrs:
-        hi = min(hi, ns(ds.attrs["valid_time_stop"], 1))  # a date: its whole day is valid
+        hi = min(hi, _period(ds.attrs["valid_time_stop"])[1])
         log.info("%s: using its valid times %s .. %s (valid_time_start/stop attrs)", path, lo, hi)
-    if time_range is not None:  # inclusive; a bare date includes its whole day
-        lo, hi = max(lo, ns(time_range[0])), min(hi, ns(time_range[1], 1) if len(str(time_range[1])) <= 10
-                                                 else ns(time_range[1]) + np.timedelta64(1, "ns"))
+    if time_range is not None:
+        lo, hi = max(lo, _period(time_range[0])[0]), min(hi, _period(time_range[1])[1])
     first, last = int(np.searchsorted(stamps, lo)), int(np.searchsorted(stamps, hi))
     if last - first < 2:
         raise ValueError(f"{path} has {last - first} time(s) in {lo} .. {hi} (store: {stamps[0]} .. {stamps[-1]}); "
@@ -106,8 +114,8 @@ def time_window(ds: xr.Dataset, stamps: np.ndarray, time_range: Sequence[str] | 
     return first, last
 
 
-def train_val_split(stamps: np.ndarray, first: int, last: int, val_start: str | None, val_fraction: float | None,
-           path: str) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(stamps: np.ndarray, first: int, last: int, val_start: str | None,
+                    val_fraction: float | None, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation positions: one contiguous validation block at the end (module docstring)."""
     if val_start is not None:
         cut = int(np.searchsorted(stamps, np.datetime64(str(val_start)).astype("datetime64[ns]")))

@@ -49,7 +49,13 @@ def _takes_drop_cond(denoiser: DenoiserFn) -> bool:
 def forwards_drop_cond(wrapper: DenoiserFn, inner: DenoiserFn) -> DenoiserFn:
     """Mark ``wrapper``, a ``(x, sigma, **kwargs)`` function that hands its keyword arguments on to
     ``inner``, as taking ``drop_cond`` exactly when ``inner`` does, so that :func:`guided` can run
-    both of its branches as one batch through it (a bare ``**kwargs`` is not taken as a promise)."""
+    both of its branches as one batch through it (a bare ``**kwargs`` is not taken as a promise).
+
+    The mark is an attribute of ``wrapper``, so it must be a function of its own (a fresh closure
+    per ``inner``, as the wrappers here are), not a bound method or one shared by several inners."""
+    if hasattr(wrapper, _DROP_COND) or inspect.ismethod(wrapper):
+        raise TypeError(f"forwards_drop_cond needs a fresh wrapper function per inner denoiser, got {wrapper!r}, "
+                        "which is a bound method or already marked")
     setattr(wrapper, _DROP_COND, _takes_drop_cond(inner))
     return wrapper
 
