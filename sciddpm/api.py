@@ -189,8 +189,9 @@ class Model:
                iterations: int = 32) -> xr.Dataset:
         """Fill the gaps (NaN) of observed fields with ``n`` members consistent with the rest.
 
-        ``observed`` is in the data's layout and units, one example or several along a leading
-        dimension (e.g. ``time``); its observed values are kept exactly and NaN where the data
+        ``observed`` is in the data's layout and units (a variable whose ``units`` attribute says
+        otherwise is refused), one example or several along a leading dimension (e.g. ``time``);
+        its observed values are kept, to float32 rounding (the network's tensors), and NaN where the data
         never has values (the static mask, e.g. land for SST) stays NaN. Each condition comes from
         ``cond`` where given there, else from the observations themselves (their dates, or a
         coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim
@@ -198,7 +199,10 @@ class Model:
         """
         n = as_count(n, "n")
         seed = as_seed(seed)
-        x = self.adapter.to_tensor(observed).float()
+        x = self.adapter.to_tensor(observed).float()  # refuses observations in other units
+        if bool(torch.isinf(x).any()):
+            raise ValueError("the observations hold +-inf; only NaN marks a gap to fill. Make them gaps with "
+                             "observed.where(np.isfinite(observed)) if that is what they are")
         known = torch.isfinite(x)
         if self._valid is not None:
             known &= self._valid

@@ -109,10 +109,13 @@ def resolve_run(name_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "
                 f"`sciddpm train data=... name={name_or_path}`, or give the run directory's path."
             )
     if not (candidate / WEIGHTS).exists():
+        saved = RunDir(candidate).checkpoint_steps()
         raise RunError(
-            f"run '{candidate}' has no {WEIGHTS}: it has not finished its first checkpoint yet. "
-            "Rerun the same `sciddpm train` command to resume it."
-        )
+            f"run '{candidate}' has no {WEIGHTS}" + (
+                f", though it holds checkpoint(s) up to step {max(saved)} (the run was stopped or copied before "
+                f"publishing them). Rerun its `sciddpm train` command: resuming publishes the last complete one."
+                if saved else ": it has not finished its first checkpoint yet. Rerun the same `sciddpm train` "
+                "command to resume it."))
     return candidate
 
 
@@ -349,8 +352,9 @@ def read_safetensors(path: Path, *, with_metadata: bool = False):
         raise RunError(f"{path} is missing") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise RunError(
-            f"{path} is not a valid safetensors file ({error}). sciddpm only loads weights in "
-            "safetensors format and never unpickles; re-export the weights with safetensors."
+            f"{path} is not a valid safetensors file ({error}): truncated by an interrupted copy, or not "
+            "safetensors at all. Copy it again from the run it came from; sciddpm only loads weights in "
+            "safetensors format and never unpickles (re-export other weights with safetensors)."
         ) from None
     return (tensors, metadata) if with_metadata else tensors
 

@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,7 +231,7 @@ def folder(tmp_path):
     sf.write(root / "exact.flac", sine(500, 2048, SR), SR)
     sf.write(root / "extra.wav", sine(500, 2048, SR), SR)  # not in the CSV: not used, and said so
     (root / "metadata.csv").write_text(
-        "filename,pitch[Hz],gain\nlong.wav,300,0\nstereo16k.wav,200,-3\nshort.wav,440,1.5\nexact.flac,500,2\n")
+        "filename,pitch[Hz],gain[dB]\nlong.wav,300,0\nstereo16k.wav,200,-3\nshort.wav,440,1.5\nexact.flac,500,2\n")
     return root
 
 
@@ -293,6 +294,12 @@ def test_folder_stereo_kept_with_channels_2(tmp_path, folder):
     np.testing.assert_allclose(adapter.to_xarray(adapter.to_tensor(ds), cond).waveform, ds.waveform, rtol=1e-6)
     with pytest.raises(ValueError, match=r"long.wav has 1 channel\(s\) but channels=2"):
         build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, channels=2).spec()
+    # channels in opposite phase cancel in the mono mix-down: refused, not trained as labelled silence
+    tone = sine(220, 2048, SR)
+    sf.write(root / "s1.wav", np.stack([tone, -tone], axis=1), SR, subtype="PCM_24")
+    mono = build_adapter("audio", source="folder", path=str(root), clip_samples=2048, stats_clips=3)
+    with pytest.raises(ValueError, match=r"s1.wav: its 2 channels cancel when mixed down to mono .*channels=2"):
+        mono.spec()
 
 
 def _break(folder, how):
@@ -308,7 +315,7 @@ def _break(folder, how):
         sf.write(folder / "nan.wav", np.full(800, np.nan, dtype=np.float32), SR, subtype="FLOAT")
         meta.write_text(meta.read_text() + "nan.wav,100,0\n")
     elif how == "non-numeric":
-        meta.write_text("filename,pitch[Hz],gain\nlong.wav,high,0\nshort.wav,440,1\n")
+        meta.write_text("filename,pitch[Hz],gain[dB]\nlong.wav,high,0\nshort.wav,440,1\n")
     elif how == "empty":
         for p in folder.iterdir():
             p.unlink()
@@ -330,6 +337,13 @@ def test_folder_errors_name_the_problem(folder, how, error, needle):
 
 
 def test_folder_units_conflicts_and_bad_arguments(folder):
+    meta = Path(folder) / "metadata.csv"
+    meta.write_text(meta.read_text().replace("gain[dB]", "gain"))  # a plain header: units from units= or refused
+    with pytest.raises(ValueError, match=r"column 'gain' has no units; write them in the header .*units=\{gain: \.\.\.\}"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR).spec()
+    plain = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"gain": "dB"})
+    assert plain.spec().cond["gain"].units == "dB"
+    meta.write_text(meta.read_text().replace("gain", "gain[dB]"))
     with pytest.raises(ValueError, match=r"header says \[Hz\] but units= says 'kHz'"):
         build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"pitch": "kHz"}).spec()
     with pytest.raises(ValueError, match=r"names column\(s\) \['loudness'\] that .* does not have"):

@@ -76,6 +76,56 @@ def test_geopotential_at_two_levels_shares_one_level_dim(stores):
     assert ds["level"].values.tolist() == [500, 850] and ds["level"].attrs["units"] == "millibars"
 
 
+def test_integer_store_variables_sample_as_float64_with_nan_at_levels_not_taken(stores, tmp_path):
+    src = open_era5_store(str(stores["64x32"]))[["temperature", "geopotential"]].load()
+    src["geopotential"] = src["geopotential"].round().astype("int32")  # whole numbers in the store
+    src.to_zarr(tmp_path / "int.zarr")
+    a = adapter(tmp_path / "int.zarr", ["geopotential@500", "temperature@850"])
+    x = torch.randn(2, len(a.spec().channels), *a.spec().shape)
+    ds = a.to_xarray(x, {"dayofyear": 10.0})
+    z = ds["geopotential"]
+    assert z.dtype == np.float64  # was int32: samples truncated, NaN cast to -2147483648
+    assert np.isnan(z.sel(level=850)).all() and np.isfinite(z.sel(level=500)).all()
+    assert float(np.abs(z.sel(level=500) - np.round(z.sel(level=500))).max()) > 0.1  # not truncated
+
+
+def test_a_global_grid_is_circular_however_its_longitudes_are_rolled(stores, tmp_path, caplog):
+    from sciddpm.data.era5_layouts import spans_the_globe
+
+    lon = np.arange(0.0, 360.0, 5.625)
+    for grid in (lon, lon - 180.0, lon[::-1], np.roll(lon, 17), (lon + 180.0) % 360.0 - 180.0):
+        assert spans_the_globe(grid)  # a rolled grid used to be taken as regional (zero padding)
+    for grid in (lon[:40], np.random.default_rng(0).permutation(lon), lon[:1]):
+        assert not spans_the_globe(grid)
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature"]].load()
+    rolled = src.roll(longitude=20, roll_coords=True)
+    rolled.to_zarr(tmp_path / "rolled.zarr")
+    assert adapter(tmp_path / "rolled.zarr", ["2m_temperature"]).spec().padding == ["zeros", "circular"]
+    broken = src.assign_coords(longitude=np.where(np.arange(src.sizes["longitude"]) == 3, np.nan, src["longitude"]))
+    broken.to_zarr(tmp_path / "nanlon.zarr")
+    with pytest.raises(ValueError, match=r"longitude has NaN or infinite values at positions \[3\]"):
+        adapter(tmp_path / "nanlon.zarr", ["2m_temperature"]).spec()
+    doubled = src.isel(latitude=np.r_[0, 0, 1:src.sizes["latitude"]])
+    doubled.to_zarr(tmp_path / "doubled.zarr")
+    with pytest.raises(ValueError, match=r"latitude repeats a value; drop the repeated rows"):
+        adapter(tmp_path / "doubled.zarr", ["2m_temperature"]).spec()
+    radians = src.assign_coords(latitude=np.radians(src["latitude"]), longitude=np.radians(src["longitude"]))
+    radians.to_zarr(tmp_path / "radians.zarr")
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        adapter(tmp_path / "radians.zarr", ["2m_temperature"]).spec()
+    assert "in radians? They are read as degrees" in caplog.text
+
+
+def test_a_static_field_that_changes_along_time_is_said(stores, tmp_path, caplog):
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature", "land_sea_mask"]].load()
+    lsm = src["land_sea_mask"].expand_dims(time=src["time"]).copy()
+    lsm[-1] = 1.0 - lsm[-1]  # not time-invariant after all
+    src.assign(land_sea_mask=lsm).to_zarr(tmp_path / "moving.zarr")
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        adapter(tmp_path / "moving.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
+    assert "static field 'land_sea_mask' of" in caplog.text and "differs between its first and last time" in caplog.text
+
+
 def test_arco_is_cut_to_its_valid_times(stores):
     a = adapter(stores["arco"], ["2m_temperature"], val_fraction=0.5)
     train, val = a.dataset("train"), a.dataset("val")
@@ -133,6 +183,17 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
     mixed = src.expand_dims(expver=[1, 5], axis=1)  # old CDS: ERA5 and ERA5T along expver
     refused(mixed, r"a channel needs \(time, \[level,\] latitude, longitude\); an old-CDS file .*"
                    r"ds\.sel\(expver=1\)\.combine_first\(ds\.sel\(expver=5\)\)")
+    times = src["time"].values.copy()
+    times[5] = times[4]
+    refused(src.assign_coords(time=times), r"the time coordinate of .* repeats a time; drop the repeats")
+    times[5] = np.datetime64("NaT")
+    refused(src.assign_coords(time=times), r"time coordinate .* 1 missing value\(s\) \(NaT\) at positions \[5\]")
+    labelled = src.assign(co2=("time", np.array(["low", "high"] * (src.sizes["time"] // 2), dtype=object)))
+    refused(labelled, r"condition 'co2' in .* holds .* values, not numbers", cond=["dayofyear", "co2"],
+            units={"co2": "ppm"})
+    gappy = src.assign(co2=("time", np.where(np.arange(src.sizes["time"]) == 3, np.nan, 400.0), {"units": "ppm"}))
+    refused(gappy, r"condition 'co2' in .* is NaN or infinite at 2016-12-25T18:00:00 \(1 value\(s\)\)",
+            cond=["dayofyear", "co2"])
     with pytest.raises(ValueError, match=r"time_range starts after it stops"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):

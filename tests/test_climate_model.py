@@ -97,6 +97,24 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, capl
     one = sciddpm.load("sst", runs_dir=run / "runs").infill(observed.isel(time=1), n=1, steps=2)  # ds.sel(time=...)
     assert one["time"].values == observed["time"].values[1] and one["2m_temperature"].dims[0] == "member"
 
+def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land):
+    _, source = land
+    observed = source[["2m_temperature", "sea_surface_temperature"]].isel(time=[400]).load()
+    observed["2m_temperature"][:, :4, :4] = np.nan
+    model = sciddpm.load("sst", runs_dir=run / "runs")
+    celsius = observed.assign({"2m_temperature": (observed["2m_temperature"] - 273.15).assign_attrs(units="degC")})
+    with pytest.raises(ValueError, match=r"'2m_temperature' is in degC but the model was trained on it in K; convert"):
+        model.infill(celsius, n=1, steps=2)  # used to fill 0..30 "K" fields and label them K
+    spelled = observed.assign({"2m_temperature": observed["2m_temperature"].assign_attrs(units=" K ")})
+    assert model.infill(spelled, n=1, steps=2)["2m_temperature"].attrs["units"] == "K"  # one unit, other spacing
+    infinite = observed.copy(deep=True)
+    infinite["sea_surface_temperature"][0, 10, 10] = np.inf
+    with pytest.raises(ValueError, match=r"the observations hold \+-inf; only NaN marks a gap"):
+        model.infill(infinite, n=1, steps=2)
+    with pytest.raises(ValueError, match=r"rename them first \(ds\.rename\(lon='longitude', lat='latitude'\)\)"):
+        model.infill(observed.rename(latitude="lat", longitude="lon"), n=1, steps=2)
+
+
 def test_sample_writes_zarr_in_source_units(run, tmp_path):
     out = tmp_path / "ens.zarr"
     assert main(["sample", "model=sst", f"runs_dir={run / 'runs'}", "--cond", "dayofyear=30", "--n", "2",

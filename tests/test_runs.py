@@ -126,6 +126,12 @@ def test_resolve_run_lists_available_runs(tmp_path):
         resolve_run("gamma", tmp_path)
     with pytest.raises(RunError, match="has not finished its first checkpoint"):
         resolve_run("alpha", tmp_path)
+    beta = RunDir(tmp_path / "beta")
+    beta.save_checkpoint(7, {"w": torch.zeros(1)}, {"w": torch.zeros(1)}, {"step": 7})
+    (beta.path / "model.safetensors").unlink()  # a copy that left out the published weights
+    with pytest.raises(RunError, match=r"no model\.safetensors, though it holds checkpoint\(s\) up to step 7 .*"
+                                       r"resuming publishes the last complete one"):
+        resolve_run("beta", tmp_path)
     with pytest.raises(RunError, match=r"nope is not a run directory \(it has no config\.yaml\).*alpha, beta"):
         resolve_run(tmp_path / "nope", tmp_path)  # a path gets no "train one with name=/tmp/..." advice
 

@@ -232,6 +232,24 @@ def custom_store(tmp_path):
     return ds
 
 
+def test_statistics_of_a_field_far_from_zero_keep_its_fluctuations(custom_store, tmp_path):
+    # 1e5 Pa +- 1e-4 Pa: E[x^2] - E[x]^2 lost it all (std 14x too large, or "std 0" at 1e-3)
+    common = {"source": "store", "dims": ["k", "j", "i"], "sample_dim": "run", "params": ["mass"]}
+    for amplitude in (1e-2, 1e-3, 1e-4):
+        ds = custom_store.copy(deep=True)
+        ds["temp"].values[:] = 1e5 + amplitude * np.random.default_rng(1).standard_normal(ds["temp"].shape)
+        path = tmp_path / f"offset{amplitude}.zarr"
+        ds.to_zarr(path, consolidated=False)
+        adapter = build_adapter("volume", path=str(path), fields=["temp"], stats_samples=1000, **common)
+        train = adapter.dataset("train")
+        truth = np.stack([train.raw(i) for i in range(len(train))]).std()
+        assert adapter.spec().normaliser.std[0] == pytest.approx(truth, rel=1e-6)
+    ds["temp"].values[:] = 1e5  # constant: named by its field, not by a channel number
+    ds.to_zarr(tmp_path / "constant.zarr", consolidated=False)
+    with pytest.raises(ValueError, match=r"channel 'temp' has std 0 in the training data"):
+        build_adapter("volume", path=str(tmp_path / "constant.zarr"), fields=["temp"], **common).spec()
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".nc", ".h5"])
 def test_store_source_reads_any_layout(custom_store, tmp_path, suffix):
     path = tmp_path / f"sims{suffix}"

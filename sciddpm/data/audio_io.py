@@ -89,7 +89,12 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
             raise ValueError(f"{f.path} holds NaN or infinite samples; audio must be finite (fix or drop the file)")
     data = data.T  # [file channels, frames]
     if channels == 1:
+        loudest = float(np.abs(data).max(initial=0.0))
         data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
+        if loudest > 0 and float(np.abs(data).max()) < 1e-3 * loudest:  # would train as silence under its labels
+            raise ValueError(f"{f.path}: its {f.channels} channels cancel when mixed down to mono (opposite phase: "
+                             f"peak {loudest:.3g} before, {float(np.abs(data).max()):.3g} after); fix the file, drop "
+                             "it, or keep both channels with data.kwargs.channels=2")
     skip = start - lo
     if f.rate != sample_rate and data.shape[1]:
         data = resample(data, f.rate, sample_rate)
@@ -117,7 +122,7 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
     """Files, per-file condition values and condition descriptions from ``folder/metadata``.
 
     Units come from headers like ``pitch[Hz]`` or from ``units`` for plain headers (both for one
-    column must agree); features default to "log" for ``pitch`` and "linear" otherwise.
+    column must agree; a column with neither is refused); features default to "log" for ``pitch`` and "linear" otherwise.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -131,7 +136,9 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             "(e.g. filename,pitch[Hz])"
         )
     with open(table, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+        reader = csv.reader(fh)  # each row with its line in the file (blank lines are skipped, not renumbered)
+        numbered = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+    lines, rows = [n for n, _ in numbered], [r for _, r in numbered]
     if not rows or "filename" not in [c.strip() for c in rows[0]]:
         raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")
     try:
@@ -155,11 +162,14 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
         feature = features.get(name, "log" if name == "pitch" else "linear")
         if feature not in ("log", "linear"):
             raise ValueError(f"column {name!r}: audio folder features are 'log' or 'linear', got {feature!r}")
-        meta[name] = {"units": units.get(name, head_units.get(name, "")), "feature": feature,
+        if name not in units and name not in head_units:  # as for climate and volume conditions
+            raise ValueError(f"{table}: column {name!r} has no units; write them in the header ({name}[Hz], say, "
+                             f"or {name}[1] for a pure number) or pass data.kwargs.units={{{name}: ...}}")
+        meta[name] = {"units": units.get(name, head_units.get(name)), "feature": feature,
                       "description": f"{name} (column of {metadata})"}
     files, values = [], {n: [] for n in params}
     col = {n: names.index(n) for n in names}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in zip(lines[1:], rows[1:]):
         if len(row) != len(names):
             raise ValueError(f"{table} line {line} has {len(row)} fields, the header has {len(names)}")
         name = row[col["filename"]].strip()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +44,17 @@ class Normaliser:
     when both could hold (an unbatched ``[C, *S]`` whose first spatial size equals C).
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, channels: Sequence[str] | None = None):
+        """``channels``: the channels' names, for the error about a constant one (not stored)."""
         mean, std = [_finite_list(v, what) for v, what in ((mean, "mean"), (std, "std"))]
         if len(mean) != len(std) or not mean:
             raise ValueError(f"Normaliser needs one mean and one std per channel, got {len(mean)} and {len(std)}")
         for i, s in enumerate(std):
             if s <= 0:
+                name = f"{channels[i]!r}" if channels is not None and i < len(channels) else str(i)
                 raise ValueError(
-                    f"Normaliser: channel {i} has std {s:g}; a constant or empty channel cannot be "
-                    "standardised - drop it, or check the training data"
+                    f"Normaliser: channel {name} has std {s:g} in the training data; a constant or empty "
+                    "channel cannot be standardised - drop it, or check the training data"
                 )
         self.mean, self.std = mean, std
 
@@ -353,6 +356,22 @@ def name_list(value: Any, what: str, example: str) -> list[str]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise ValueError(f"{what} must be a list of names, e.g. {example}; got {value!r}")
     return [str(v) for v in value]
+
+
+def check_units(ds: Any, trained: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a variable of ``ds`` whose ``units`` attribute names other units than the training
+    data's (``trained``: variable -> its attrs there); values are never converted. Spellings of one
+    unit that differ only in spaces, ``**`` or ``^`` (``m**2 s**-2``, ``m2 s-2``) agree; a variable
+    without a units attribute is taken as in the training units."""
+    def plain(units: Any) -> str:
+        return re.sub(r"[\s*^]", "", str(units))
+
+    for name, attrs in trained.items():
+        want = (attrs or {}).get("units")
+        have = ds[name].attrs.get("units") if name in getattr(ds, "data_vars", {}) else None
+        if want is not None and have is not None and plain(have) != plain(want):
+            raise ValueError(f"variable {name!r} is in {have} but the model was trained on it in {want}; convert it "
+                             f"to {want} first (and set its units attribute): values are never converted here")
 
 
 def check_output_grid(spec: DataSpec, dims: Sequence[str], coords: Mapping[str, Any]) -> None:

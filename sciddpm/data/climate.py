@@ -138,8 +138,16 @@ class Era5Adapter(Adapter):
                              f"it looks like {detected or 'no published layout'}; drop layout= to accept it")
         plan = StorePlan.build(ds, path, self.storage_options, self.variables, self.static_names)
         stamps = ds[TIME].values
-        if stamps.size > 1 and not (np.diff(stamps) > np.timedelta64(0, "ns")).all():
-            raise ValueError(f"the time coordinate of {path} is not strictly increasing; sort it first (ds.sortby('time'))")
+        if np.isnat(stamps).any():
+            missing = np.flatnonzero(np.isnat(stamps))
+            raise ValueError(f"the time coordinate of {path} has {missing.size} missing value(s) (NaT) at positions "
+                             f"{missing[:5].tolist()}; drop those times (ds.isel(time=~ds.time.isnull()))")
+        steps = np.diff(stamps)
+        if stamps.size > 1 and not (steps > np.timedelta64(0, "ns")).all():
+            repeated = (steps == np.timedelta64(0, "ns")).any()
+            raise ValueError(f"the time coordinate of {path} " + ("repeats a time; drop the repeats "
+                             "(ds.drop_duplicates('time'))" if repeated else "is not strictly increasing; sort it "
+                             "first (ds.sortby('time'))"))
         first, last = time_window(ds, stamps, self.time_range, path)
         train, val = train_val_split(stamps, first, last, self.val_start, self.val_fraction, path)
         notes.append(f"train: {len(train)} times {hour_label(stamps[train[0]])}..{hour_label(stamps[train[-1]])}; validation "
@@ -204,7 +212,7 @@ class Era5Adapter(Adapter):
         count, first, second = sums[0]
         shift = first / count
         std = np.sqrt(np.maximum(second / count - shift**2, 0.0))
-        normaliser = Normaliser((ref + shift).tolist(), std.tolist())
+        normaliser = Normaliser((ref + shift).tolist(), std.tolist(), channels=plan.channels)
         w_count, w_first, w_second = sums[1]  # area-weighted E[z^2] of z = (x - mean) / std, all channels
         sigma_data = float(np.sqrt(((w_second - 2 * shift * w_first + shift**2 * w_count) / std**2).sum()
                                    / w_count.sum()))
@@ -381,4 +389,14 @@ def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> n
         raise ValueError(f"condition {name!r} is not a scalar coordinate or a variable along time in {where}; "
                          f"candidates: {', '.join(scalars) or 'none'}, plus dayofyear and hour"
                          f"{close_match(name, scalars)}{fix}")
-    return np.asarray(ds[name].values, dtype=np.float64)
+    if ds[name].dtype.kind not in "biuf":
+        raise ValueError(f"condition {name!r} in {where} holds {ds[name].dtype} values, not numbers; a condition is "
+                         "a number in its units (encode categories as numbers in a variable of their own)")
+    values = np.asarray(ds[name].values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(values)))
+        when = (f" at {', '.join(str(t)[:19] for t in np.atleast_1d(ds[TIME].values)[bad[:3]])}"
+                if TIME in ds[name].dims else "")
+        raise ValueError(f"condition {name!r} in {where} is NaN or infinite{when} ({bad.size} value(s)); every "
+                         f"time needs its value: fill them, or cut them out with time_range{fix}")
+    return values

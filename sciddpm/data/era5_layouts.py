@@ -32,6 +32,7 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
 from __future__ import annotations
 
 import difflib
+import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from sciddpm.data.base import plain_json
 from sciddpm.data.stores import open_store
 
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,13 +239,36 @@ def _check_grid_and_time(ds: Any, path: str) -> None:
                          + "; convert it to the standard calendar first, e.g. "
                            "ds.convert_calendar('standard', align_on='date', use_cftime=False)")
     lat = np.asarray(ds[LAT].values, dtype=np.float64)
+    lon = np.asarray(ds[LON].values, dtype=np.float64)
+    for dim, values in ((LAT, lat), (LON, lon)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path}: {dim} has NaN or infinite values at positions "
+                             f"{np.flatnonzero(~np.isfinite(values))[:5].tolist()}; the grid must be complete")
+    if np.abs(lat).max(initial=0.0) > 90.0:
+        raise ValueError(f"{path}: latitude runs to {np.abs(lat).max():g}, beyond +-90 degrees; is it another "
+                         "coordinate (a projection's y)? sciddpm's climate data is on latitude/longitude in degrees")
+    if lat.size > 2 and np.ptp(lat) <= np.pi + 1e-6 and np.ptp(lon) <= 2 * np.pi + 1e-6:
+        log.warning("%s: latitude spans %.3g and longitude %.3g: in radians? They are read as degrees (area "
+                    "weights, the global check); convert with np.degrees if so", path, np.ptp(lat), np.ptp(lon))
     step = np.diff(lat)
     if lat.size > 1 and not ((step > 0).all() or (step < 0).all()):
-        raise ValueError(f"{path}: latitude is not strictly monotonic; sort it first (ds.sortby('latitude'))")
-    lon = np.asarray(ds[LON].values, dtype=np.float64)
+        repeated = "repeats a value" if (step == 0).any() else "is not strictly monotonic"
+        fix = ("drop the repeated rows (ds.drop_duplicates('latitude'))" if (step == 0).any()
+               else "sort it first (ds.sortby('latitude'))")
+        raise ValueError(f"{path}: latitude {repeated}; {fix}")
     if np.unique(np.round(lon % 360.0, 6)).size < lon.size:
         raise ValueError(f"{path}: longitude names a meridian twice (e.g. both 0 and 360); drop the repeat, "
                          "e.g. ds.isel(longitude=slice(None, -1))")
+
+
+def spans_the_globe(lon: np.ndarray) -> bool:
+    """Whether longitudes in degrees go once round the globe in equal steps, last to first included:
+    in either direction and across the date line or the prime meridian (0..360, -180..180, or a
+    grid rolled from either), so that the U-Net may pad the longitude axis circularly."""
+    if lon.size < 2:
+        return False
+    steps = np.abs((np.diff(np.append(lon, lon[0])) + 180.0) % 360.0 - 180.0)  # the short way round
+    return bool(np.allclose(steps, 360.0 / lon.size, rtol=1e-3))
 
 
 @dataclass
@@ -320,10 +345,9 @@ class StorePlan:
                 raise ValueError(f"static field {name!r} has dims {ds[name].dims}; it must be (latitude, longitude)")
         lat = np.asarray(ds[LAT].values, dtype=np.float64)
         lon = np.asarray(ds[LON].values, dtype=np.float64)
-        step = np.abs(np.diff(lon)).mean() if lon.size > 1 else 360.0
         plan_sources = [(n, lv, ix) for n, (lv, ix) in sources.items()]
         return cls(path, storage_options, names, plan_sources, level_values, np.sort(lat)[::-1],
-                   bool(lat.size > 1 and lat[0] < lat[-1]), bool(abs(step * lon.size - 360.0) < 1e-3 * 360.0),
+                   bool(lat.size > 1 and lat[0] < lat[-1]), spans_the_globe(lon),
                    lon.size, _describe(ds, plan_sources, level_values))
 
     def describe(self, layout: str | None) -> dict:
@@ -331,8 +355,12 @@ class StorePlan:
 
     def read_static(self, ds: Any, name: str) -> np.ndarray:
         da = ds[name].variable
-        if TIME in da.dims:
-            da = da.isel({TIME: 0})  # time-invariant by definition; ARCO stores it along time
+        if TIME in da.dims:  # time-invariant by definition; ARCO and CDS files store it along time
+            first, last = (np.asarray(da.isel({TIME: i}).values, dtype=np.float64) for i in (0, -1))
+            if not np.array_equal(first, last, equal_nan=True):  # the two ends only: the axis may be decades long
+                log.warning("static field %r of %s differs between its first and last time; its first time is "
+                            "used as the time-invariant input", name, self.path)
+            da = da.isel({TIME: 0})
         return self._orient(np.asarray(da.transpose(LAT, LON).values, dtype=np.float64))
 
     def _orient(self, array: np.ndarray) -> np.ndarray:

@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import check_output_grid
+from sciddpm.data.base import check_output_grid, check_units
 from sciddpm.data.era5_layouts import LAT, LEVEL, LON, canonical_dims, channel_name, close_match, parse_channel
 from sciddpm.plots import new_figure, save_png
+
+
+def _sample_dtype(stored: str) -> np.dtype:
+    """A variable's dtype in samples: the store's float precision; float64 for an integer (or
+    boolean) store variable, since samples are not whole numbers and NaN marks a level not taken."""
+    dtype = np.dtype(stored)
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
 class OutputLayout:
@@ -66,7 +73,7 @@ class OutputLayout:
             spatial = (LAT, LON) if dims.index(LAT) < dims.index(LON) else (LON, LAT)
             if spatial == (LON, LAT):
                 block = np.swapaxes(block, -1, -2)
-            data[var["name"]] = (dims, block.astype(var["dtype"]))
+            data[var["name"]] = (dims, block.astype(_sample_dtype(var["dtype"])))
         return data
 
     def select(self, da: xr.DataArray, var: dict) -> tuple:
@@ -76,7 +83,7 @@ class OutputLayout:
             missing = [lv for lv in self.coords[LEVEL]["values"] if lv not in var["levels"]]
             if missing:
                 da = da.where(~da[LEVEL].isin(missing))
-        return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=var["dtype"])
+        return tuple(var["dims"]), np.asarray(da.transpose(*var["dims"]).values, dtype=_sample_dtype(var["dtype"]))
 
     def dataset(self, data: dict[str, tuple], lead: str, lead_values: np.ndarray,
                 cond_coords: Mapping[str, tuple]) -> xr.Dataset:
@@ -101,8 +108,12 @@ class OutputLayout:
                 found[var["name"]] = tuple(d for d in ds[var["name"]].dims if d not in (LAT, LON, LEVEL))
         for name, lead in found.items():
             if len(lead) > 1:
+                named = {"lat": LAT, "lon": LON}
+                renames = {d: named[d] for d in lead if d in named}
+                fix = (f"rename them first (ds.rename({', '.join(f'{k}={v!r}' for k, v in renames.items())}))"
+                       if renames else "stack the others first")
                 raise ValueError(f"{name!r} has dims {ds[name].dims}; expected one leading dim (member or time) "
-                                 "besides latitude, longitude and level; stack the others first")
+                                 f"besides latitude, longitude and level; {fix}")
         leads = set(found.values())
         if len(leads) > 1:
             raise ValueError("the Dataset's variables do not share one leading dim: "
@@ -113,6 +124,7 @@ class OutputLayout:
     def to_channels(self, ds: xr.Dataset) -> np.ndarray:
         """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
         ds = canonical_dims(ds)[0]
+        check_units(ds, {var["name"]: var["attrs"] for var in self.variables})
         example = self.example_dim(ds)
         lead = [] if example is None else [example]
         out = []

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, condition_coords,
-                               heldout_picks, name_list, plain_json, read_groups, register_adapter,
-                               split_indices)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, check_units,
+                               condition_coords, heldout_picks, name_list, plain_json, read_groups,
+                               register_adapter, split_indices)
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -282,15 +282,18 @@ class VolumeAdapter(Adapter):
             identity = Normaliser([0.0] * len(self.fields), [1.0] * len(self.fields))
             train = self._items("train", identity)
             pick = np.sort(np.random.default_rng(self.split_seed).permutation(len(train))[: self.stats_samples])
-            total = np.zeros(len(self.fields))
-            square = np.zeros(len(self.fields))
-            for i in pick:  # two moments per channel, one sample in memory at a time
-                x = train.raw(i).reshape(len(self.fields), -1)
-                total += x.mean(1)
-                square += (x**2).mean(1)
-            mean = total / len(pick)
-            std = np.sqrt(np.maximum(square / len(pick) - mean**2, 0.0))
-            normaliser = Normaliser(mean.tolist(), std.tolist())
+            # One sample in memory at a time. Each sample's mean and centred variance are exact
+            # (two passes over it), and the law of total variance combines them: E[x^2] - E[x]^2
+            # would cancel away the fluctuations of a field far from zero (1e5 Pa +- 1e-4 Pa).
+            means, variances = [], []
+            for i in pick:
+                x = train.raw(i).reshape(len(self.fields), -1).astype(np.float64)
+                means.append(x.mean(1))
+                variances.append(((x - means[-1][:, None]) ** 2).mean(1))
+            means, variances = np.array(means), np.array(variances)
+            mean = means.mean(0)
+            std = np.sqrt(variances.mean(0) + ((means - mean) ** 2).mean(0))
+            normaliser = Normaliser(mean.tolist(), std.tolist(), channels=self.fields)
             values = {k: v[train.indices] for k, v in table["values"].items()}
             cond = CondSchema([CondVar(name, units=m["units"], min=float(values[name].min()),
                                        max=float(values[name].max()), feature=m["feature"],
@@ -368,6 +371,7 @@ class VolumeAdapter(Adapter):
         missing = [c for c in spec.channels if c not in ds.data_vars]
         if missing:
             raise ValueError(f"the Dataset lacks field(s) {missing}; it has {sorted(ds.data_vars)}")
+        check_units(ds, {name: spec.output["variables"].get(name) for name in spec.channels})
         dims = list(spec.output["dims"])
         lead = self.example_dim(ds)
         arrays = []
