@@ -189,10 +189,11 @@ class Model:
                iterations: int = 32) -> xr.Dataset:
         """Fill the gaps (NaN) of observed fields with ``n`` members consistent with the rest.
 
-        ``observed`` is in the data's layout and units (a variable whose ``units`` attribute says
-        otherwise is refused), one example or several along a leading dimension (e.g. ``time``);
-        its observed values are kept, to float32 rounding (the network's tensors), and NaN where the data
-        never has values (the static mask, e.g. land for SST) stays NaN. Each condition comes from
+        ``observed`` is in the data's layout and units (a variable whose ``units`` attribute names
+        another unit, degC for K, is refused: ``sciddpm.data.base.check_units``), one example or
+        several along a leading dimension (e.g. ``time``); its observed values are kept, to float32
+        rounding (the network's tensors), and NaN where the data never has values (the static mask,
+        e.g. land for SST) stays NaN. Each condition comes from
         ``cond`` where given there, else from the observations themselves (their dates, or a
         coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim
         keeping its coordinate; an example dim named ``member`` becomes ``case``.

@@ -81,8 +81,9 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
         except UnknownConditionError as error:
             raise UnknownConditionError(f"{path}: column {name!r}: {error}") from None
         if units is not None and units != schema[name].units:
-            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} in "
-                             f"{schema[name].units}; convert the column and write {name}[{schema[name].units}]")
+            takes = f"in {schema[name].units}" if schema[name].units else "as a pure number (its data gave no units)"
+            raise ValueError(f"{path}: column {cell.strip()!r} is in {units} but the model takes {name} {takes}; "
+                             f"convert the column and write {name}[{schema[name].units}]")
         names.append(name)
     columns: dict[str, list[float]] = {name: [] for name in names}
     for line, row in rows[1:]:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from sciddpm.checks import as_count
 from sciddpm.config import GROUPS, options
 
 
@@ -87,8 +88,8 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> int:
         if both:
             raise ValueError(f"{', '.join(both)} given both as a --cases column and as --cond; give each once")
         cases.update(cond)
-        members = args.n if args.members is None else args.members  # 0 is refused there, not replaced
-        batch_size = 8 if args.batch_size is None else args.batch_size
+        members = as_count(*((args.n, "--n") if args.members is None else (args.members, "--members")))  # 0: refused
+        batch_size = 8 if args.batch_size is None else as_count(args.batch_size, "--batch-size")
         summary = write_ensemble(model, cases, members, out, batch_size=batch_size, **options)
         if summary["rank"] == 0:
             print(f"{out} ({summary['items']} members in all; {summary['sampled']} sampled by rank 0 of "

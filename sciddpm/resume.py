@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -125,15 +126,25 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
     for key in IDENTITY_KEYS:
         if identity(previous, key) != identity(cfg, key):
             changes = differences(identity(previous, key), identity(cfg, key), key)
-            shown = "; ".join(f"{name}: {old!r} there, {new!r} now" for name, old, new in changes[:6])
-            more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
             raise RunError(
-                f"run directory {run.path} already holds a run with other '{key}' settings - {shown}{more}. "
+                f"run directory {run.path} already holds a run with other '{key}' settings - {_shown(changes)}. "
                 f"Resume it with the same settings, or start a new run with name=<new name>.")
-    if run.load_data_spec() != json.loads(json.dumps(spec.to_dict())):
+    # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes
+    changes = differences(run.load_data_spec(), json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
+    if changes:
         raise RunError(
-            f"the data's statistics/schema differ from those saved in {run.path}: the data "
-            f"changed since the run started. Start a new run with name=<new name>.")
+            f"the data as read now differs from what {run.path} was trained on - {_shown(changes)}. The data, or "
+            f"how it is read, changed since the run started. Start a new run with name=<new name>.")
+
+
+def _shown(changes: list[tuple[str, Any, Any]]) -> str:
+    shown = "; ".join(f"{name}: {_short(old)} there, {_short(new)} now" for name, old, new in changes[:6])
+    return shown + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def identity(cfg: Mapping[str, Any], key: str) -> Any:
@@ -148,14 +159,19 @@ def identity(cfg: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def differences(old: Any, new: Any, where: str) -> list[tuple[str, Any, Any]]:
-    """The dotted keys at which two configs differ, with both values ("(absent)" for a missing key)."""
+def differences(old: Any, new: Any, where: str, rel_tol: float = 0.0) -> list[tuple[str, Any, Any]]:
+    """The dotted keys (``[i]`` for list items) at which two configs differ, with both values
+    ("(absent)" for a missing key); numbers within ``rel_tol`` of each other count as equal."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found = []
         for key in sorted(set(old) | set(new), key=str):
-            found += differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{where}.{key}")
+            found += differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{where}.{key}", rel_tol)
         return found
-    return [] if old == new else [(where, old, new)]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for i, (a, b) in enumerate(zip(old, new)) for change in differences(a, b, f"{where}[{i}]", rel_tol)]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    same = math.isclose(old, new, rel_tol=rel_tol) if numbers and rel_tol else old == new
+    return [] if same else [(where, old, new)]
 
 
 class _Absent:

@@ -336,13 +336,14 @@ def test_folder_errors_name_the_problem(folder, how, error, needle):
         adapter.spec()
 
 
-def test_folder_units_conflicts_and_bad_arguments(folder):
+def test_folder_units_conflicts_and_bad_arguments(folder, caplog):
     meta = Path(folder) / "metadata.csv"
     meta.write_text(meta.read_text().replace("gain[dB]", "gain"))  # a plain header: units from units= or refused
-    with pytest.raises(ValueError, match=r"column 'gain' has no units; write them in the header .*units=\{gain: \.\.\.\}"):
-        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR).spec()
-    plain = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"gain": "dB"})
-    assert plain.spec().cond["gain"].units == "dB"
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        bare = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR).spec()
+    assert bare.cond["gain"].units == "" and "column 'gain' has no units, so it is taken as a pure number" in caplog.text
+    plain = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"gain": 1})
+    assert plain.spec().cond["gain"].units == "1"  # Hydra reads units={gain: 1} as a number
     meta.write_text(meta.read_text().replace("gain", "gain[dB]"))
     with pytest.raises(ValueError, match=r"header says \[Hz\] but units= says 'kHz'"):
         build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, units={"pitch": "kHz"}).spec()

@@ -95,6 +95,7 @@ def test_a_global_grid_is_circular_however_its_longitudes_are_rolled(stores, tmp
     lon = np.arange(0.0, 360.0, 5.625)
     for grid in (lon, lon - 180.0, lon[::-1], np.roll(lon, 17), (lon + 180.0) % 360.0 - 180.0):
         assert spans_the_globe(grid)  # a rolled grid used to be taken as regional (zero padding)
+    assert spans_the_globe(np.arange(0.0, 360.0, 0.01, dtype=np.float32))  # float32 rounding near 360
     for grid in (lon[:40], np.random.default_rng(0).permutation(lon), lon[:1]):
         assert not spans_the_globe(grid)
     src = open_era5_store(str(stores["64x32"]))[["2m_temperature"]].load()
@@ -114,6 +115,12 @@ def test_a_global_grid_is_circular_however_its_longitudes_are_rolled(stores, tmp
     with caplog.at_level("WARNING", logger="sciddpm"):
         adapter(tmp_path / "radians.zarr", ["2m_temperature"]).spec()
     assert "in radians? They are read as degrees" in caplog.text
+    caplog.clear()
+    alps = src.isel(latitude=slice(0, 4), longitude=slice(0, 4))  # a small box in degrees: no false alarm
+    alps.assign_coords(latitude=[45.0, 45.25, 45.5, 45.75], longitude=[6.0, 6.25, 6.5, 6.75]).to_zarr(tmp_path / "alps.zarr")
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        adapter(tmp_path / "alps.zarr", ["2m_temperature"]).spec()
+    assert "radians" not in caplog.text
 
 
 def test_a_static_field_that_changes_along_time_is_said(stores, tmp_path, caplog):
@@ -124,6 +131,13 @@ def test_a_static_field_that_changes_along_time_is_said(stores, tmp_path, caplog
     with caplog.at_level("WARNING", logger="sciddpm"):
         adapter(tmp_path / "moving.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
     assert "static field 'land_sea_mask' of" in caplog.text and "differs between its first and last time" in caplog.text
+    caplog.clear()
+    lsm[-1] = lsm[0]
+    lsm[-2:] = np.nan  # ARCO: the time axis runs on past the data, NaN
+    src.assign(land_sea_mask=lsm).to_zarr(tmp_path / "padded.zarr")
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        adapter(tmp_path / "padded.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
+    assert "differs between" not in caplog.text
 
 
 def test_arco_is_cut_to_its_valid_times(stores):
@@ -192,8 +206,12 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
     refused(labelled, r"condition 'co2' in .* holds .* values, not numbers", cond=["dayofyear", "co2"],
             units={"co2": "ppm"})
     gappy = src.assign(co2=("time", np.where(np.arange(src.sizes["time"]) == 3, np.nan, 400.0), {"units": "ppm"}))
-    refused(gappy, r"condition 'co2' in .* is NaN or infinite at 2016-12-25T18:00:00 \(1 value\(s\)\)",
-            cond=["dayofyear", "co2"])
+    refused(gappy, r"condition 'co2' in .* is NaN or infinite at 2016-12-25T18:00:00 \(1 value\(s\) among the "
+                   r"times used\)", cond=["dayofyear", "co2"])
+    gappy.to_zarr(tmp_path / "later_co2.zarr")  # a forcing series that starts after the store: cut off, accepted
+    later = adapter(tmp_path / "later_co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"],
+                    time_range=["2016-12-26", "2017-01-03"])
+    assert later.spec().cond["co2"].min == 400.0 and len(later.dataset("train")) > 0
     with pytest.raises(ValueError, match=r"time_range starts after it stops"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):

@@ -383,3 +383,25 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
     assert_roundtrip(Identity(), ds)  # used to raise "truth value of an array is ambiguous"
     with pytest.raises(AssertionError, match="t: attrs"):
         assert_roundtrip(Identity(change=True), ds)
+
+
+def test_units_of_observations_are_compared_never_converted(caplog):
+    import xarray as xr
+
+    from sciddpm.data.base import check_units
+
+    def data(units):
+        return xr.Dataset({"t": (("x",), np.zeros(2), {} if units is None else {"units": units})})
+
+    trained = {"t": {"units": "K"}}
+    for same in ("K", " K ", "kelvin", "degK", None):  # one unit however spelled, or unsaid
+        check_units(data(same), trained)
+    for other in ("degC", "°C", "degF"):
+        with pytest.raises(ValueError, match=rf"'t' is in {other} but the model was trained on it in K; convert it"):
+            check_units(data(other), trained)
+    with pytest.raises(ValueError, match="is in hPa but the model was trained on it in Pa"):
+        check_units(data("hPa"), {"t": {"units": "Pa"}})
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        check_units(data("m/s"), {"t": {"units": "m s**-1"}})  # same unit, other notation: only a person can tell
+    assert "variable 't' says units 'm/s', the training data said 'm s**-1'; taken as the same" in caplog.text

@@ -7,6 +7,7 @@ For Gaussian data the guided and the inpainted distributions are both known in c
   N(mu_u + S_uk S_kk^-1 (y - mu_k), S_uu - S_uk S_kk^-1 S_ku) for the unknown part.
 """
 
+import functools
 import math
 
 import pytest
@@ -284,3 +285,9 @@ def test_a_wrapper_is_marked_for_one_inner_denoiser_only():
     forwards_drop_cond(shared, takes)
     with pytest.raises(TypeError, match="fresh wrapper function per inner denoiser"):
         forwards_drop_cond(shared, ignores)  # would have overwritten the first mark
+
+    @functools.wraps(shared)  # copies the mark along with __wrapped__: still a wrapper of its own
+    def wrapped(x, sigma, **kwargs):
+        return shared(x, sigma, **kwargs)
+
+    assert forwards_drop_cond(wrapped, ignores) is wrapped

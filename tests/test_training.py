@@ -1,8 +1,11 @@
 """The engine end to end on tiny data: train -> run directory -> sample (CLI == API), resume after
 SIGKILL with identical weights, 2-process gloo DDP, and refusal of crafted run directories."""
 
+import copy
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +171,23 @@ def test_resume_with_different_model_is_refused(trained):
     with pytest.raises(RunError, match=r"other 'model' settings - model\.kwargs\.channels: \d+ there, 16 now\. "
                                        r"Resume it with the same settings, or start a new run with name="):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
+
+
+def test_resume_takes_statistics_equal_to_rounding_and_names_what_changed(trained, tmp_path):
+    shutil.copytree(trained / "tiny", tmp_path / "tiny")
+    spec_file = tmp_path / "tiny" / "data_spec.json"
+    saved = json.loads(spec_file.read_text())
+    steps = yaml.safe_load((tmp_path / "tiny" / "config.yaml").read_text())["trainer"]["steps"]
+    again = [*TINY, f"trainer.steps={steps}", f"runs_dir={tmp_path}", "name=tiny"]
+    nudged = copy.deepcopy(saved)
+    nudged["normaliser"]["std"][0] *= 1 + 1e-14  # the same data summed in another order
+    spec_file.write_text(json.dumps(nudged))
+    assert sciddpm.train(again) == tmp_path / "tiny"  # resumes (here: nothing left to do)
+    nudged["normaliser"]["std"][0] *= 1.001
+    spec_file.write_text(json.dumps(nudged))
+    with pytest.raises(RunError, match=r"differs from what .* was trained on - data_spec\.normaliser\.std\[0\]: "
+                                       r"[\d.e-]+ there, [\d.e-]+ now\. The data, or how it is read, changed"):
+        sciddpm.train(again)
 
 
 def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):

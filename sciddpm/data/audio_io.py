@@ -122,7 +122,7 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
     """Files, per-file condition values and condition descriptions from ``folder/metadata``.
 
     Units come from headers like ``pitch[Hz]`` or from ``units`` for plain headers (both for one
-    column must agree; a column with neither is refused); features default to "log" for ``pitch`` and "linear" otherwise.
+    column must agree; a column with neither is a pure number, and said); features default to "log" for ``pitch`` and "linear" otherwise.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -157,15 +157,15 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             raise ValueError(f"{kw}= names column(s) {unknown} that {table} does not have; its columns: {params}")
     meta = {}
     for name in params:
-        if name in units and name in head_units and units[name] != head_units[name]:
+        if name in units and name in head_units and str(units[name]) != head_units[name]:
             raise ValueError(f"column {name!r}: header says [{head_units[name]}] but units= says {units[name]!r}")
         feature = features.get(name, "log" if name == "pitch" else "linear")
         if feature not in ("log", "linear"):
             raise ValueError(f"column {name!r}: audio folder features are 'log' or 'linear', got {feature!r}")
-        if name not in units and name not in head_units:  # as for climate and volume conditions
-            raise ValueError(f"{table}: column {name!r} has no units; write them in the header ({name}[Hz], say, "
-                             f"or {name}[1] for a pure number) or pass data.kwargs.units={{{name}: ...}}")
-        meta[name] = {"units": units.get(name, head_units.get(name)), "feature": feature,
+        if name not in units and name not in head_units:  # kept as a pure number ("") as it always was
+            log.warning("%s: column %r has no units, so it is taken as a pure number; if it has units, write them "
+                        "in the header (%s[Hz], say) or pass 'data.kwargs.units={%s: \"Hz\"}'", table, name, name, name)
+        meta[name] = {"units": str(units.get(name, head_units.get(name, ""))), "feature": feature,
                       "description": f"{name} (column of {metadata})"}
     files, values = [], {n: [] for n in params}
     col = {n: names.index(n) for n in names}

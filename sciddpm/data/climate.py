@@ -174,7 +174,9 @@ class Era5Adapter(Adapter):
                     raise ValueError(f"{index['path']} has one time of day ({hours[0]:g} h UTC); drop 'hour' from cond")
                 out.append(CondVar(name, min=float(hours.min()), max=float(hours.max()), **TIME_CONDS[name]))
             else:
-                values = np.broadcast_to(_scalar_condition(ds, name, index["path"]), index["stamps"].shape)[train]
+                used = np.concatenate([train, index["val"]])
+                values = np.broadcast_to(_scalar_condition(ds, name, index["path"], used=used),
+                                         index["stamps"].shape)[train]
                 units = self.units.get(name, ds[name].attrs.get("units"))
                 if units is None:
                     raise ValueError(f"condition {name!r} in {index['path']} has no 'units' attribute, and conditions "
@@ -383,7 +385,10 @@ def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:
     return np.repeat(latitude_weights(lat_north_to_south)[:, None], n_lon, axis=1)
 
 
-def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> np.ndarray:
+def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "",
+                      used: np.ndarray | None = None) -> np.ndarray:
+    """The values of a scalar condition along time (or one value), checked to be finite at the
+    ``used`` time positions (all by default): a forcing series may start after the store does."""
     if name not in ds.variables or set(ds[name].dims) - {TIME}:
         scalars = sorted(str(k) for k, v in ds.variables.items() if set(v.dims) <= {TIME} and k != TIME)
         raise ValueError(f"condition {name!r} is not a scalar coordinate or a variable along time in {where}; "
@@ -393,10 +398,13 @@ def _scalar_condition(ds: xr.Dataset, name: str, where: str, fix: str = "") -> n
         raise ValueError(f"condition {name!r} in {where} holds {ds[name].dtype} values, not numbers; a condition is "
                          "a number in its units (encode categories as numbers in a variable of their own)")
     values = np.asarray(ds[name].values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(values)))
-        when = (f" at {', '.join(str(t)[:19] for t in np.atleast_1d(ds[TIME].values)[bad[:3]])}"
-                if TIME in ds[name].dims else "")
-        raise ValueError(f"condition {name!r} in {where} is NaN or infinite{when} ({bad.size} value(s)); every "
-                         f"time needs its value: fill them, or cut them out with time_range{fix}")
+    along_time = TIME in ds[name].dims
+    checked = values[used] if along_time and used is not None else np.atleast_1d(values)
+    if not np.isfinite(checked).all():
+        bad = np.flatnonzero(~np.isfinite(checked))
+        stamps = np.atleast_1d(ds[TIME].values)[used if used is not None else slice(None)]
+        when = f" at {', '.join(str(t)[:19] for t in stamps[bad[:3]])}" if along_time else ""
+        raise ValueError(f"condition {name!r} in {where} is NaN or infinite{when} ({bad.size} value(s) among the "
+                         f"times used); every time needs its value: fill them, or leave them out with "
+                         f"time_range{fix}")
     return values

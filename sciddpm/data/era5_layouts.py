@@ -247,7 +247,7 @@ def _check_grid_and_time(ds: Any, path: str) -> None:
     if np.abs(lat).max(initial=0.0) > 90.0:
         raise ValueError(f"{path}: latitude runs to {np.abs(lat).max():g}, beyond +-90 degrees; is it another "
                          "coordinate (a projection's y)? sciddpm's climate data is on latitude/longitude in degrees")
-    if lat.size > 2 and np.ptp(lat) <= np.pi + 1e-6 and np.ptp(lon) <= 2 * np.pi + 1e-6:
+    if lat.size > 2 and np.abs(lat).max() <= np.pi / 2 + 1e-6 and np.abs(lon).max() <= 2 * np.pi + 1e-6:
         log.warning("%s: latitude spans %.3g and longitude %.3g: in radians? They are read as degrees (area "
                     "weights, the global check); convert with np.degrees if so", path, np.ptp(lat), np.ptp(lon))
     step = np.diff(lat)
@@ -268,7 +268,7 @@ def spans_the_globe(lon: np.ndarray) -> bool:
     if lon.size < 2:
         return False
     steps = np.abs((np.diff(np.append(lon, lon[0])) + 180.0) % 360.0 - 180.0)  # the short way round
-    return bool(np.allclose(steps, 360.0 / lon.size, rtol=1e-3))
+    return bool(np.allclose(steps, 360.0 / lon.size, rtol=1e-3, atol=1e-4))  # atol: float32 near 360
 
 
 @dataclass
@@ -357,7 +357,8 @@ class StorePlan:
         da = ds[name].variable
         if TIME in da.dims:  # time-invariant by definition; ARCO and CDS files store it along time
             first, last = (np.asarray(da.isel({TIME: i}).values, dtype=np.float64) for i in (0, -1))
-            if not np.array_equal(first, last, equal_nan=True):  # the two ends only: the axis may be decades long
+            # the two ends only (the axis may be decades long); ARCO pads its tail with NaN after valid_time_stop
+            if np.isfinite(last).any() and not np.array_equal(first, last, equal_nan=True):
                 log.warning("static field %r of %s differs between its first and last time; its first time is "
                             "used as the time-invariant input", name, self.path)
             da = da.isel({TIME: 0})

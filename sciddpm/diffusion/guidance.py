@@ -53,7 +53,8 @@ def forwards_drop_cond(wrapper: DenoiserFn, inner: DenoiserFn) -> DenoiserFn:
 
     The mark is an attribute of ``wrapper``, so it must be a function of its own (a fresh closure
     per ``inner``, as the wrappers here are), not a bound method or one shared by several inners."""
-    if hasattr(wrapper, _DROP_COND) or inspect.ismethod(wrapper):
+    # a mark copied by functools.wraps (with __wrapped__) is not a second marking
+    if inspect.ismethod(wrapper) or (hasattr(wrapper, _DROP_COND) and not hasattr(wrapper, "__wrapped__")):
         raise TypeError(f"forwards_drop_cond needs a fresh wrapper function per inner denoiser, got {wrapper!r}, "
                         "which is a bound method or already marked")
     setattr(wrapper, _DROP_COND, _takes_drop_cond(inner))
