@@ -4,7 +4,6 @@ which makes an ensemble the same however it is split over batches, ranks or rest
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from sciddpm.data import CondSchema, UnknownConditionError
-from sciddpm.data.conditioning import split_header
+from sciddpm.data.conditioning import read_condition_table, split_header
 
 log = logging.getLogger("sciddpm")
 
@@ -63,9 +62,7 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
     ``name[units]``, the units then being the model's), one row per case; for ``case_table``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--cases {path}: no such file (a CSV with one column per condition)")
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
-        reader = csv.reader(handle)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]  # blank lines skipped
+    rows = read_condition_table(path)
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header of condition names and at least one row of values")
     names = []

@@ -7,7 +7,6 @@ functions that use them, and a missing one raises ImportError naming the extra t
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sciddpm.data.conditioning import split_header
+from sciddpm.data.conditioning import read_condition_table, split_header
 
 _EXTRA = "pip install 'sciddpm[audio]'"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus"}  # soundfile's common formats
@@ -89,12 +88,13 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
             raise ValueError(f"{f.path} holds NaN or infinite samples; audio must be finite (fix or drop the file)")
     data = data.T  # [file channels, frames]
     if channels == 1:
-        loudest = float(np.abs(data).max(initial=0.0))
+        before = float(np.abs(data).max(initial=0.0))
         data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
-        if loudest > 0 and float(np.abs(data).max()) < 1e-3 * loudest:  # would train as silence under its labels
+        after = float(np.abs(data).max(initial=0.0))
+        if before > 0 and after < 1e-3 * before:  # would train as silence under its labels
             raise ValueError(f"{f.path}: its {f.channels} channels cancel when mixed down to mono (opposite phase: "
-                             f"peak {loudest:.3g} before, {float(np.abs(data).max()):.3g} after); fix the file, drop "
-                             "it, or keep both channels with data.kwargs.channels=2")
+                             f"peak {before:.3g} before, {after:.3g} after); fix the file, drop it, or keep both "
+                             "channels with data.kwargs.channels=2")
     skip = start - lo
     if f.rate != sample_rate and data.shape[1]:
         data = resample(data, f.rate, sample_rate)
@@ -135,9 +135,7 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             "put audio files there with a CSV whose header is 'filename,<param>[<unit>],...' "
             "(e.g. filename,pitch[Hz])"
         )
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)  # each row with its line in the file (blank lines are skipped, not renumbered)
-        numbered = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+    numbered = read_condition_table(table)
     lines, rows = [n for n, _ in numbered], [r for _, r in numbered]
     if not rows or "filename" not in [c.strip() for c in rows[0]]:
         raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")

@@ -9,12 +9,14 @@ training range warn rather than being clamped (house rule 8 in docs/architecture
 
 from __future__ import annotations
 
+import csv
 import difflib
 import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,14 @@ def split_header(cell: str) -> tuple[str, str | None]:
         raise ValueError(f"column header {cell!r} is not 'name' or 'name[units]', e.g. pitch[Hz]")
     units = match.group(2)
     return match.group(1), None if units is None else units.strip()
+
+
+def read_condition_table(path: str | Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV of conditions (header first), each with its line in the file as
+    an editor counts it; a spreadsheet's byte-order mark is dropped (``utf-8-sig``)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
 
 
 def _num(x: float) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 import xarray as xr
 
 from sciddpm.data.base import check_output_grid, check_units
-from sciddpm.data.era5_layouts import LAT, LEVEL, LON, canonical_dims, channel_name, close_match, parse_channel
+from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name, close_match,
+                                       parse_channel)
 from sciddpm.plots import new_figure, save_png
 
 
@@ -108,8 +109,7 @@ class OutputLayout:
                 found[var["name"]] = tuple(d for d in ds[var["name"]].dims if d not in (LAT, LON, LEVEL))
         for name, lead in found.items():
             if len(lead) > 1:
-                named = {"lat": LAT, "lon": LON}
-                renames = {d: named[d] for d in lead if d in named}
+                renames = {d: ALIASES[d] for d in lead if d in ALIASES}  # the names the store check knows
                 fix = (f"rename them first (ds.rename({', '.join(f'{k}={v!r}' for k, v in renames.items())}))"
                        if renames else "stack the others first")
                 raise ValueError(f"{name!r} has dims {ds[name].dims}; expected one leading dim (member or time) "
