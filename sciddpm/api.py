@@ -190,7 +190,7 @@ class Model:
         """Fill the gaps (NaN) of observed fields with ``n`` members consistent with the rest.
 
         ``observed`` is in the data's layout and units (a variable whose ``units`` attribute names
-        another unit, degC for K, is refused: ``sciddpm.data.base.check_units``), one example or
+        another unit, degC for K, is refused: ``sciddpm.data.units.check_units``), one example or
         several along a leading dimension (e.g. ``time``); its observed values are kept, to float32
         rounding (the network's tensors), and NaN where the data never has values (the static mask,
         e.g. land for SST) stays NaN. Each condition comes from

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from sciddpm.data import ADAPTERS, Adapter, DataSpec
+from sciddpm.diffusion.denoiser import UNUSED_WITH_SCHEDULE
 from sciddpm.distributed import broadcast
 from sciddpm.runs import CONFIG, WEIGHTS, RunDir, RunError
 
@@ -23,7 +24,6 @@ log = logging.getLogger("sciddpm.training")
 
 # Config sections that define what the model *is*: a resumed run must not change them.
 IDENTITY_KEYS = ("data", "model", "diffusion", "seed")
-UNUSED_WITH_SCHEDULE = ("p_mean", "p_std")  # EDM's log-normal training noise; a DDPM table replaces it
 
 
 def with_absolute_data_paths(cfg: dict) -> dict:

@@ -27,11 +27,12 @@ from sciddpm.config import as_config
 from sciddpm.data import ADAPTERS, DataSpec
 from sciddpm.data.base import adapter_from_config
 from sciddpm.data.batches import training_batches
+from sciddpm.diffusion.denoiser import UNUSED_WITH_SCHEDULE
 from sciddpm.diffusion.samplers import SAMPLERS, check_settings
 from sciddpm.distributed import all_mean, barrier, local_rank, process_group
 from sciddpm.nn import BACKBONES
 from sciddpm.precision import network_autocast, network_dtype_name, resolve_device
-from sciddpm.resume import (UNUSED_WITH_SCHEDULE, hold_run_dir, prepare_run_dir, warn_if_precision_changed,
+from sciddpm.resume import (hold_run_dir, prepare_run_dir, warn_if_precision_changed,
                             with_absolute_data_paths)
 from sciddpm.runs import RunDir
 

@@ -388,7 +388,7 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
 def test_units_of_observations_are_compared_never_converted(caplog):
     import xarray as xr
 
-    from sciddpm.data.base import check_units
+    from sciddpm.data.units import check_units
 
     def data(units):
         return xr.Dataset({"t": (("x",), np.zeros(2), {} if units is None else {"units": units})})

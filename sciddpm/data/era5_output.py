@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import check_output_grid, check_units
+from sciddpm.data.base import check_output_grid
+from sciddpm.data.units import check_units
 from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name, close_match,
                                        parse_channel)
 from sciddpm.plots import new_figure, save_png

@@ -45,10 +45,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid, check_units,
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid,
                                condition_coords, heldout_picks, name_list, plain_json, read_groups,
                                register_adapter, split_indices)
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
+from sciddpm.data.units import check_units
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,11 @@ from torch import nn
 from sciddpm.diffusion.schedules import VPSchedule, append_dims, lognormal_sigmas, vp_schedule
 from sciddpm.registry import Registry
 
-__all__ = ["PARAMETERISATIONS", "Denoiser"]
+__all__ = ["PARAMETERISATIONS", "Denoiser", "UNUSED_WITH_SCHEDULE"]
+
+# Denoiser arguments that shape EDM's log-normal training noise only: with a DDPM ``schedule`` the
+# timesteps are drawn from its table and these are not used (a resume may change them freely).
+UNUSED_WITH_SCHEDULE = ("p_mean", "p_std")
 
 PARAMETERISATIONS = Registry("parameterisation")
 
