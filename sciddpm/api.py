@@ -36,11 +36,12 @@ from sciddpm.checks import as_count, as_seed
 from sciddpm.config import preset_settings
 from sciddpm.data import Adapter, CondSchema, DataSpec, adapter_from_spec
 from sciddpm.data.stores import netcdf_safe
-from sciddpm.diffusion import guided, inpainting
+from sciddpm.diffusion import guided
 from sciddpm.diffusion import sample as run_sampler
 from sciddpm.diffusion.guidance import forwards_drop_cond
 from sciddpm.diffusion.samplers import check_settings
 from sciddpm.distributed import local_rank
+from sciddpm.infill import fill_gaps
 from sciddpm.precision import network_dtype_name, resolve_device
 from sciddpm.registry import UnknownNameError
 from sciddpm.runs import RunDir, resolve_run
@@ -105,8 +106,8 @@ class Model:
         self.bf16 = bf16  # network in bf16 where native (sciddpm.precision)
         self.compiled = compile  # through torch.compile: same members to the network's rounding
         self._network = _compiled(denoiser, self.device) if compile else denoiser
-        valid = self.adapter.static_mask()
-        self._valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
+        valid = self.adapter.static_mask()  # bool [C, *S]: False where the data never has values
+        self.valid = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
 
     @property
     def device(self) -> torch.device:
@@ -191,68 +192,15 @@ class Model:
 
         ``observed`` is in the data's layout and units (a variable whose ``units`` attribute names
         another unit, degC for K, is refused: ``sciddpm.data.units.check_units``), one example or
-        several along a leading dimension (e.g. ``time``); its observed values are kept, to float32
-        rounding (the network's tensors), and NaN where the data never has values (the static mask,
-        e.g. land for SST) stays NaN. Each condition comes from
+        several along a leading dimension (e.g. ``time``); its observed values come back as given
+        (in the result's dtype), and NaN where the data never has values (the static mask, e.g.
+        land for SST) stays NaN. Each condition comes from
         ``cond`` where given there, else from the observations themselves (their dates, or a
         coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim
         keeping its coordinate; an example dim named ``member`` becomes ``case``.
         """
-        n = as_count(n, "n")
-        seed = as_seed(seed)
-        x = self.adapter.to_tensor(observed).float()  # refuses observations in other units
-        if bool(torch.isinf(x).any()):
-            raise ValueError("the observations hold +-inf; only NaN marks a gap to fill. Make them gaps with "
-                             "observed.where(np.isfinite(observed)) if that is what they are")
-        known = torch.isfinite(x)
-        if self._valid is not None:
-            known &= self._valid
-        gaps = (~known) if self._valid is None else (~known & self._valid)
-        if not bool(gaps.any()):
-            raise ValueError("the observations have no gaps (NaN) to fill outside the data's own mask")
-        given = dict(cond or {})
-        unread = [name for name in self.spec.cond.names if name not in given]
-        read = self.adapter.cond_from_xarray(observed, unread) if unread else {}
-        self._warn_if_overriding(observed, given)
-        table = case_table({**read, **given}, self.spec.cond)
-        if any(len(v) not in (1, x.shape[0]) for v in table.values()):
-            raise ValueError(f"the observations hold {x.shape[0]} example(s); give each condition one value "
-                             "for all of them or one per example")
-        table = {k: np.broadcast_to(v, (x.shape[0],)) for k, v in table.items()}
-        settings = self.sampler_settings(sampler, steps, guidance)
-        filled = []
-        for i in range(x.shape[0]):
-            known_i, mask_i = x[i:i + 1].to(self.device), known[i:i + 1].to(self.device)
-            fill = lambda d: inpainting(d, known_i, mask_i, iterations=iterations)  # noqa: E731
-            samples = self.generate(table, [(i, j) for j in range(n)],
-                                    seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
-            filled.append(self.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
-        lead = self.adapter.example_dim(observed)
-        if lead is None:
-            ds = filled[0]
-        else:
-            name = "case" if lead == "member" else lead
-            ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
-            ds = ds.assign_coords({name: observed[lead].values})
-        # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
-        return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
-
-    def _warn_if_overriding(self, observed: xr.Dataset, given: Mapping[str, Any]) -> None:
-        """A condition given for observations that carry their own (their dates give dayofyear)
-        replaces it: allowed, a counterfactual, but said, since it is usually a slip."""
-        for name in (n for n in given if n in self.spec.cond.names):
-            try:
-                own = np.asarray(self.adapter.cond_from_xarray(observed, [name])[name], dtype=float)
-            except (KeyError, ValueError):
-                continue  # the observations do not carry it
-            try:
-                wanted = np.asarray(given[name], dtype=float)
-                differs = own.shape != np.broadcast_shapes(own.shape, wanted.shape) or not np.allclose(own, wanted)
-            except ValueError:  # not one value per observation: case_table says so, in its own words
-                continue
-            if differs:
-                log.warning("%s=%s replaces the observations' own %s (%s): the gaps are filled as if at the former",
-                            name, np.array2string(wanted, precision=6), name, np.array2string(own, precision=6))
+        return fill_gaps(self, observed, n, cond, steps=steps, sampler=sampler, seed=seed, guidance=guidance,
+                         batch_size=batch_size, iterations=iterations)
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
         """Write samples as the modality's natural files (WAV, netCDF/zarr, PNG); returns paths."""
@@ -301,7 +249,7 @@ class Model:
         out = run_sampler(denoiser, noise.to(self.device), method=settings["method"], steps=settings["steps"],
                           schedule=settings["schedule"], generator=step_generators, denoiser_kwargs=kwargs,
                           **settings["opts"]).float().cpu()
-        if not torch.isfinite(out if self._valid is None else out[:, self._valid]).all():
+        if not torch.isfinite(out if self.valid is None else out[:, self.valid]).all():
             raise FloatingPointError(
                 f"the sampler produced non-finite values ({settings['method']}, {settings['steps']} steps); "
                 "try more steps or another sampler")
@@ -351,8 +299,8 @@ class Model:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     return network(x, sigma, **kwargs).float()
             denoiser = forwards_drop_cond(network_in_bf16, network)
-        if self._valid is not None:
-            denoiser = _zero_outside(denoiser, self._valid.to(self.device))
+        if self.valid is not None:
+            denoiser = _zero_outside(denoiser, self.valid.to(self.device))
         if conditional and guidance != 1.0:
             denoiser = guided(denoiser, guidance)
         return denoiser

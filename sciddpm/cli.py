@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--members", type=int, default=None, help="members per case with --cases (default --n)")
     sample.add_argument("--infill", default=None, metavar="OBS",
                         help="a .zarr/.nc of observed fields with NaN gaps: --n members that fill the gaps "
-                             "consistently with the observed values (kept, to float32 rounding)")
+                             "consistently with the observed values (kept as given)")
     sample.set_defaults(run=_sample)
 
     evaluate = commands.add_parser(

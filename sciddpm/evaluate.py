@@ -145,7 +145,7 @@ def _plot_spectra(spectra: dict, path: Path) -> Path:
         ax = fig.add_subplot(1, len(spectra), c + 1)
         ax.loglog(k, p_true, label="held-out data", color="black")
         ax.loglog(k, p_gen, label="samples", color="tab:red", linestyle="--")
-        ax.set(title=channel, xlabel="wavenumber k (cycles per domain)", ylabel="power (normalised units)")
+        ax.set(title=channel, xlabel="wavenumber k (cycles per shortest side)", ylabel="power (normalised units)")
         ax.legend()
     return save_png(fig, path, dpi=110)
 

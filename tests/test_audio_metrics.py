@@ -78,6 +78,34 @@ def test_pitch_is_not_fooled_into_octave_errors():
         assert abs(cents(estimate_pitch(x, sr)[0], 330.0)) < 5
 
 
+def test_weak_odd_harmonics_do_not_halve_the_period():
+    # Odd harmonics (the fundamental among them) with 1-5% of the energy: the tone is nearly
+    # periodic at half its period, and YIN's first dip read every one an octave high
+    t = np.arange(T) / SR
+    ks = np.arange(1, 17)
+    tones, truth = [], []
+    for share in (0.01, 0.03, 0.05):
+        for f in (110.0, 220.0, 440.0):
+            power = 1.0 / ks**2
+            odd = ks % 2 == 1
+            power[odd] *= share / (1 - share) * power[~odd].sum() / power[odd].sum()
+            below = f * ks < 0.45 * SR
+            tones.append((np.sqrt(power[below])[:, None] * np.sin(2 * np.pi * f * ks[below, None] * t + 0.7 * ks[below, None])).sum(0))
+            truth.append(f)
+    f0, voiced = estimate_pitch(np.stack(tones), SR)
+    assert voiced.all() and np.abs(cents(f0, truth)).max() < 5
+    # a tone truly at the higher pitch keeps it (its dips at 2 and 3 periods are no deeper)
+    octave = sum(np.sin(2 * np.pi * 440.0 * k * t + k) / k for k in range(1, 9))
+    assert abs(cents(estimate_pitch(octave, SR)[0], 440.0)) < 5
+
+
+def test_pitch_of_a_clip_of_a_few_periods_is_not_pulled_by_broad_peaks():
+    # 2.1 periods of a 110 Hz tone: the harmonic refinement's peak fit moved it 45 cents
+    x = np.sin(2 * np.pi * 110.0 * np.arange(153) / SR + 1) + 0.5 * np.sin(2 * np.pi * 220.0 * np.arange(153) / SR + 0.3)
+    f0, voiced = estimate_pitch(x, SR, fmin=max(50.0, 2.02 * SR / 153))
+    assert voiced and abs(cents(f0, 110.0)) < 2
+
+
 def test_noise_and_silence_are_unvoiced():
     rng = np.random.default_rng(2)
     f0, voiced = estimate_pitch(rng.normal(size=(2, 3, T)), SR)

@@ -96,6 +96,15 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, capl
     assert "dayofyear=10. replaces the observations' own dayofyear ([" in caplog.text  # allowed, but said
     one = sciddpm.load("sst", runs_dir=run / "runs").infill(observed.isel(time=1), n=1, steps=2)  # ds.sel(time=...)
     assert one["time"].values == observed["time"].values[1] and one["2m_temperature"].dims[0] == "member"
+    # observations laid out their own way (north first, lat before lon) come back on the store's
+    # grid with each observed value where it was observed, as given
+    flipped = observed.isel(latitude=slice(None, None, -1)).transpose("time", "latitude", "longitude")
+    again = sciddpm.load("sst", runs_dir=run / "runs").infill(flipped, n=1, steps=2)
+    assert again["2m_temperature"].dims == ("time", "member", "longitude", "latitude")
+    for name in ("2m_temperature", "sea_surface_temperature"):
+        given = flipped[name].sel(latitude=again.latitude).transpose(*again[name].isel(member=0).dims).values
+        kept = again[name].isel(member=0).values
+        np.testing.assert_array_equal(kept[np.isfinite(given)], given[np.isfinite(given)])
 
 def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land):
     _, source = land

@@ -315,7 +315,7 @@ def test_guidance_runs_both_branches_as_one_batch(runs, dtype, monkeypatch):
     # drop_cond on, or guidance falls back to two network calls per step
     monkeypatch.setattr("sciddpm.api.network_dtype_name", lambda device, bf16: dtype)  # any CPU, either path
     guided_model = sciddpm.load("tiny", runs_dir=runs, device="cpu")
-    guided_model._valid = torch.ones(len(guided_model.spec.channels), *guided_model.spec.shape, dtype=torch.bool)
+    guided_model.valid = torch.ones(len(guided_model.spec.channels), *guided_model.spec.shape, dtype=torch.bool)
     batches = []
     hook = guided_model._network.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     try:

@@ -53,7 +53,7 @@ def test_layer_imports(folder):
 
 
 def test_sampling_never_imports_training():
-    for module in ("api.py", "assembly.py", "cases.py", "ensembles.py"):
+    for module in ("api.py", "assembly.py", "cases.py", "ensembles.py", "infill.py"):
         imported = _imports(PACKAGE / module)
         assert not any(n.startswith(("sciddpm.training", "sciddpm.resume")) for n in imported), module
 

@@ -34,6 +34,33 @@ def test_white_noise_is_flat_and_obeys_parseval():
     assert log_spectral_distance(p, 10 * p) == pytest.approx(1.0)
 
 
+def test_a_wavelength_lands_in_one_shell_whichever_way_it_points_on_a_non_square_grid():
+    # 32 x 64 cells of one spacing: a wave of 8 cells along y and one along x are both at
+    # 32 / 8 = 4 cycles per short side (in cycles per domain along each axis they were 4 and 8)
+    y, x = np.meshgrid(np.arange(32), np.arange(64), indexing="ij")
+    # (a diagonal one, 8 cells a step along both, has a wavelength of 8 / sqrt(2) cells: 5.66 -> shell 6)
+    for wave, shell in ((np.cos(2 * np.pi * y / 8), 4), (np.cos(2 * np.pi * x / 8), 4),
+                        (np.cos(2 * np.pi * (x + y) / 8), 6)):
+        k, p = power_spectrum(wave, dims=2)
+        assert int(np.argmax(p)) + 1 == shell
+    # and a power-law field isotropic in space keeps its slope
+    rng = np.random.default_rng(3)
+    grids = np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(64), indexing="ij")
+    radius = np.sqrt(grids[0] ** 2 + grids[1] ** 2)
+    amplitude = np.where(radius > 0, radius, np.inf) ** -1.5
+    fields = np.real(np.fft.ifftn(np.fft.fftn(rng.standard_normal((64, 32, 64)), axes=(1, 2)) * amplitude, axes=(1, 2)))
+    k, p = power_spectrum(fields, dims=2)
+    assert abs(spectral_slope(k, p, 2, 12) + 3.0) < 0.1
+
+
+def test_log_spectral_distance_counts_a_missing_shell_as_far_off():
+    reference = np.array([1.0, 0.5, 0.1, 0.01])
+    assert log_spectral_distance(reference, reference * [1, 1, 1, 0]) > 2  # was 0: the empty shell was skipped
+    assert log_spectral_distance(np.zeros(4), np.zeros(4)) == 0.0  # two constant fields: no NaN
+    with pytest.raises(ValueError, match="same"):
+        log_spectral_distance(reference, reference[:3])
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="finite"):
         power_spectrum(np.array([1.0, np.nan, 2.0]), dims=1)

@@ -1,8 +1,10 @@
 """Radially averaged power spectra in 1, 2 and 3 dimensions, and spectral slopes.
 
-The isotropic spectrum P(k) bins |FFT|^2 into integer shells of wavenumber |k| (in cycles per
-domain along each axis), the standard diagnostic for turbulence, cosmology and Gaussian random
-fields with P(k) ~ k^-alpha. Only numpy: metrics must not depend on the rest of sciddpm.
+The isotropic spectrum P(k) bins |FFT|^2 into integer shells of wavenumber |k|, the standard
+diagnostic for turbulence, cosmology and Gaussian random fields with P(k) ~ k^-alpha. |k| is in
+cycles per length of the grid's shortest axis (cycles per domain on a square or cubic grid), with
+one grid spacing along every axis: so a wave of one wavelength lands in one shell whichever way it
+points, also on a 32 x 64 grid. Only numpy: metrics must not depend on the rest of sciddpm.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ def power_spectrum(field: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray
 
     ``field`` has shape [..., *spatial] with ``dims`` spatial axes, the last ones (required: with
     a default of "every axis" a member or case axis would silently join the FFT). ``k`` holds
-    the mean |k| of the modes in shells 1..k_max (the mean, k=0, is left out); ``P`` the mean power per mode in
-    each shell, normalised so that sum over all modes equals the field's mean square (Parseval).
+    the mean |k| of the modes in shells 1..k_max, in cycles per length of the shortest axis,
+    k_max being half its points (the mean, k=0, is left out, and so are the modes beyond k_max in
+    the corners of the grid: these shells hold 60-80% of white noise's variance); ``P`` the mean
+    power per mode in each shell, normalised so that the sum over all modes equals the field's
+    mean square (Parseval).
     """
     field = np.asarray(field, dtype=np.float64)
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= field.ndim:
@@ -28,10 +33,11 @@ def power_spectrum(field: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray
     axes = tuple(range(field.ndim - dims, field.ndim))
     modes = np.abs(np.fft.fftn(field, axes=axes)) ** 2 / float(np.prod(spatial)) ** 2
     modes = modes.reshape(-1, *spatial).mean(axis=0)
-    grids = np.meshgrid(*[np.fft.fftfreq(n, d=1.0 / n) for n in spatial], indexing="ij")
+    shortest = min(spatial)
+    grids = np.meshgrid(*[np.fft.fftfreq(n) * shortest for n in spatial], indexing="ij")
     radius = np.sqrt(sum(g**2 for g in grids))
     shell = np.rint(radius).astype(int).ravel()
-    k_max = min(n // 2 for n in spatial)
+    k_max = shortest // 2
     counts = np.bincount(shell, minlength=k_max + 1)[1:k_max + 1]
     power = np.bincount(shell, weights=modes.ravel(), minlength=k_max + 1)[1:k_max + 1]
     # the shell's mean |k|, not its integer label: less bias for steep spectra on small grids
@@ -55,8 +61,18 @@ def spectral_slope(k: np.ndarray, power: np.ndarray, k_min: float | None = None,
     return float(slope)
 
 
-def log_spectral_distance(power_a: np.ndarray, power_b: np.ndarray) -> float:
-    """Root-mean-square difference of log10 spectra (0 when identical; 1 = a factor 10 off)."""
+def log_spectral_distance(power_a: np.ndarray, power_b: np.ndarray, top_db: float = 80.0) -> float:
+    """Root-mean-square difference of log10 spectra, in bels (0 when identical; 1 = a factor 10
+    off; 10x it is the same in dB). Power more than ``top_db`` below the pair's strongest shell is
+    raised to that floor (as in :func:`sciddpm.metrics.mrstft_distance`), so a shell that one
+    spectrum lacks counts as 8 factors of 10 off, not as a match; two all-zero spectra are 0 apart."""
     a, b = np.asarray(power_a, dtype=float), np.asarray(power_b, dtype=float)
-    keep = (a > 0) & (b > 0)
-    return float(np.sqrt(np.mean((np.log10(a[keep]) - np.log10(b[keep])) ** 2)))
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need two spectra of the same non-zero length, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and (a >= 0).all() and (b >= 0).all()):
+        raise ValueError("spectra must be finite and non-negative")
+    peak = max(a.max(), b.max())
+    if peak == 0:
+        return 0.0
+    floor = peak * 10 ** (-top_db / 10)
+    return float(np.sqrt(np.mean((np.log10(np.maximum(a, floor)) - np.log10(np.maximum(b, floor))) ** 2)))

@@ -75,7 +75,9 @@ def compare(ens: xr.Dataset, reference: xr.Dataset, member_dim_ens: str = "membe
     ``spatial_dims`` (default: every dim but the member dim and ``case``) are the axes of the power
     spectrum. ``bands`` is a number of equal slices of the wavenumber shells (3: low/mid/high) or
     a mapping name -> (k_min, k_max) of shells, inclusive: shell k holds the modes whose |k|
-    (cycles per domain) rounds to k, as in :func:`power_spectrum`. Cases (and any other
+    (cycles per length of the shortest axis) rounds to k, as in :func:`power_spectrum`. A band's
+    ratio is that of the sums over its shells of the mean power per mode, so each shell counts
+    alike however many modes it holds (not the ratio of the band's variances). Cases (and any other
     non-spatial dims) must have the same coordinates in both datasets; member counts may differ.
     """
     ens, reference = (d.to_dataset() if isinstance(d, xr.DataArray) else d for d in (ens, reference))
