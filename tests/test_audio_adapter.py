@@ -19,7 +19,8 @@ import xarray as xr
 
 from sciddpm.data import DataSpec, adapter_from_spec, build_adapter
 from sciddpm.data import audio_io, tones
-from sciddpm.data.audio import AudioAdapter
+from sciddpm.data.audio import AudioAdapter, AudioClips
+from sciddpm.data.audio_io import AudioFile
 from sciddpm.metrics import cents, estimate_pitch
 from sciddpm.testing import assert_roundtrip
 
@@ -245,6 +246,38 @@ def test_a_file_with_no_audio_in_its_clip_is_refused_by_name(folder, frames, off
         adapter.spec()
 
 
+def test_a_clip_of_leading_silence_is_refused_by_name_and_offset_s_is_the_fix(folder, caplog):
+    # 0.2 s of digital silence before the note, longer than the 1024-sample clip: it trained as
+    # an all-zero clip under its label, the rest of the file dropped
+    late = np.concatenate([np.zeros(1600, np.float32), sine(440, 4096, SR)])
+    sf.write(folder / "long.wav", late, SR, subtype="FLOAT")
+    common = dict(source="folder", path=str(folder), sample_rate=SR, clip_samples=1024, units={"gain": "dB"})
+    with pytest.raises(ValueError, match=r"1 of the \d+ training clips read for statistics are silent \(all zeros\) "
+                                         r"over their 1024 samples from offset_s=0, e\.g\. \S*long\.wav; the sound "
+                                         r"starts later in them: set data\.kwargs\.offset_s"):
+        build_adapter("audio", **common).spec()
+    fixed = build_adapter("audio", **common, offset_s=0.1)
+    items = fixed.dataset("train")
+    clips = np.stack([items[i]["x"].numpy() for i in range(len(items))])
+    assert (np.abs(clips).max(axis=-1) > 0).all()
+    # a silent clip outside the statistics sample is said when it is read for training
+    quiet = AudioClips([AudioFile(str(folder / "long.wav"), SR, 5696, 1)], np.zeros((1, 0)), 1.0, SR, 1024, 0.0, 1)
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data"):
+        quiet[0], quiet[0]
+    assert caplog.text.count("long.wav is silent from offset_s=0 for the clip's 1024 samples") == 1
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 11025, 48000])
+def test_a_resampled_clip_starts_exactly_at_its_offset(tmp_path, rate):
+    # The clip's start was rounded after resampling: 22050 -> 16000 Hz at offset 0.3 s began 28 us
+    # early (an error of 3.8e-2 on a 440 Hz tone of amplitude 0.5)
+    path = tmp_path / "tone.wav"
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(rate) / rate), rate, subtype="FLOAT")
+    clip = audio_io.load_clip(AudioFile(str(path), rate, rate, 1), 16000, 2048, 0.3, 1)[0]
+    truth = 0.5 * np.sin(2 * np.pi * 440.0 * (0.3 + np.arange(2048) / 16000))
+    assert np.abs(clip - truth).max() < 1e-3  # 1.1e-4 to 1.2e-4 now: the resampling filter
+
+
 def test_folder_source_clip_policy_resampling_and_schema(folder, caplog):
     adapter = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, clip_samples=2048,
                             units={"gain": "dB"}, val_fraction=0.25)
@@ -334,6 +367,26 @@ def test_folder_errors_name_the_problem(folder, how, error, needle):
     adapter = build_adapter("audio", source="folder", path=_break(folder, how), sample_rate=SR)
     with pytest.raises(error, match=needle):
         adapter.spec()
+
+
+def test_folder_cond_chooses_the_condition_columns(folder, caplog):
+    meta = Path(folder) / "metadata.csv"
+    rows = meta.read_text().splitlines()
+    labels = ["split", "train", "train", "val", "train"]
+    meta.write_text("\n".join(f"{r},{x}" for r, x in zip(rows, labels)).replace("filename,", "Filename,") + "\n")
+    with pytest.raises(ValueError, match=r"non-numeric value 'train' in column 'split' .*data\.kwargs\.cond=\[\.\.\.\]"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR).spec()
+    with caplog.at_level(logging.INFO, logger="sciddpm.data"):
+        spec = build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, cond=["pitch"]).spec()
+    assert spec.cond.names == ["pitch"] and "column(s) ['gain', 'split'] are not conditions" in caplog.text
+    with pytest.raises(ValueError, match=r"cond= names column\(s\) \['pich'\] .*its columns: \['pitch', 'gain', "
+                                         r"'split'\] \(did you mean 'pitch'\?\)"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR, cond=["pich"]).spec()
+    with pytest.raises(ValueError, match=r"cond only apply to source='folder'"):
+        build_adapter("audio", cond=["pitch"])
+    meta.write_text(meta.read_text().replace(",", ";"))  # a spreadsheet's semicolons
+    with pytest.raises(ValueError, match=r"needs a header row with a 'filename' column.*one field holding ';'"):
+        build_adapter("audio", source="folder", path=str(folder), sample_rate=SR).spec()
 
 
 def test_folder_units_conflicts_and_bad_arguments(folder, caplog):

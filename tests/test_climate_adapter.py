@@ -76,6 +76,25 @@ def test_geopotential_at_two_levels_shares_one_level_dim(stores):
     assert ds["level"].values.tolist() == [500, 850] and ds["level"].attrs["units"] == "millibars"
 
 
+@pytest.mark.parametrize("order", [("level", "time", "longitude", "latitude"), ("longitude", "latitude", "level", "time"),
+                                   ("time", "longitude", "latitude", "level"), ("latitude", "time", "level", "longitude")])
+def test_samples_take_the_store_s_dims_in_any_order(stores, tmp_path, order):
+    # Samples were labelled (member, *store dims[1:]) with the array left in (level, lat, lon)
+    # order: a level-first store gave 'time' for the level axis, others failed to sample at all
+    src = open_era5_store(str(stores["64x32"]))[["2m_temperature", "geopotential"]].load()
+    src["2m_temperature"] = src["2m_temperature"].transpose(*[d for d in order if d != "level"])
+    src["geopotential"] = src["geopotential"].transpose(*order)
+    src.to_zarr(tmp_path / "order.zarr")
+    a = adapter(tmp_path / "order.zarr", ["2m_temperature", "geopotential@500", "geopotential@850"])
+    held, _ = a.heldout(2)
+    members = a.to_xarray(a.to_tensor(held), {"dayofyear": 10.0})  # the held-out fields as two members
+    for name in ("2m_temperature", "geopotential"):
+        assert members[name].dims == ("member", *[d for d in order if d != "time" and d in src[name].dims])
+        again = members[name].rename(member="time").transpose(*held[name].dims)
+        np.testing.assert_allclose(again.values, held[name].values, rtol=1e-5)
+    assert members["geopotential"].sel(level=850).isel(member=0).std() > 0
+
+
 def test_integer_store_variables_sample_as_float64_with_nan_at_levels_not_taken(stores, tmp_path):
     src = open_era5_store(str(stores["64x32"]))[["temperature", "geopotential"]].load()
     src["geopotential"] = src["geopotential"].round().astype("int32")  # whole numbers in the store
@@ -240,6 +259,13 @@ def test_a_scalar_condition_needs_units(stores, tmp_path):
         adapter(tmp_path / "co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"]).spec()
     spec = adapter(tmp_path / "co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"], units={"co2": "ppm"}).spec()
     assert spec.cond["co2"].units == "ppm" and 400.0 <= spec.cond["co2"].min < spec.cond["co2"].max <= 410.0
+    # observations whose condition is in another unit are refused (ppb read as ppm was 1000x off)
+    trained = adapter_from_spec(spec)
+    in_ppb = src.isel(time=[0, 1]).assign(co2=("time", [400e3, 401e3], {"units": "ppb"}))
+    with pytest.raises(ValueError, match=r"condition 'co2' is in ppb but the model was trained on it in ppm"):
+        trained.cond_from_xarray(in_ppb)
+    in_ppm = in_ppb.assign(co2=("time", [400.0, 401.0], {"units": "ppm"}))
+    np.testing.assert_array_equal(trained.cond_from_xarray(in_ppm)["co2"], [400.0, 401.0])
 
 def test_items_spec_and_static_inputs(stores):
     a = adapter(stores["64x32"], SMALL["64x32"]["variables"], static=["land_sea_mask", "geopotential_at_surface"])

@@ -88,3 +88,15 @@ def test_an_unreadable_store_is_named_with_its_format(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"cannot read .*empty as a zarr store"):
         open_store(tmp_path / "empty")
+
+
+def test_a_time_axis_that_cannot_be_dates_says_how_to_rewrite_it(tmp_path):
+    # CMIP-style "months since" on a standard calendar: xarray's advice (decode_times=False) is
+    # an argument sciddpm's users cannot pass; the error says how to rewrite the file instead
+    ds = xr.Dataset({"tas": (("time", "lat"), np.zeros((3, 2)))},
+                    coords={"time": ("time", [0.5, 1.5, 2.5], {"units": "months since 1850-01-01",
+                                                               "calendar": "standard"})})
+    ds.to_netcdf(tmp_path / "months.nc")
+    with pytest.raises(ValueError, match=r"cannot read the time axis of .*months\.nc as dates \(.*months since.*\)\. "
+                                         r"sciddpm needs dates, so rewrite it .*decode_times=False.*xr\.date_range"):
+        open_store(tmp_path / "months.nc")

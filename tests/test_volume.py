@@ -297,6 +297,11 @@ def test_store_declares_periodicity_the_way_netcdf_can(custom_store, tmp_path, d
     adapter = build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
                             dims=["k", "j", "i"], sample_dim="run")
     assert adapter.spec().padding == padding
+    # the attribute is per axis of the store's own dims (k, j, i), whatever order dims= asks for
+    # (it was read in the order of dims=, so the padding went to the wrong axes)
+    reversed_dims = build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
+                                  dims=["i", "j", "k"], sample_dim="run")
+    assert reversed_dims.spec().padding == padding[::-1]
     with pytest.raises(ValueError, match=r"periodic must be a bool \(or 0/1\) or one per axis"):
         build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
                       dims=["k", "j", "i"], sample_dim="run", periodic=[1, 2, 1]).spec()

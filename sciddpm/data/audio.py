@@ -74,12 +74,18 @@ class AudioClips(torch.utils.data.Dataset):
         self.files, self.cond = files, torch.from_numpy(np.asarray(cond, dtype=np.float32))
         self.scale, self.sample_rate, self.clip_samples = scale, sample_rate, clip_samples
         self.offset_s, self.channels = offset_s, channels
+        self._said_silent: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip = load_clip(self.files[i], self.sample_rate, self.clip_samples, self.offset_s, self.channels)
+        if not np.abs(clip).max() > 0 and self.files[i].path not in self._said_silent:
+            self._said_silent.add(self.files[i].path)
+            log.warning("%s is silent from offset_s=%g for the clip's %d samples: it trains as silence under its "
+                        "labels (trim its leading silence, or drop it)", self.files[i].path, self.offset_s,
+                        self.clip_samples)
         return {"x": torch.from_numpy(clip / np.float32(self.scale)), "cond": self.cond[i]}
 
 
@@ -91,7 +97,8 @@ class AudioAdapter(Adapter):
     rate and clip length (None: the source's default); ``channels``: 1 (mix down) or 2;
     ``offset_s``: where each clip starts in its file; ``val_fraction``/``split_seed``: the
     deterministic train/val split; ``stats_clips``: how many training clips the amplitude scale
-    and sigma_data are measured on; ``metadata``/``units``/``features``: folder CSV options;
+    and sigma_data are measured on; ``metadata``/``units``/``features``/``cond``: folder CSV
+    options (``cond``: the columns that are conditions, default all);
     ``instrument_family``/``midi_range``: NSynth filters; ``tones_clips``/``tones_seed``: size and
     seed of the embedded tones; ``wav_subtype``: "FLOAT" (32-bit float) or "PCM_16" WAVs.
     """
@@ -100,6 +107,7 @@ class AudioAdapter(Adapter):
                  clip_samples: int | None = None, channels: int = 1, offset_s: float = 0.0,
                  val_fraction: float = 0.1, split_seed: int = 0, stats_clips: int = 2000,
                  metadata: str = "metadata.csv", units: dict | None = None, features: dict | None = None,
+                 cond: list | None = None,
                  instrument_family: str | list | None = None, midi_range: list | tuple | None = None,
                  tones_clips: int | None = None, tones_seed: int | None = None, wav_subtype: str = "FLOAT"):
         if source not in SOURCES:
@@ -110,8 +118,9 @@ class AudioAdapter(Adapter):
             raise ValueError("the tones source builds its own data; drop path= or use source='folder'")
         if source != "tones" and (tones_clips is not None or tones_seed is not None):
             raise ValueError("tones_clips / tones_seed only apply to source='tones'")
-        if source != "folder" and (units is not None or features is not None or metadata != "metadata.csv"):
-            raise ValueError("metadata / units / features only apply to source='folder'")
+        if source != "folder" and (units is not None or features is not None or cond is not None
+                                   or metadata != "metadata.csv"):
+            raise ValueError("metadata / units / features / cond only apply to source='folder'")
         if source != "nsynth" and (instrument_family is not None or midi_range is not None):
             raise ValueError("instrument_family / midi_range only apply to source='nsynth'")
         if channels not in (1, 2):
@@ -133,7 +142,7 @@ class AudioAdapter(Adapter):
         self.val_fraction, self.split_seed, self.stats_clips = val_fraction, split_seed, stats_clips
         self.source_kw = {
             "tones": {"n_clips": tones_clips, "seed": tones_seed},
-            "folder": {"metadata": metadata, "units": units, "features": features},
+            "folder": {"metadata": metadata, "units": units, "features": features, "cond": cond},
             "nsynth": {"instrument_family": instrument_family, "midi_range": midi_range},
         }[source]
         self.wav_subtype = wav_subtype
@@ -219,9 +228,14 @@ class AudioAdapter(Adapter):
             pick = np.sort(rng.permutation(len(files))[: self.stats_clips])
             clips = np.stack([load_clip(files[i], self.sample_rate, self.clip_samples, self.offset_s,
                                         self.channels) for i in pick]).astype(np.float64)
+            silent = [files[i].path for i, clip in zip(pick, clips) if not np.abs(clip).max() > 0]
+            if silent:  # leading silence longer than the clip: each would train as silence under its labels
+                raise ValueError(
+                    f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (all zeros) "
+                    f"over their {self.clip_samples} samples from offset_s={self.offset_s:g}, e.g. "
+                    f"{', '.join(silent[:3])}; the sound starts later in them: set data.kwargs.offset_s, "
+                    "trim their leading silence, or drop them")
             scale = float(np.percentile(np.abs(clips), 99.9))
-            if not scale > 0:
-                raise ValueError(f"the training clips are silent (99.9th percentile of |x| is {scale}); check the data")
             cond = CondSchema([CondVar(name, units=m["units"], min=float(values[name].min()),
                                        max=float(values[name].max()), feature=m["feature"],
                                        description=m["description"]) for name, m in self._meta.items()])

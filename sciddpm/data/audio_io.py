@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.data.base import close_match, name_list
 from sciddpm.data.conditioning import read_condition_table, split_header
 
 _EXTRA = "pip install 'sciddpm[audio]'"
@@ -76,11 +77,16 @@ def probe(paths: list[Path], channels: int) -> list[AudioFile]:
 def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float, channels: int) -> np.ndarray:
     """``[channels, clip_samples]`` float32: mixed down, resampled, cropped from the offset, padded at the end."""
     sf = soundfile()
-    start = round(offset_s * f.rate)
+    first = round(offset_s * sample_rate)  # the clip's first sample, at the model's rate
+    start = first * f.rate / sample_rate  # ... in the file's samples (between two of them, maybe)
     need = math.ceil(clip_samples * f.rate / sample_rate)
-    # Read a margin around the clip so the resampling filter sees real signal at both ends.
+    # Read a margin around the clip so the resampling filter sees real signal at both ends, from a
+    # file sample that falls on a model sample (a multiple of `step`), so the clip starts exactly at
+    # `first` (rounding its position after resampling moved it up to half a sample)
     margin = 0 if f.rate == sample_rate else 32 * math.ceil(max(f.rate / sample_rate, 1.0))
-    lo, hi = max(0, start - margin), min(f.frames, start + need + margin)
+    step = f.rate // math.gcd(f.rate, sample_rate)
+    lo = max(0, math.floor((start - margin) / step) * step)
+    hi = min(f.frames, math.ceil(start) + need + margin)
     data = np.zeros((0, f.channels), dtype=np.float32)
     if hi > lo:
         data = sf.read(f.path, start=lo, stop=hi, dtype="float32", always_2d=True)[0]
@@ -95,10 +101,9 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
             raise ValueError(f"{f.path}: its {f.channels} channels cancel when mixed down to mono (opposite phase: "
                              f"peak {before:.3g} before, {after:.3g} after); fix the file, drop it, or keep both "
                              "channels with data.kwargs.channels=2")
-    skip = start - lo
+    skip = first - lo * sample_rate // f.rate  # exact: lo * sample_rate / f.rate is a whole number
     if f.rate != sample_rate and data.shape[1]:
         data = resample(data, f.rate, sample_rate)
-        skip = round(skip * sample_rate / f.rate)
     clip = data[:, skip : skip + clip_samples]
     if clip.shape[1] < clip_samples:  # short file: zero-pad at the end only
         clip = np.pad(clip, ((0, 0), (0, clip_samples - clip.shape[1])))
@@ -109,20 +114,24 @@ def _number(text: str, column: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"non-numeric value {text!r} in column {column!r} for {where}; "
-                         "every column except 'filename' must hold numbers") from None
+        raise ValueError(f"non-numeric value {text!r} in column {column!r} for {where}; a condition is a number "
+                         f"(leave label columns out with data.kwargs.cond=[...], the columns that are conditions)"
+                         ) from None
     if not math.isfinite(value):
         raise ValueError(f"non-finite value {text!r} in column {column!r} for {where}")
     return value
 
 
 def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str, str] | None = None,
-                features: Mapping[str, str] | None = None
+                features: Mapping[str, str] | None = None, cond: Sequence[str] | None = None
                 ) -> tuple[list[Path], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Files, per-file condition values and condition descriptions from ``folder/metadata``.
 
-    Units come from headers like ``pitch[Hz]`` or from ``units`` for plain headers (both for one
-    column must agree; a column with neither is a pure number, and said); features default to "log" for ``pitch`` and "linear" otherwise.
+    ``cond`` names the columns that are conditions (None: every column but ``filename``); the
+    others (a ``split`` or ``instrument`` label, a duration) are not read. Units come from headers
+    like ``pitch[Hz]`` or from ``units`` for plain headers (both for one column must agree; a
+    column with neither is a pure number, and said); features default to "log" for ``pitch`` and
+    "linear" otherwise.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -137,17 +146,32 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
         )
     numbered = read_condition_table(table)
     lines, rows = [n for n, _ in numbered], [r for _, r in numbered]
-    if not rows or "filename" not in [c.strip() for c in rows[0]]:
-        raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]")
+    header = [c.strip() for c in rows[0]] if rows else []
+    if "filename" not in [c.lower() for c in header]:
+        other = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
+        hint = (f"; its header is one field holding {other!r}: the file is read as comma-separated, so "
+                "write it with commas" if other else "")
+        raise ValueError(f"{table} needs a header row with a 'filename' column, e.g. filename,pitch[Hz]{hint}")
     try:
         parsed = [split_header(cell) for cell in rows[0]]
     except ValueError as error:
         raise ValueError(f"{table}: {error}") from None
-    names = [name for name, _ in parsed]
+    names = ["filename" if name.lower() == "filename" else name for name, _ in parsed]  # Filename, FILENAME
     head_units = {name: units for name, units in parsed if units is not None}
-    params = [n for n in names if n != "filename"]
-    if len(set(names)) != len(names) or not all(params):
+    columns = [n for n in names if n != "filename"]
+    if len(set(names)) != len(names) or not all(columns):
         raise ValueError(f"{table}: header columns must be distinct and named, got {rows[0]}")
+    if cond is None:
+        params = columns
+    else:
+        params = name_list(cond, "cond", "[pitch, velocity]")
+        unknown = [n for n in params if n not in columns]
+        if unknown:
+            raise ValueError(f"cond= names column(s) {unknown} that {table} does not have; its columns: {columns}"
+                             f"{close_match(unknown[0], columns)}")
+        left = [n for n in columns if n not in params]
+        if left:
+            log.info("%s: column(s) %s are not conditions (cond=%s) and are not read", table, left, params)
     units, features = dict(units or {}), dict(features or {})
     for kw, given in (("units", units), ("features", features)):
         unknown = sorted(set(given) - set(params))

@@ -16,6 +16,7 @@ defines the pieces those tensors are made from and described by:
 from __future__ import annotations
 
 import abc
+import difflib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ import torch
 from sciddpm.checks import is_integer
 from sciddpm.data.conditioning import (ConditionRangeWarning, CondSchema, CondVar,  # noqa: F401 (re-exported)
                                        UnknownConditionError, _short)
+from sciddpm.data.units import check_same_units
 from sciddpm.registry import Registry, check_kwargs
 
 PADDINGS = ("zeros", "circular", "reflect")
@@ -307,6 +309,7 @@ class Adapter(abc.ABC):
             if name not in ds.variables:
                 raise ValueError(f"the Dataset carries no condition {name!r} (it has {sorted(map(str, ds.variables))}); "
                                  f"pass it explicitly (cond={{{name!r}: ...}} or --cond {name}=VALUE)")
+            check_same_units(f"condition {name!r}", ds[name].attrs.get("units"), self.spec().cond[name].units or None)
             values = np.asarray(ds[name].values, dtype=np.float64)
             if ds[name].dims not in ((), (lead,)):
                 raise ValueError(f"condition {name!r} has dims {ds[name].dims}; expected a scalar or one value "
@@ -349,6 +352,12 @@ def adapter_from_spec(spec: DataSpec | Mapping[str, Any]) -> Adapter:
 
 
 # --------------------------------------------------------------------------- shared helpers
+def close_match(name: str, known: Sequence[str]) -> str:
+    """" (did you mean 'x'?)" for the nearest of ``known`` to a misspelt ``name``, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def name_list(value: Any, what: str, example: str) -> list[str]:
     """``value`` as a list of names; a lone string is refused, not split into letters (a Hydra
     override ``static=land_sea_mask`` arrives as a string: ``static=[land_sea_mask]`` is the list)."""

@@ -53,14 +53,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, condition_coords, heldout_picks,
-                               name_list, register_adapter)
+from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, close_match, condition_coords,
+                               heldout_picks, name_list, register_adapter)
 from sciddpm.data.climate_eval import score_climate_ensemble
-from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, close_match, decode_mask,
+from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
 from sciddpm.data.stores import check_no_namesake, write_store
+from sciddpm.data.units import check_same_units
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,9 @@ class Era5Adapter(Adapter):
                 out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
             else:
                 values = _scalar_condition(ds, name, "the Dataset", f"; or pass it explicitly (--cond {name}=VALUE)")
+                if self._spec is not None and name in self._spec.cond.names:  # observations for a trained model
+                    check_same_units(f"condition {name!r}", ds[name].attrs.get("units"),
+                                     self._spec.cond[name].units or None)
                 out[name] = np.broadcast_to(values, (count,)).astype(np.float64)
         return out
 

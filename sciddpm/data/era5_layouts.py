@@ -31,7 +31,6 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
 
 from __future__ import annotations
 
-import difflib
 import logging
 import zlib
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import plain_json
+from sciddpm.data.base import close_match, plain_json
 from sciddpm.data.stores import open_store
 
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
@@ -127,11 +126,6 @@ def channel_name(variable: str, level: Any) -> str:
 def _level_text(level: Any) -> str:
     value = float(level)
     return str(int(value)) if value == int(value) else f"{value:g}"
-
-
-def close_match(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def detect_layout(ds: Any) -> str | None:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import check_output_grid
-from sciddpm.data.units import check_units
-from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name, close_match,
+from sciddpm.data.base import check_output_grid, close_match
+from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name,
                                        parse_channel)
+from sciddpm.data.units import check_units
 from sciddpm.plots import new_figure, save_png
 
 
@@ -71,10 +71,10 @@ class OutputLayout:
                 for lv in var["levels"]:
                     block[:, levels.index(lv)] = values[:, self.channel_of(var["name"], lv)]
             block = block if self.lat_descending else block[..., ::-1, :]
-            dims = (lead, *var["dims"][1:])
-            spatial = (LAT, LON) if dims.index(LAT) < dims.index(LON) else (LON, LAT)
-            if spatial == (LON, LAT):
-                block = np.swapaxes(block, -1, -2)
+            have = (lead, LAT, LON) if var["levels"] is None else (lead, LEVEL, LAT, LON)
+            # the lead dim first, then the store's other dims in its order (level, lon, lat...)
+            dims = (lead, *[d for d in var["dims"] if d in have[1:]])
+            block = np.transpose(block, [have.index(d) for d in dims])
             data[var["name"]] = (dims, block.astype(_sample_dtype(var["dtype"])))
         return data
 

@@ -62,6 +62,12 @@ def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | Non
         if remote and isinstance(err, OSError):
             raise  # the network's own words (permissions, not found) say more
         first_line = str(err).splitlines()[0] if str(err) else ""
+        if "decode_times=False" in str(err):  # xarray could not turn the time axis into dates
+            raise ValueError(
+                f"cannot read the time axis of {text} as dates ({first_line.rstrip('.')}). sciddpm needs dates, "
+                "so rewrite it in units it can decode, e.g. for monthly data in 'months since': "
+                "ds = xr.open_dataset(path, decode_times=False); ds['time'] = xr.date_range('<first month>', "
+                "periods=ds.sizes['time'], freq='MS', use_cftime=True); ds.to_netcdf(new_path)") from None
         raise ValueError(f"cannot read {text} as a {fmt} store ({type(err).__name__}: {first_line}); is it complete "
                          "and in that format?") from None
 

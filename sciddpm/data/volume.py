@@ -19,8 +19,9 @@ conditioning) is a 1-D variable or coordinate along ``sample_dim``, or a dataset
 (a number shared by all samples, or a list with one value per sample). Units come from the
 variable's ``units`` attribute (for attributes: ``<name>_units``) or ``units={"name": ...}``;
 ``features={"name": "log"}`` picks the network feature (default linear). ``periodic`` is a bool
-or one per axis (circular padding in the U-Net, else zeros); by default the simulated sources
-are periodic and a store is periodic where its ``periodic`` attribute says so.
+or one per axis of ``dims`` (circular padding in the U-Net, else zeros); by default the simulated
+sources are periodic and a store is periodic where its ``periodic`` attribute says so (one per axis
+of the store's own dims, in its first field's order).
 
 Statistics: per-channel mean and standard deviation over (up to ``stats_samples``) training
 samples, saved in the run; ``sigma_data`` is therefore 1 (the standard deviation of the
@@ -231,7 +232,7 @@ class VolumeAdapter(Adapter):
                             "attrs": plain_json(ds[d].attrs, f"{d}.attrs")} if d in ds.coords else None)
                        for d in self.dims},
             "attrs": plain_json(ds.attrs, "attrs"),
-            "periodic": self._periodic(ds.attrs.get("periodic")),
+            "periodic": self._periodic(ds.attrs.get("periodic"), [d for d in ds[fields[0]].dims if d != self.sample_dim]),
         }
         return self._table
 
@@ -257,19 +258,28 @@ class VolumeAdapter(Adapter):
         return v, {"units": str(units), "feature": self.features.get(name, "linear"),
                    "description": str(attrs.get("long_name", "")) if units_key == "units" else ""}
 
-    def _periodic(self, stored: Any) -> list[bool]:
-        given = self.periodic
+    def _periodic(self, stored: Any, store_dims: Sequence[str] = ()) -> list[bool]:
+        """One flag per axis of ``dims``: ``periodic=`` as given (in the order of ``dims``), else the
+        store's ``periodic`` attribute, whose per-axis list is in the order of the store's own dims
+        (``store_dims``, those of the first field) and is put in the order of ``dims`` here."""
+        given, order = self.periodic, list(self.dims)
         if given is None:
             given = True if self.source != "store" else (stored if stored is not None else False)
             if self.source == "store" and stored is None:
                 log.info("the store declares no 'periodic' attribute: zero padding on every axis "
                          "(pass periodic=true for a periodic box)")
+            elif self.source == "store" and sorted(store_dims) == sorted(self.dims):
+                order = list(store_dims)
         # booleans, or 0/1 as netCDF stores them (it has no boolean attributes)
         flags = np.asarray(given).reshape(-1).tolist()
         flags = flags * 3 if len(flags) == 1 else flags
         if len(flags) != 3 or not all(isinstance(f, (bool, int)) and f in (0, 1) for f in flags):
-            raise ValueError(f"periodic must be a bool (or 0/1) or one per axis {self.dims}, got {given!r}")
-        return [bool(f) for f in flags]
+            raise ValueError(f"periodic must be a bool (or 0/1) or one per axis {order}, got {given!r}")
+        by_dim = dict(zip(order, flags))
+        if order != list(self.dims) and len(set(flags)) > 1:
+            log.info("the store's periodic attribute %s is per axis of its own dims %s: periodic along %s",
+                     given, tuple(order), ", ".join(d for d in self.dims if by_dim[d]) or "none")
+        return [bool(by_dim[d]) for d in self.dims]
 
     def _items(self, split: str, normaliser: Normaliser, cond: np.ndarray | None = None) -> VolumeItems:
         table = self._read_table()
