@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, ValueError, ImportError) as err:
         parser.error(str(err))
     print(f"wrote {describe(**args)} to {path}")
+    print(f"train on it with: sciddpm train data=audio_folder data.kwargs.path={path} "
+          f"data.kwargs.clip_samples={args['clip_samples']} name=tones-folder")  # the preset's clip is 16384
     return 0
 
 

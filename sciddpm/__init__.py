@@ -24,3 +24,8 @@ def __getattr__(name: str):
 
         return importlib.import_module(f"sciddpm.{name}")
     raise AttributeError(f"module 'sciddpm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # what tab completion and dir() show: the lazily imported names as well as the loaded ones
+    return sorted(set(globals()) | set(__all__) | {"data", "diffusion", "ensembles", "metrics", "nn", "testing"})

@@ -175,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a model; rerunning the same command resumes from the last checkpoint.\n"
                     "Under torchrun (torchrun --nproc_per_node=N -m sciddpm train ...) it trains with DDP.",
         epilog=f"Config groups:\n{groups}\n\nOther keys: name=<run name> runs_dir=<dir> seed=<int>, and any "
-               "trainer.*, model.kwargs.*, data.kwargs.*, diffusion.* value.\n"
+               "trainer.*, model.kwargs.*, data.kwargs.*, diffusion.*, sampler.* value (sampler.*: what\n"
+               "sampling from the run uses by default, e.g. sampler.guidance=3).\n"
                "Example: sciddpm train data=audio trainer=quick trainer.steps=500 name=tones-test")
     train.set_defaults(run=_train)
 

@@ -160,6 +160,8 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
         if "network_dtype" in changed:  # bf16 follows the hardware (sciddpm.precision)
             hint = (f" (its network ran in {stored.get('network_dtype')}, here it would run in "
                     f"{expected['network_dtype']}: --fp32 / load(..., bf16=False) or the same kind of machine)")
+        elif "batch_size" in changed:  # a batch's kernels may round with its size: members stay bit for bit
+            hint = f" (it was begun with --batch-size {stored.get('batch_size')}; pass the same)"
         elif "compiled" in changed:  # compiled kernels round differently (Model.compiled)
             hint = (f" (it was begun {'with' if stored.get('compiled') else 'without'} --compile / "
                     "load(..., compile=True); pass the same)")

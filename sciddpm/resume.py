@@ -116,7 +116,7 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
             return start_step  # nothing to train: the run and its config stay as they are
         run.truncate_metrics(start_step)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(cfg)
+    run.save_config({**cfg, "name": run.path.name})  # the name it was resolved to (model preset or data name)
     run.save_data_spec(spec.to_dict())
     return start_step
 

@@ -185,7 +185,7 @@ def _read_data(cfg: dict, rank: int, world: int) -> tuple[Any, DataSpec]:
     if rank == 0:
         spec = adapter.spec()
         for note in spec.notes:
-            log.warning("data: %s", note)
+            log.info("data: %s", note)  # what the run records about its data (data_spec.json notes)
     barrier(world)
     if rank != 0:
         spec = adapter.spec()

@@ -251,6 +251,14 @@ def test_a_new_cds_store_is_read_and_written_under_its_own_names(stores, tmp_pat
     assert samples["geopotential"].dims == ("member", "pressure_level", "longitude", "latitude")
     assert a.example_dim(ds) == "valid_time" and a.cond_from_xarray(ds)["dayofyear"].shape == (2,)
 
+def test_cond_replaces_the_default_list_and_says_what_it_left_out(stores, caplog):
+    with caplog.at_level("INFO", logger="sciddpm.data"):
+        spec = adapter(stores["64x32"], ["2m_temperature"], cond=["hour"], static=None).spec()  # null: none
+    assert spec.cond.names == ["hour"] and spec.static == []
+    assert "conditioning on hour (data.kwargs.cond replaces the default list: dayofyear left out; list them " \
+           "too, cond=[dayofyear,hour], to keep them)" in caplog.text
+
+
 def test_a_scalar_condition_needs_units(stores, tmp_path):
     src = open_era5_store(str(stores["64x32"]))[["2m_temperature"]].load()
     src["co2"] = ("time", np.linspace(400.0, 410.0, src.sizes["time"]))  # no units attribute

@@ -101,6 +101,8 @@ def test_write_ensemble_equals_model_ensemble(model, tmp_path):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=3, batch_size=2, progress=False)
     with pytest.raises(ValueError, match=r"different sampler\.steps \(3 there, 4 now\)"):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=4, seed=2, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"different batch_size \(it was begun with --batch-size 2; pass the same\)"):
+        write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=2, batch_size=3, progress=False)
 
 
 def test_store_refuses_members_in_another_precision(model, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from sciddpm.data.base import (
     DataSpec,
     Normaliser,
     UnknownConditionError,
+    adapter_from_config,
     adapter_from_spec,
     build_adapter,
     register_adapter,
@@ -23,5 +24,5 @@ from sciddpm.data import volume  # noqa: E402,F401  (registers "volume")
 
 __all__ = [
     "ADAPTERS", "Adapter", "CondSchema", "CondVar", "ConditionRangeWarning", "DataSpec", "Normaliser",
-    "UnknownConditionError", "adapter_from_spec", "build_adapter", "register_adapter",
+    "UnknownConditionError", "adapter_from_config", "adapter_from_spec", "build_adapter", "register_adapter",
 ]

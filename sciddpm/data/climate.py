@@ -79,7 +79,7 @@ class Era5Adapter(Adapter):
     """ERA5 fields from a WeatherBench2/ARCO store or the synthetic sample (see the module docstring)."""
 
     def __init__(self, path: str | None = None, variables: Sequence[str] = DEFAULT_VARIABLES,
-                 static: Sequence[str] = (), cond: Sequence[str] | None = None,
+                 static: Sequence[str] | None = (), cond: Sequence[str] | None = None,
                  time_range: Sequence[str] | None = None, val_start: str | None = None,
                  val_fraction: float | None = None, stats_samples: int = 256, mask: bool | None = None,
                  layout: str | None = None, storage_options: dict | None = None, synthetic: dict | None = None,
@@ -100,7 +100,8 @@ class Era5Adapter(Adapter):
             log.info("data.kwargs.path is set, so the synthetic-sample options are not used")
             synthetic = None
         self.path, self.variables = path, variables
-        self.static_names = name_list(static, "data.kwargs.static", "[land_sea_mask,geopotential_at_surface]")
+        self.static_names = name_list([] if static is None else static, "data.kwargs.static",
+                                      "[land_sea_mask,geopotential_at_surface]")
         self.cond_names = None if cond is None else name_list(cond, "data.kwargs.cond", "[dayofyear,hour]")
         self.time_range, self.val_start, self.val_fraction = time_range, val_start, val_fraction
         self.stats_samples, self.mask, self.layout = stats_samples, mask, layout
@@ -164,8 +165,13 @@ class Era5Adapter(Adapter):
 
     def _schema(self, index: dict) -> CondSchema:
         ds, train, hours = index["ds"], index["train"], index["hours"]
-        names = self.cond_names if self.cond_names is not None else (
-            ["dayofyear", "hour"] if len(hours) > 1 else ["dayofyear"])
+        default = ["dayofyear", "hour"] if len(hours) > 1 else ["dayofyear"]
+        names = self.cond_names if self.cond_names is not None else default
+        left_out = [name for name in default if name not in names]
+        log.info("conditioning on %s%s", ", ".join(names) or "nothing (unconditional)",
+                 f" (data.kwargs.cond replaces the default list: {' and '.join(left_out)} left out; list them too, "
+                 f"cond=[{','.join(default + [n for n in names if n not in default])}], to keep them)"
+                 if left_out else "")
         out = []
         for name in names:
             if name == "dayofyear":
