@@ -270,7 +270,7 @@ def test_a_scalar_condition_needs_units(stores, tmp_path):
     # observations whose condition is in another unit are refused (ppb read as ppm was 1000x off)
     trained = adapter_from_spec(spec)
     in_ppb = src.isel(time=[0, 1]).assign(co2=("time", [400e3, 401e3], {"units": "ppb"}))
-    with pytest.raises(ValueError, match=r"condition 'co2' is in ppb but the model was trained on it in ppm"):
+    with pytest.raises(ValueError, match=r"condition 'co2' is in 'ppb' but the model was trained on it in 'ppm'"):
         trained.cond_from_xarray(in_ppb)
     in_ppm = in_ppb.assign(co2=("time", [400.0, 401.0], {"units": "ppm"}))
     np.testing.assert_array_equal(trained.cond_from_xarray(in_ppm)["co2"], [400.0, 401.0])

@@ -112,7 +112,7 @@ def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land
     observed["2m_temperature"][:, :4, :4] = np.nan
     model = sciddpm.load("sst", runs_dir=run / "runs")
     celsius = observed.assign({"2m_temperature": (observed["2m_temperature"] - 273.15).assign_attrs(units="degC")})
-    with pytest.raises(ValueError, match=r"'2m_temperature' is in degC but the model was trained on it in K; convert"):
+    with pytest.raises(ValueError, match=r"'2m_temperature' is in 'degC' but the model was trained on it in 'K'; convert"):
         model.infill(celsius, n=1, steps=2)  # used to fill 0..30 "K" fields and label them K
     spelled = observed.assign({"2m_temperature": observed["2m_temperature"].assign_attrs(units=" K ")})
     assert model.infill(spelled, n=1, steps=2)["2m_temperature"].attrs["units"] == "K"  # one unit, other spacing

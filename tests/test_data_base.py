@@ -396,18 +396,24 @@ def test_units_of_observations_are_compared_never_converted(caplog):
     trained = {"t": {"units": "K"}}
     for same in ("K", " K ", "kelvin", "degK", None):  # one unit however spelled, or unsaid
         check_units(data(same), trained)
-    # CF, UDUNITS, pint, ERA5 and Copernicus Marine spellings of one unit pass quietly
+    # CF, UDUNITS, pint/MetPy, ERA5, CMIP6 and Copernicus Marine spellings of one unit pass quietly
     for have, want in (("m/s", "m s**-1"), ("m s-1", "m s^-1"), ("kg m-2 s-1", "kg/m2/s"), ("mbar", "hPa"),
-                       ("degrees_C", "degC"), ("deg C", "°C"), ("1", "(0 - 1)"), ("W m**-2", "J m-2 s-1")):
-        check_units(data(have), {"t": {"units": want}})
+                       ("degrees_C", "degC"), ("deg C", "°C"), ("1", "(0 - 1)"), ("W m**-2", "J m-2 s-1"),
+                       ("kg/m2 s-1", "kg m-2 s-1"), ("meter ** 2 / second ** 2", "m**2 s**-2"), ("m s⁻¹", "m s-1"),
+                       ("J/(kg K)", "J kg-1 K-1"), ("kelvins", "K"), ("kg kg**-1", "1"), ("psu", "0.001"),
+                       ("degC/day", "K day-1"), ("umol/mol", "ppmv"), ("", "K"), ("K", "none")):
+        check_units(data(have), {"t": {"units": want}})  # (no units on either side: taken as the same)
     # another unit of the quantity, or another quantity, is refused naming both
     for have, want in (("degC", "K"), ("°C", "K"), ("degF", "K"), ("degrees_C", "K"), ("degrees Celsius", "K"),
                        ("hPa", "Pa"), ("km/h", "m s**-1"), ("%", "(0 - 1)"), ("ppb", "ppm"),
-                       ("m", "m**2 s**-2"), ("mm/day", "kg m-2 s-1")):
-        with pytest.raises(ValueError, match=rf"'t' is in {re.escape(have)} but the model was trained on it in "
-                                             rf"{re.escape(want)}; convert it"):
+                       ("m", "m**2 s**-2"), ("mm/day", "kg m-2 s-1"), ("kg/m2 s-1", "kg m-2 s"),
+                       ("mol mol-1", "kg kg**-1"), ("degree", "radian")):
+        with pytest.raises(ValueError, match=rf"'t' is in {re.escape(repr(have))} but the model was trained on it in "
+                                             rf"{re.escape(repr(want))}; convert it"):
             check_units(data(have), {"t": {"units": want}})
+    with pytest.raises(ValueError, match=r"an anomaly or a difference is the same number in K and degC"):
+        check_units(data("degC"), trained)
     assert not caplog.records
     with caplog.at_level("WARNING", logger="sciddpm"):
-        check_units(data("gpm"), {"t": {"units": "m"}})  # a word it does not know: only a person can tell
-    assert "variable 't' says units 'gpm', the training data said 'm'; taken as the same" in caplog.text
+        check_units(data("mm/month"), {"t": {"units": "mm day-1"}})  # a word it does not know: only a person can tell
+    assert "variable 't' says units 'mm/month', the training data said 'mm day-1'; taken as the same" in caplog.text
