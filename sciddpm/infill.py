@@ -5,8 +5,8 @@ adapter into the network's normalised space (which refuses other units and +-inf
 come from ``cond`` or from the observations themselves, and the core's ``inpainting`` conditions the
 denoiser on the known values, so that each observed example gets its own ``n`` members. The
 network's tensors are float32, so the known values come out of the sampler rounded; the observed
-values are then put back as given, so a user's ``filled.where(observed.notnull()) == observed``
-holds exactly (in the result's dtype).
+values are then put back in float64 at the positions ``to_tensor`` read them from, so that a user's
+``filled.where(observed.notnull()) == observed`` holds to float64 rounding (exactly for float32 data).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
     """What ``Model.infill`` returns (see its docstring); ``model`` is a :class:`sciddpm.api.Model`."""
     n = as_count(n, "n")
     seed = as_seed(seed)
-    x = model.adapter.to_tensor(observed).float()  # refuses observations in other units
+    exact = model.adapter.to_tensor(observed).double()  # refuses observations in other units
+    x = exact.float()  # what the network sees
     if bool(torch.isinf(x).any()):
         raise ValueError("the observations hold +-inf; only NaN marks a gap to fill. Make them gaps with "
                          "observed.where(np.isfinite(observed)) if that is what they are")
@@ -57,6 +58,9 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
         fill = lambda d: inpainting(d, known_i, mask_i, iterations=iterations)  # noqa: E731
         samples = model.generate(table, [(i, j) for j in range(n)],
                                  seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
+        # the observed values as given, not via the network's float32: where each one is, the
+        # adapter's own to_tensor said (so to_xarray puts it back where it was read from)
+        samples = torch.where(known[i:i + 1], exact[i:i + 1], samples.double())
         filled.append(model.labelled(samples, {k: float(v[i]) for k, v in table.items()}, settings, seed))
     lead = model.adapter.example_dim(observed)
     if lead is None:
@@ -65,30 +69,8 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
         name = "case" if lead == "member" else lead
         ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
         ds = ds.assign_coords({name: observed[lead].values})
-    ds = _with_observed_values(ds, observed if lead != "member" else observed.rename(member="case"))
     # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
     return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
-
-
-def _with_observed_values(ds: xr.Dataset, observed: xr.Dataset) -> xr.Dataset:
-    """``ds`` with each of its values that was observed replaced by the observation itself (cast
-    to the result's dtype), matched by coordinate labels; where the result is NaN (the data's
-    static mask, a level a variable was not taken at) it stays NaN."""
-    for name in [v for v in ds.data_vars if v in observed.data_vars]:
-        result, given = ds[name], observed[name]
-        if not set(given.dims) <= set(result.dims):
-            continue  # laid out otherwise than the result: the sampler's values stand
-        # a dim the observations carry without coordinate values was read by position
-        labels = {d: result[d].values for d in given.dims
-                  if d in result.indexes and d not in given.indexes and given.sizes[d] == result.sizes[d]}
-        given = given.assign_coords(labels).reset_coords(drop=True)
-        shared = {d: result.indexes[d] for d in given.dims if d in result.indexes and d in given.indexes}
-        given = given.reindex(shared)  # by label: a latitude order of their own is matched, not misplaced
-        observed_here = given.notnull() & result.notnull()
-        kept = result.where(~observed_here, given.astype(result.dtype)).transpose(*result.dims)
-        ds[name] = kept.assign_attrs(result.attrs)
-        ds[name].encoding = dict(result.encoding)
-    return ds
 
 
 def _warn_if_overriding(adapter: Any, names: list[str], observed: xr.Dataset, given: Mapping[str, Any]) -> None:

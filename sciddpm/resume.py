@@ -150,13 +150,25 @@ def _short(value: Any) -> str:
 def identity(cfg: Mapping[str, Any], key: str) -> Any:
     """``cfg[key]`` as far as it defines the model: with a DDPM table, p_mean/p_std (EDM's training
     noise) change nothing, and runs saved when the ddpm/vpred presets still carried them resume;
-    absent, null and empty ``data.kwargs`` are the same."""
+    absent, null and empty ``data.kwargs`` are the same, and an argument left out means the
+    adapter's default (a preset that came to name a new option, ``cond: null``, resumes old runs)."""
     value = cfg.get(key)
     if key == "diffusion" and isinstance(value, Mapping) and value.get("schedule"):
         value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
     if key == "data" and isinstance(value, Mapping):  # no kwargs, null and {} all mean the adapter's defaults
-        value = {**value, "kwargs": dict(value.get("kwargs") or {})}
+        value = {**value, "kwargs": {**_defaults(value.get("name")), **dict(value.get("kwargs") or {})}}
     return value
+
+
+def _defaults(adapter: Any) -> dict:
+    """The keyword defaults of the adapter registered as ``adapter`` ({} where it is unknown here)."""
+    try:
+        builder = ADAPTERS.get(adapter)
+    except (KeyError, ValueError):
+        return {}
+    return {name: list(p.default) if isinstance(p.default, tuple) else p.default  # as YAML keeps them
+            for name, p in inspect.signature(builder).parameters.items()
+            if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
 def differences(old: Any, new: Any, where: str, rel_tol: float = 0.0) -> list[tuple[str, Any, Any]]:

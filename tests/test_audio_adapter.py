@@ -132,7 +132,7 @@ def test_round_trip_to_tensor_to_xarray(tones_adapter):
     np.testing.assert_array_equal(ds.pitch.values, cond["pitch"])
     xr.testing.assert_identical(tones_adapter.heldout(4, seed=0)[0], ds)
     x = tones_adapter.to_tensor(ds)
-    assert x.shape == (4, 1, 2048) and x.dtype == torch.float32
+    assert x.shape == (4, 1, 2048) and x.dtype == torch.float64  # the network is given .float()
     assert_roundtrip(tones_adapter, ds, cond)
     one = tones_adapter.to_xarray(x[:2], {"pitch": 440.0})  # a single value: a scalar coordinate
     assert one.pitch.dims == () and float(one.pitch) == 440.0
@@ -252,10 +252,19 @@ def test_a_clip_of_leading_silence_is_refused_by_name_and_offset_s_is_the_fix(fo
     late = np.concatenate([np.zeros(1600, np.float32), sine(440, 4096, SR)])
     sf.write(folder / "long.wav", late, SR, subtype="FLOAT")
     common = dict(source="folder", path=str(folder), sample_rate=SR, clip_samples=1024, units={"gain": "dB"})
-    with pytest.raises(ValueError, match=r"1 of the \d+ training clips read for statistics are silent \(all zeros\) "
-                                         r"over their 1024 samples from offset_s=0, e\.g\. \S*long\.wav; the sound "
+    for name in ("stereo16k.wav", "exact.flac"):  # most of the training files start late: refused
+        sf.write(folder / name, late, SR)
+    with pytest.raises(ValueError, match=r"3 of the 3 training clips read for statistics are silent \(all zeros\) "
+                                         r"over their 1024 samples from offset_s=0, e\.g\. \S*long\.wav.*; the sound "
                                          r"starts later in them: set data\.kwargs\.offset_s"):
         build_adapter("audio", **common).spec()
+    for name in ("stereo16k.wav", "exact.flac"):  # one of three: said, and trained
+        sf.write(folder / name, sine(500, 4096, SR), SR)
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data"):
+        build_adapter("audio", **common).spec()
+    assert "1 of the 3 training clips read for statistics are silent" in caplog.text
+    assert "they train as silence under their labels (drop them if that is not meant)" in caplog.text
+    caplog.clear()
     fixed = build_adapter("audio", **common, offset_s=0.1)
     items = fixed.dataset("train")
     clips = np.stack([items[i]["x"].numpy() for i in range(len(items))])

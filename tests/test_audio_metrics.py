@@ -97,6 +97,13 @@ def test_weak_odd_harmonics_do_not_halve_the_period():
     # a tone truly at the higher pitch keeps it (its dips at 2 and 3 periods are no deeper)
     octave = sum(np.sin(2 * np.pi * 440.0 * k * t + k) / k for k in range(1, 9))
     assert abs(cents(estimate_pitch(octave, SR)[0], 440.0)) < 5
+    # ... also a bright one whose period falls between lags, so that its first dip is shallower than
+    # the one at twice the period (band-limited sawtooths read an octave low before the spectrum
+    # had its say)
+    for f, rate in ((256.0, 16000), (1130.0, 48000), (1530.0, 48000)):
+        ks = np.arange(1, int(0.95 * rate / 2 / f) + 1)
+        bright = (np.sin(2 * np.pi * f * ks[:, None] * np.arange(rate // 4) / rate) / ks[:, None]).sum(0)
+        assert abs(cents(estimate_pitch(bright, rate)[0], f)) < 5
 
 
 def test_pitch_of_a_clip_of_a_few_periods_is_not_pulled_by_broad_peaks():

@@ -274,6 +274,10 @@ def test_a_scalar_condition_needs_units(stores, tmp_path):
         trained.cond_from_xarray(in_ppb)
     in_ppm = in_ppb.assign(co2=("time", [400.0, 401.0], {"units": "ppm"}))
     np.testing.assert_array_equal(trained.cond_from_xarray(in_ppm)["co2"], [400.0, 401.0])
+    # units= overrides a store's own attribute for training, which then reads its own store
+    src.assign(co2=src["co2"].assign_attrs(units="mol mol-1")).to_zarr(tmp_path / "co2_molar.zarr")
+    declared = adapter(tmp_path / "co2_molar.zarr", ["2m_temperature"], cond=["dayofyear", "co2"], units={"co2": "ppm"})
+    assert declared.spec().cond["co2"].units == "ppm" and len(declared.dataset("train")) > 0
 
 def test_items_spec_and_static_inputs(stores):
     a = adapter(stores["64x32"], SMALL["64x32"]["variables"], static=["land_sea_mask", "geopotential_at_surface"])

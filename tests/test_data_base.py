@@ -416,4 +416,6 @@ def test_units_of_observations_are_compared_never_converted(caplog):
     assert not caplog.records
     with caplog.at_level("WARNING", logger="sciddpm"):
         check_units(data("mm/month"), {"t": {"units": "mm day-1"}})  # a word it does not know: only a person can tell
+        check_units(data("mm s-1"), {"t": {"units": "kg m-2 s-1"}})  # one number for liquid water only
     assert "variable 't' says units 'mm/month', the training data said 'mm day-1'; taken as the same" in caplog.text
+    assert "variable 't' says units 'mm s-1', the training data said 'kg m-2 s-1'; taken as the same" in caplog.text

@@ -251,6 +251,11 @@ def test_infill_of_several_clips_gives_each_its_own_members(model):
     for member in range(3):
         np.testing.assert_array_equal(filled["waveform"].isel(member=member).values[keep],
                                       observed["waveform"].values[keep])
+    # a clip cut from a longer recording keeps its times: it is read by position, and its observed
+    # samples are put back at those positions (they went 100 samples late when matched by time)
+    later = observed.assign_coords(time=observed["time"].values + 100 / observed.attrs["sample_rate"])
+    again = model.infill(later, n=1, steps=2)
+    np.testing.assert_array_equal(again["waveform"].isel(member=0).values[keep], observed["waveform"].values[keep])
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "heun"])

@@ -425,3 +425,15 @@ def test_a_run_saved_with_empty_data_kwargs_resumes_without_them():
         assert differences(identity(saved, "data"), identity(now, "data"), "data") == []
     changed = {"data": {"name": "audio", "kwargs": {"tones_clips": 64}}}
     assert differences(identity(saved, "data"), identity(changed, "data"), "data") != []
+
+
+def test_a_run_saved_before_a_preset_named_a_new_option_resumes():
+    # data=audio_folder came to name cond: null; runs saved without it were refused as
+    # "data.kwargs.cond: (absent) there, None now"
+    from sciddpm.resume import differences, identity
+
+    saved = {"data": {"name": "audio", "kwargs": {"source": "folder", "path": "/x", "units": None}}}
+    now = {"data": {"name": "audio", "kwargs": {"source": "folder", "path": "/x", "units": None, "cond": None}}}
+    assert differences(identity(saved, "data"), identity(now, "data"), "data") == []
+    chosen = {"data": {"name": "audio", "kwargs": {**now["data"]["kwargs"], "cond": ["pitch"]}}}
+    assert [d[0] for d in differences(identity(saved, "data"), identity(chosen, "data"), "data")] == ["data.kwargs.cond"]

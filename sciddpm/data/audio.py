@@ -229,12 +229,13 @@ class AudioAdapter(Adapter):
             clips = np.stack([load_clip(files[i], self.sample_rate, self.clip_samples, self.offset_s,
                                         self.channels) for i in pick]).astype(np.float64)
             silent = [files[i].path for i, clip in zip(pick, clips) if not np.abs(clip).max() > 0]
-            if silent:  # leading silence longer than the clip: each would train as silence under its labels
-                raise ValueError(
-                    f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (all zeros) "
-                    f"over their {self.clip_samples} samples from offset_s={self.offset_s:g}, e.g. "
-                    f"{', '.join(silent[:3])}; the sound starts later in them: set data.kwargs.offset_s, "
-                    "trim their leading silence, or drop them")
+            said = (f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (all zeros) over "
+                    f"their {self.clip_samples} samples from offset_s={self.offset_s:g}, e.g. {', '.join(silent[:3])}")
+            if 2 * len(silent) > len(pick):  # most: the sound starts later in the files (leading silence)
+                raise ValueError(f"{said}; the sound starts later in them: set data.kwargs.offset_s, or trim their "
+                                 "leading silence")
+            if silent:  # a few: deliberate silence, or empty recordings, trained under their labels
+                log.warning("%s; they train as silence under their labels (drop them if that is not meant)", said)
             scale = float(np.percentile(np.abs(clips), 99.9))
             cond = CondSchema([CondVar(name, units=m["units"], min=float(values[name].min()),
                                        max=float(values[name].max()), feature=m["feature"],
@@ -320,7 +321,7 @@ class AudioAdapter(Adapter):
             raise ValueError(f"expected waveform dims (<member or clip>, {', '.join(tail)}), got {da.dims}")
         v = da.values.astype(np.float64)
         v = v[:, None] if len(spec.channels) == 1 else v
-        return spec.normaliser.normalise(torch.from_numpy(v), channel_axis=1).float()
+        return spec.normaliser.normalise(torch.from_numpy(v), channel_axis=1)
 
     def example_dim(self, ds: xr.Dataset) -> str | None:
         waveform = ds.get("waveform")

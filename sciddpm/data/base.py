@@ -252,7 +252,9 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def to_tensor(self, ds: Any) -> torch.Tensor:
-        """The exact inverse of ``to_xarray``: ``xr.Dataset`` -> normalised ``[N, C, *S]``."""
+        """The exact inverse of ``to_xarray``: ``xr.Dataset`` -> normalised ``[N, C, *S]``, float64
+        (so that ``to_xarray(to_tensor(ds))`` keeps values to float64 rounding; the network is
+        given ``.float()``)."""
 
     @abc.abstractmethod
     def example_dim(self, ds: Any) -> str | None:

@@ -316,7 +316,8 @@ class Era5Adapter(Adapter):
                 out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
             else:
                 values = _scalar_condition(ds, name, "the Dataset", f"; or pass it explicitly (--cond {name}=VALUE)")
-                if self._spec is not None and name in self._spec.cond.names:  # observations for a trained model
+                if self._spec is not None and name in self._spec.cond.names and name not in self.units:
+                    # observations for a trained model (units= overrides the store's own attribute)
                     check_same_units(f"condition {name!r}", ds[name].attrs.get("units"),
                                      self._spec.cond[name].units or None)
                 out[name] = np.broadcast_to(values, (count,)).astype(np.float64)
@@ -341,7 +342,7 @@ class Era5Adapter(Adapter):
         OutputLayout(spec)  # validates spec.output
         self = cls.__new__(cls)
         self.path = self.variables = None
-        self.static_names = list(spec.static)
+        self.static_names, self.units = list(spec.static), {}
         self._spec, self._index = spec, None
         return self
 
@@ -365,7 +366,7 @@ class Era5Adapter(Adapter):
         return layout.dataset(layout.from_channels(values, lead), lead, lead_values, cond_coords)
 
     def to_tensor(self, ds: xr.Dataset) -> torch.Tensor:
-        return torch.from_numpy(OutputLayout(self.spec()).to_channels(ds)).float()
+        return torch.from_numpy(OutputLayout(self.spec()).to_channels(ds))
 
     def example_dim(self, ds: xr.Dataset) -> str | None:
         return OutputLayout(self.spec()).example_dim(ds)

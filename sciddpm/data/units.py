@@ -191,10 +191,21 @@ def same_units(have: Any, want: Any) -> bool | None:
         return None
     if a[0] == "temperature" or b[0] == "temperature":
         return a == b
+    if _water_equivalent(a, b) or _water_equivalent(b, a):
+        return None  # mm and kg m-2 (mm/s and kg m-2 s-1): the same numbers for liquid water only
     if a[0] != b[0] or not math.isclose(a[1], b[1], rel_tol=1e-9):
         return False
     # two ratios of different things (kg kg-1, mol mol-1) differ; either may equal a plain number
     return not (a[2] and b[2] and a[2] != b[2])
+
+
+def _water_equivalent(depth: tuple, mass: tuple) -> bool:
+    """``depth`` (mm, mm s-1) and ``mass`` (kg m-2, kg m-2 s-1) give one number for liquid water
+    (1000 kg m-3): precipitation from ERA5, CMIP6 and IMERG is written either way."""
+    have, want = dict(depth[0]), dict(mass[0])
+    change = {k: want.get(k, 0) - have.get(k, 0) for k in set(have) | set(want)}
+    return ({k: v for k, v in change.items() if v} == {"M": 1, "L": -3}
+            and math.isclose(depth[1] * 1000.0, mass[1], rel_tol=1e-9))
 
 
 def check_same_units(what: str, have: Any, want: Any) -> None:

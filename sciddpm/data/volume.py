@@ -393,7 +393,7 @@ class VolumeAdapter(Adapter):
                                  f"and shape (N, {', '.join(map(str, spec.shape))}); got {da.dims} {da.shape}")
             arrays.append(np.asarray(da.values, dtype=np.float64))
         x = torch.from_numpy(np.stack(arrays, axis=1))
-        return spec.normaliser.normalise(x, channel_axis=1).float()
+        return spec.normaliser.normalise(x, channel_axis=1)
 
     def example_dim(self, ds: xr.Dataset) -> str | None:
         field = ds.get(self.spec().channels[0])
