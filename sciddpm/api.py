@@ -192,8 +192,9 @@ class Model:
 
         ``observed`` is in the data's layout and units (a variable whose ``units`` attribute names
         another unit, degC for K, is refused: ``sciddpm.data.units.check_units``), one example or
-        several along a leading dimension (e.g. ``time``); its observed values come back as given
-        (to float64 rounding), and NaN where the data never has values (the static mask, e.g.
+        several along a leading dimension (e.g. ``time``), read as the adapter reads data (climate
+        fields by their coordinates, clips and volumes by position: where their coordinates are
+        not the model's, a warning says so); its observed values come back as given (to float64 rounding), and NaN where the data never has values (the static mask, e.g.
         land for SST) stays NaN. Each condition comes from
         ``cond`` where given there, else from the observations themselves (their dates, or a
         coordinate of that name). Returns dims ``(<example dim>, "member", ...)``, the example dim

@@ -32,11 +32,10 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
     n = as_count(n, "n")
     seed = as_seed(seed)
     exact = model.adapter.to_tensor(observed).double()  # refuses observations in other units
-    x = exact.float()  # what the network sees
-    if bool(torch.isinf(x).any()):
+    if bool(torch.isinf(exact).any()):
         raise ValueError("the observations hold +-inf; only NaN marks a gap to fill. Make them gaps with "
                          "observed.where(np.isfinite(observed)) if that is what they are")
-    known = torch.isfinite(x)
+    known = torch.isfinite(exact)
     if model.valid is not None:
         known &= model.valid
     gaps = (~known) if model.valid is None else (~known & model.valid)
@@ -47,14 +46,15 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
     read = model.adapter.cond_from_xarray(observed, unread) if unread else {}
     _warn_if_overriding(model.adapter, model.spec.cond.names, observed, given)
     table = case_table({**read, **given}, model.spec.cond)
-    if any(len(v) not in (1, x.shape[0]) for v in table.values()):
-        raise ValueError(f"the observations hold {x.shape[0]} example(s); give each condition one value "
+    examples = exact.shape[0]
+    if any(len(v) not in (1, examples) for v in table.values()):
+        raise ValueError(f"the observations hold {examples} example(s); give each condition one value "
                          "for all of them or one per example")
-    table = {k: np.broadcast_to(v, (x.shape[0],)) for k, v in table.items()}
+    table = {k: np.broadcast_to(v, (examples,)) for k, v in table.items()}
     settings = model.sampler_settings(sampler, steps, guidance)
     filled = []
-    for i in range(x.shape[0]):
-        known_i, mask_i = x[i:i + 1].to(model.device), known[i:i + 1].to(model.device)
+    for i in range(examples):  # the network sees float32
+        known_i, mask_i = exact[i:i + 1].float().to(model.device), known[i:i + 1].to(model.device)
         fill = lambda d: inpainting(d, known_i, mask_i, iterations=iterations)  # noqa: E731
         samples = model.generate(table, [(i, j) for j in range(n)],
                                  seed=seed, settings=settings, batch_size=batch_size, wrap=fill)
@@ -69,8 +69,38 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
         name = "case" if lead == "member" else lead
         ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
         ds = ds.assign_coords({name: observed[lead].values})
+    _say_if_relabelled(ds, observed if lead != "member" else observed.rename(member="case"))
     # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
     return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
+
+
+def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
+    """Warn where an observed value is not found at its own coordinates in the result: the
+    adapter read the observations by position (a clip cut from a longer recording keeps times that
+    do not start at 0; a volume's axis may run the other way) and the result carries the model's
+    coordinates, so comparing the two by label would pair the wrong points."""
+    for name in [v for v in ds.data_vars if v in observed.data_vars]:
+        result = ds[name].isel(member=0) if "member" in ds[name].dims else ds[name]
+        given = observed[name]
+        shared = {d: result.indexes[d] for d in given.dims if d in result.indexes and d in given.indexes}
+        try:
+            aligned = given.reset_coords(drop=True).reindex(shared)
+        except (ValueError, KeyError):  # repeated labels: cannot be matched by label at all
+            aligned = None
+        if not bool(given.notnull().any()):
+            continue
+        if aligned is not None:
+            both = aligned.notnull() & result.notnull()  # (levels the model does not take drop out)
+            if bool(both.any()) and np.allclose(result.where(both).values,
+                                                aligned.where(both).transpose(*result.dims).values,
+                                                rtol=1e-6, atol=0, equal_nan=True):
+                continue
+        differ = [d for d in shared if not np.array_equal(np.asarray(shared[d]), np.asarray(given.indexes[d]))]
+        log.warning("the observations of %r were read by position, and their coordinates%s are not the model's: the "
+                    "filled fields carry the model's, so compare them with the observations by position (or give "
+                    "the observations the model's coordinates first)", name,
+                    f" ({', '.join(map(str, differ))})" if differ else "")
+        return
 
 
 def _warn_if_overriding(adapter: Any, names: list[str], observed: xr.Dataset, given: Mapping[str, Any]) -> None:

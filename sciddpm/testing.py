@@ -6,7 +6,7 @@ the same oracles the project's own tests use, instead of golden numbers.
 * :func:`gaussian_denoiser` - the exact denoiser for Gaussian data, so a sampler driven by it must
   return that Gaussian (mean and covariance) up to sampling error and its own discretisation error.
 * :func:`assert_roundtrip` - an adapter's promise that ``to_xarray(to_tensor(ds), cond)`` gives
-  back ``ds``: values to float32 precision, and coordinates, attributes and dimension order exactly.
+  back ``ds``: values to the tensor's precision, and coordinates, attributes and dimension order exactly.
 * :func:`check_backbone` - the contract a registered backbone must keep for training, sampling,
   guidance and ensembles: shapes on odd grids, ``cond=None`` and ``drop_cond``, rows independent of
   each other, a gradient for every parameter, per-axis circular padding. The project's own tests
@@ -72,7 +72,8 @@ def gaussian_denoiser(mu, Sigma) -> Callable[[torch.Tensor, torch.Tensor], torch
 def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float = 1e-8) -> None:
     """Assert that ``adapter.to_xarray(adapter.to_tensor(ds), cond)`` reproduces ``ds``.
 
-    Data variables must match to ``rtol``/``atol`` (the tensor side is float32); everything else -
+    Data variables must match to ``rtol``/``atol`` (float64 tensors, as the built-in adapters give,
+    round-trip to float64 rounding; float32 ones to 1e-7); everything else -
     coordinates, attributes (of the Dataset and of each variable), dimension names and order -
     must be identical. ``cond`` holds the conditioning values the samples carry (``{}`` for none).
     """

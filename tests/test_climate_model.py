@@ -99,7 +99,10 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, capl
     # observations laid out their own way (north first, lat before lon) come back on the store's
     # grid with each observed value where it was observed, as given
     flipped = observed.isel(latitude=slice(None, None, -1)).transpose("time", "latitude", "longitude")
-    again = sciddpm.load("sst", runs_dir=run / "runs").infill(flipped, n=1, steps=2)
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        caplog.clear()
+        again = sciddpm.load("sst", runs_dir=run / "runs").infill(flipped, n=1, steps=2)
+    assert "read by position" not in caplog.text  # read by label: found where they were observed
     assert again["2m_temperature"].dims == ("time", "member", "longitude", "latitude")
     for name in ("2m_temperature", "sea_surface_temperature"):
         given = flipped[name].sel(latitude=again.latitude).transpose(*again[name].isel(member=0).dims).values

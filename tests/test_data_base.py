@@ -400,14 +400,14 @@ def test_units_of_observations_are_compared_never_converted(caplog):
     for have, want in (("m/s", "m s**-1"), ("m s-1", "m s^-1"), ("kg m-2 s-1", "kg/m2/s"), ("mbar", "hPa"),
                        ("degrees_C", "degC"), ("deg C", "°C"), ("1", "(0 - 1)"), ("W m**-2", "J m-2 s-1"),
                        ("kg/m2 s-1", "kg m-2 s-1"), ("meter ** 2 / second ** 2", "m**2 s**-2"), ("m s⁻¹", "m s-1"),
-                       ("J/(kg K)", "J kg-1 K-1"), ("kelvins", "K"), ("kg kg**-1", "1"), ("psu", "0.001"),
+                       ("J/(kg K)", "J kg-1 K-1"), ("kelvins", "K"), ("kg kg**-1", "1"), ("0.001", "1e-3"), ("degrees N", "degrees_north"),
                        ("degC/day", "K day-1"), ("umol/mol", "ppmv"), ("", "K"), ("K", "none")):
         check_units(data(have), {"t": {"units": want}})  # (no units on either side: taken as the same)
     # another unit of the quantity, or another quantity, is refused naming both
     for have, want in (("degC", "K"), ("°C", "K"), ("degF", "K"), ("degrees_C", "K"), ("degrees Celsius", "K"),
                        ("hPa", "Pa"), ("km/h", "m s**-1"), ("%", "(0 - 1)"), ("ppb", "ppm"),
                        ("m", "m**2 s**-2"), ("mm/day", "kg m-2 s-1"), ("kg/m2 s-1", "kg m-2 s"),
-                       ("mol mol-1", "kg kg**-1"), ("degree", "radian")):
+                       ("mol mol-1", "kg kg**-1"), ("degree", "radian"), ("1 degC", "K"), ("ppb", "mg m-3")):
         with pytest.raises(ValueError, match=rf"'t' is in {re.escape(repr(have))} but the model was trained on it in "
                                              rf"{re.escape(repr(want))}; convert it"):
             check_units(data(have), {"t": {"units": want}})
@@ -417,5 +417,7 @@ def test_units_of_observations_are_compared_never_converted(caplog):
     with caplog.at_level("WARNING", logger="sciddpm"):
         check_units(data("mm/month"), {"t": {"units": "mm day-1"}})  # a word it does not know: only a person can tell
         check_units(data("mm s-1"), {"t": {"units": "kg m-2 s-1"}})  # one number for liquid water only
+        check_units(data("1"), {"t": {"units": "1e-3"}})  # salinity near 35 in CF's "1" and CMEMS's "1e-3"
+        check_units(data("kg C m-2 s-1"), {"t": {"units": "kg m-2 s-1"}})  # an element, not kelvin
     assert "variable 't' says units 'mm/month', the training data said 'mm day-1'; taken as the same" in caplog.text
     assert "variable 't' says units 'mm s-1', the training data said 'kg m-2 s-1'; taken as the same" in caplog.text

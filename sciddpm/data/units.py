@@ -49,7 +49,7 @@ _SYMBOLS: dict[str, tuple[dict[str, int], float]] = {
     "mile": ({"L": 1}, 1609.344), "uM": ({"N": 1, "L": -3}, 1e-3),  # micromolar: umol/L
     "DU": ({"DU": 1}, 1.0),  # Dobson units: a column amount, kept apart
     "permil": ({}, 1e-3),
-    "%": ({}, 1e-2), "ppm": ({}, 1e-6), "ppb": ({}, 1e-9), "psu": ({}, 1e-3),  # PSU: CMIP6 writes 0.001
+    "%": ({}, 1e-2), "ppm": ({}, 1e-6), "ppb": ({}, 1e-9),
     "1": ({}, 1.0),
 }
 _SPELLINGS = {  # other spellings -> the symbol above (case as written; full words also in Title case)
@@ -66,7 +66,7 @@ _SPELLINGS = {  # other spellings -> the symbol above (case as written; full wor
     "kt": "knot", "kts": "knot", "knots": "knot", "Kg": "kg", "kilogram": "kg", "kilograms": "kg",
     "gram": "g", "grams": "g", "µg": "ug", "μg": "ug", "µmol": "umol", "μmol": "umol",
     "newton": "N", "joule": "J", "joules": "J", "watt": "W", "watts": "W", "hertz": "Hz",
-    "l": "L", "liter": "L", "litre": "L", "sverdrup": "Sv", "PSU": "psu", "ppmv": "ppm", "ppbv": "ppb",
+    "l": "L", "liter": "L", "litre": "L", "sverdrup": "Sv", "ppmv": "ppm", "ppbv": "ppb",
     "dobson": "DU", "Dobson": "DU", "centimeter": "cm", "centimetre": "cm", "centimeters": "cm",
     "centimetres": "cm", "mBar": "hPa", "milibar": "hPa", "decibars": "dbar", "bars": "bar", "kn": "knot",
     "mi": "mile", "mile": "mile", "miles": "mile", "mole": "mol", "moles": "mol", "millimole": "mmol",
@@ -81,9 +81,11 @@ _DIMENSIONLESS = {"1", "~", "(0 - 1)", "0 - 1", "0-1", "(0-1)", "dimensionless",
 _UNSAID = {"", "none", "null", "-", "n/a", "na", "unknown"}  # a units attribute that says nothing
 _WHOLE = {"m of water equivalent": "m", "Degree true": "degree",  # ERA5 phrases
           "per cent": "%", "0-100": "%", "0 - 100": "%", "per mil": "permil", "parts per million": "ppm",
-          "parts per billion": "ppb", "pss": "psu", "PSS-78": "psu", "pss-78": "psu"}
+          "parts per billion": "ppb"}
 _TOKEN = re.compile(r"([A-Za-z%µμ°_‰]+)([-+]?\d+)?$")
 _NOT_FOLDED = {"Mbar", "Mb", "MB"}  # megabar, not millibar
+_ELEMENTS = {"C", "N", "P", "S", "O", "Fe", "Si"}  # after a mass or amount: kg C, mol N
+_MASS_OR_AMOUNT = {"kg", "g", "mg", "ug", "mol", "mmol", "umol", "nmol"}
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
 
 
@@ -131,6 +133,7 @@ def read_units(units: Any) -> tuple | None:
         return ((), 1.0, ())
     text = text.translate(_SUPERSCRIPTS).replace("−", "-").replace("℃", "degC").replace("º", "°")
     text = re.sub(r"\bdeg(?:ree)?s?[\s_]+([CFK])(?:elsius|ahrenheit|elvin)?\b", r"deg\1", text, flags=re.IGNORECASE)
+    text = re.sub(r"\bdeg(?:ree)?s?[\s_]*[NSEW]\b", "degree", text)  # degrees N, degrees_E
     absolute = _TEMPERATURE.match(text)
     if absolute:
         return ("temperature", _ABSOLUTE[absolute.group(1).lower()])
@@ -144,6 +147,7 @@ def read_units(units: Any) -> tuple | None:
     dims: dict[str, int] = {}
     quantities: set[str] = set()
     symbols: list[str] = []
+    words: list[str] = []
     factor = 1.0
     for part_index, part in enumerate(text.split("/")):
         for token in part.split():
@@ -160,9 +164,12 @@ def read_units(units: Any) -> tuple | None:
             if not found:
                 return None
             word, exponent = found.group(1), found.group(2)
+            if word in _ELEMENTS and symbols and symbols[-1] in _MASS_OR_AMOUNT:
+                return None  # kg C m-2 s-1, g N: an element, not kelvin or newton (only a person can tell)
             symbol = _symbol(word)
             if symbol is None:
                 return None
+            words.append(word)
             signed, power = exponent is not None and exponent.startswith("-"), int(exponent or 1)
             if part_index > 0 and not signed:
                 power = -power  # kg/m2/s: a part after a / divides, unless its sign is written (kg/m2 s-1)
@@ -173,8 +180,10 @@ def read_units(units: Any) -> tuple | None:
                 quantities.add(dim)
             factor *= scale ** power
     kept = tuple(sorted((d, e) for d, e in dims.items() if e))
-    if kept == (("K", 1),) and symbols == ["K"] and factor == 1.0:
-        return ("temperature", "K")  # kelvins, K1: a lone temperature is absolute, as K is
+    if (len(words) == 1 and kept == (("K", 1),) and symbols[0] in ("K", "degF")  # kelvins, K1, 1 degC: absolute
+            and math.isclose(factor, _SYMBOLS[symbols[0]][1])):  # (not mK)
+        temperature = _TEMPERATURE.match(words[0])
+        return ("temperature", _ABSOLUTE[temperature.group(1).lower()] if temperature else "K")
     return (kept, factor, tuple(sorted(quantities)) if not kept else ())
 
 
@@ -194,15 +203,27 @@ def same_units(have: Any, want: Any) -> bool | None:
     if _water_equivalent(a, b) or _water_equivalent(b, a):
         return None  # mm and kg m-2 (mm/s and kg m-2 s-1): the same numbers for liquid water only
     if a[0] != b[0] or not math.isclose(a[1], b[1], rel_tol=1e-9):
+        if not a[0] and not b[0] and (_bare_number(have) or _bare_number(want)):
+            return None  # salinity: "1" (CF), "1e-3" (CMEMS), "0.001" (CMIP6) all hold values near 35
         return False
     # two ratios of different things (kg kg-1, mol mol-1) differ; either may equal a plain number
     return not (a[2] and b[2] and a[2] != b[2])
+
+
+def _bare_number(units: Any) -> bool:
+    """A units string that is only a scale factor (``1e-3``, ``0.001``), not ``1``."""
+    try:
+        return float(_plain(units)) != 1.0
+    except ValueError:
+        return False
 
 
 def _water_equivalent(depth: tuple, mass: tuple) -> bool:
     """``depth`` (mm, mm s-1) and ``mass`` (kg m-2, kg m-2 s-1) give one number for liquid water
     (1000 kg m-3): precipitation from ERA5, CMIP6 and IMERG is written either way."""
     have, want = dict(depth[0]), dict(mass[0])
+    if have.get("L") != 1 or set(have) - {"L", "T"} or have.get("T", 0) > 0:
+        return False  # a depth (mm) or a rate of one (mm/s), nothing else
     change = {k: want.get(k, 0) - have.get(k, 0) for k in set(have) | set(want)}
     return ({k: v for k, v in change.items() if v} == {"M": 1, "L": -3}
             and math.isclose(depth[1] * 1000.0, mass[1], rel_tol=1e-9))

@@ -66,71 +66,8 @@ def _cmndf(x: np.ndarray, tau_max: int) -> np.ndarray:
 
 
 # Harmonic peaks are refined on clips of at least this many periods: on fewer, the Hann window's
-# peaks are too broad and the fit drifted by up to 45 cents (2 periods), 4 cents at 3, 1 at 4;
-# in noise it helps from 3 (a 3.5-period 55 Hz clip at 10 dB SNR: 1 cent off with it, 10-29 without).
+# peaks are too broad and the fit drifted by up to 45 cents (2 periods), 4 cents at 3, 1 at 4.
 REFINE_PERIODS = 3
-# A dip at a multiple of YIN's first one is taken as the period only where the spectrum confirms
-# it, with the clip long enough to resolve the harmonics (this many periods of the longer one)
-# and at least this share of the harmonic power between those of the first dip's period.
-SPLIT_PERIODS = 4
-MIN_BETWEEN_SHARE = 0.004
-
-
-def _whole_period(dp: np.ndarray, tau: int, tau_max: int) -> int:
-    """The lag of the tone's whole period, given YIN's first dip ``tau``.
-
-    A tone whose odd harmonics (the fundamental among them) hold a small share of its energy is
-    nearly periodic at half its period too: d' dips there to about twice that share, under YIN's
-    threshold, and the first dip reads an octave high (every such tone under a 5% share did).
-    So where d' at 2 or 3 times ``tau`` is under 0.7 of its value at ``tau`` and lower by more
-    than 0.01 (an odd share of 0.5%), that multiple is the period. A tone truly at ``tau`` has d'
-    about as deep at its multiples (noise raises both alike, decay raises the later ones), so it
-    keeps ``tau``, and where a bright tone's period falls between lags (its first dip left
-    shallow) the caller's spectral check (:func:`_between_share`) vetoes the longer period. In
-    noise the two dips become alike and a weak-odd tone can still read high (at 10 dB SNR, from
-    about a 3% share down)."""
-    best = tau
-    for multiple in (2, 3):
-        centre = multiple * tau
-        reach = max(2, int(0.03 * centre))
-        if centre - reach > tau_max:
-            break
-        lo, hi = centre - reach, min(centre + reach, tau_max)
-        dip = lo + int(np.argmin(dp[lo : hi + 1]))
-        depth = _dip_depth(dp, dip)
-        if depth < 0.7 * _dip_depth(dp, tau) and _dip_depth(dp, tau) - depth > 0.01 and depth < _dip_depth(dp, best):
-            best = dip
-    return best
-
-
-def _between_share(mag: np.ndarray, df: float, f0: float, multiple: int, f_limit: float) -> float:
-    """The share of the power at harmonics ``j * f0`` that lies at those with ``j`` not a multiple
-    of ``multiple`` (each harmonic's power: the highest bin within a quarter of ``f0``). A tone at
-    ``f0`` with weak odd harmonics has a few percent there; a tone at ``multiple * f0`` only the
-    window's leakage and noise."""
-    power_per_bin = mag[1 : min(len(mag), int(f_limit / df))] ** 2
-    noise = float(np.median(power_per_bin)) / np.log(2) if power_per_bin.size else 0.0  # the mean, were it noise
-    between = total = 0.0
-    for j in range(1, int(f_limit / f0) + 1):
-        lo, hi = int(round((j - 0.25) * f0 / df)), int(round((j + 0.25) * f0 / df))
-        if hi >= len(mag) or hi <= lo:
-            break
-        # the highest bin, less what noise alone reaches there (the largest of hi - lo draws)
-        power = max(0.0, float(mag[lo : hi + 1].max()) ** 2 - noise * (np.log(hi - lo + 1) + 0.58))
-        total += power
-        if j % multiple:
-            between += power
-    return between / total if total > 0 else 0.0
-
-
-def _dip_depth(dp: np.ndarray, i: int) -> float:
-    """d' at the bottom of the dip around lag ``i``, between lags (the parabola's vertex): a
-    period that is not a whole number of lags leaves d' at the nearest lag above the dip's floor."""
-    if not 0 < i < len(dp) - 1:
-        return float(dp[i])
-    a, b, c = dp[i - 1], dp[i], dp[i + 1]
-    shift = _parabola(a, b, c)
-    return float(max(0.0, b - 0.25 * (a - c) * shift))
 
 
 def _parabola(a: float, b: float, c: float) -> float:
@@ -208,14 +145,7 @@ def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2
             under = search < threshold + search.min()
             first = int(np.flatnonzero(under)[0])
             last = first + int(np.argmin(under[first:])) - 1 if not under[first:].all() else len(search) - 1
-            first_dip = tau_min + first + int(np.argmin(search[first : last + 1]))
-            tau = _whole_period(dp, first_dip, tau_max)
-            mag = np.abs(np.fft.rfft(x[row] * window, nfft))
-            if tau != first_dip and not (
-                    t * rate / tau / sample_rate >= SPLIT_PERIODS
-                    and _between_share(mag, sample_rate / nfft, rate / tau, round(tau / first_dip),
-                                       0.95 * sample_rate / 2) >= MIN_BETWEEN_SHARE):
-                tau = first_dip  # the spectrum has no power between the first dip's harmonics
+            tau = tau_min + first + int(np.argmin(search[first : last + 1]))
             if not dp[tau] < voicing:
                 continue
             shift = _parabola(dp[tau - 1], dp[tau], dp[tau + 1]) if tau < tau_max else 0.0
@@ -223,6 +153,7 @@ def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2
             f0[row] = coarse
             voiced[row] = True
             if t * coarse / sample_rate >= REFINE_PERIODS:
+                mag = np.abs(np.fft.rfft(x[row] * window, nfft))
                 fine = _harmonic_refine(mag, sample_rate / nfft, coarse, 0.95 * sample_rate / 2)
                 if abs(fine / coarse - 1) < 0.03:  # the refinement must agree with YIN
                     f0[row] = fine
