@@ -84,8 +84,13 @@ def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
         given = observed[name]
         shared = {d: result.indexes[d] for d in given.dims if d in result.indexes and d in given.indexes}
         try:
-            aligned = given.reset_coords(drop=True).reindex(shared)
-        except (ValueError, KeyError):  # repeated labels: cannot be matched by label at all
+            aligned = given.reset_coords(drop=True)
+            for dim, labels in shared.items():  # float labels match to a thousandth of a step (float32 copies)
+                values = np.asarray(labels)
+                step = np.abs(np.diff(values.astype(np.float64))).min() if values.dtype.kind == "f" and values.size > 1 else 0
+                aligned = (aligned.reindex({dim: labels}, method="nearest", tolerance=1e-3 * step) if step
+                           else aligned.reindex({dim: labels}))
+        except (ValueError, KeyError, TypeError):  # repeated or unordered labels: no match by label at all
             aligned = None
         if not bool(given.notnull().any()):
             continue
