@@ -82,6 +82,8 @@ def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
     for name in [v for v in ds.data_vars if v in observed.data_vars]:
         result = ds[name].isel(member=0) if "member" in ds[name].dims else ds[name]
         given = observed[name]
+        if not bool(given.notnull().any()):
+            continue
         shared = {d: result.indexes[d] for d in given.dims if d in result.indexes and d in given.indexes}
         try:
             aligned = given.reset_coords(drop=True)
@@ -92,8 +94,6 @@ def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
                            else aligned.reindex({dim: labels}))
         except (ValueError, KeyError, TypeError):  # repeated or unordered labels: no match by label at all
             aligned = None
-        if not bool(given.notnull().any()):
-            continue
         if aligned is not None:
             both = aligned.notnull() & result.notnull()  # (levels the model does not take drop out)
             if bool(both.any()) and np.allclose(result.where(both).values,

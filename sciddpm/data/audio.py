@@ -61,7 +61,12 @@ log = logging.getLogger(__name__)
 
 SOURCES = {"tones": (8000, 2048), "folder": (None, 16384), "nsynth": (16000, 16384)}  # rate, clip
 WAV_SUBTYPES = ("FLOAT", "PCM_16")
-SILENT = 1e-3  # a clip whose peak is this far under the loudest one's (-60 dB) is silence, not sound
+
+
+def is_silent(peak: Any, loudest: float) -> Any:
+    """Whether a clip of this peak is silence, not sound: 60 dB or more under ``loudest`` (the
+    loudest clip, or the amplitude scale), or under -80 dBFS - zeros, dither, hiss."""
+    return peak <= max(1e-3 * loudest, 1e-4)
 
 
 class AudioClips(torch.utils.data.Dataset):
@@ -82,7 +87,7 @@ class AudioClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip = load_clip(self.files[i], self.sample_rate, self.clip_samples, self.offset_s, self.channels)
-        if not np.abs(clip).max() > SILENT * self.scale and self.files[i].path not in self._said_silent:
+        if is_silent(np.abs(clip).max(), self.scale) and self.files[i].path not in self._said_silent:
             self._said_silent.add(self.files[i].path)
             log.warning("%s is silent from offset_s=%g for the clip's %d samples: it trains as silence under its "
                         "labels (trim its leading silence, or drop it)", self.files[i].path, self.offset_s,
@@ -230,8 +235,7 @@ class AudioAdapter(Adapter):
             clips = np.stack([load_clip(files[i], self.sample_rate, self.clip_samples, self.offset_s,
                                         self.channels) for i in pick]).astype(np.float64)
             peaks = np.abs(clips).reshape(len(pick), -1).max(axis=1)
-            quiet = peaks <= max(SILENT * peaks.max(), 1e-4)  # zeros, dither, hiss: -60 dB of the loudest, -80 dBFS
-            silent = [files[i].path for i, q in zip(pick, quiet) if q]
+            silent = [files[i].path for i, peak in zip(pick, peaks) if is_silent(peak, peaks.max())]
             said = (f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (peak 60 dB or "
                     f"more under the loudest clip's) over their {self.clip_samples} samples from "
                     f"offset_s={self.offset_s:g}, e.g. {', '.join(silent[:3])}")
