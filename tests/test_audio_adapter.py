@@ -268,6 +268,9 @@ def test_a_clip_of_leading_silence_is_refused_by_name_and_offset_s_is_the_fix(fo
     assert "1 of the 3 training clips read for statistics are silent" in caplog.text
     assert "they train as silence under their labels (drop them if that is not meant)" in caplog.text
     caplog.clear()
+    for name in ("long.wav", "stereo16k.wav", "exact.flac"):  # a quietly recorded set (-90 dBFS) is sound
+        sf.write(folder / name, 3e-5 * sine(440, 4096, SR), SR, subtype="FLOAT" if name.endswith(".wav") else "PCM_24")
+    assert build_adapter("audio", **common).spec().normaliser.std[0] > 0 and "silent" not in caplog.text
     # a silent clip outside the statistics sample is said when it is read for training
     quiet = AudioClips([AudioFile(str(folder / "long.wav"), SR, 5696, 1)], np.zeros((1, 0)), 1.0, SR, 1024, 0.0, 1)
     with caplog.at_level(logging.WARNING, logger="sciddpm.data"):

@@ -64,9 +64,10 @@ WAV_SUBTYPES = ("FLOAT", "PCM_16")
 
 
 def is_silent(peak: Any, loudest: float) -> Any:
-    """Whether a clip of this peak is silence, not sound: 60 dB or more under ``loudest`` (the
-    loudest clip, or the amplitude scale), or under -80 dBFS - zeros, dither, hiss."""
-    return peak <= max(1e-3 * loudest, 1e-4)
+    """Whether a clip of this peak is silence, not sound: zeros, dither or hiss 60 dB or more under
+    ``loudest`` (the loudest clip, or the amplitude scale). Relative only: a quietly recorded data
+    set (a hydrophone at -90 dBFS) is sound, not silence."""
+    return peak <= 1e-3 * loudest
 
 
 class AudioClips(torch.utils.data.Dataset):
