@@ -259,6 +259,8 @@ def test_infill_of_several_clips_gives_each_its_own_members(model, caplog):
     np.testing.assert_array_equal(again["waveform"].isel(member=0).values[keep], observed["waveform"].values[keep])
     assert "the observations of 'waveform' were read by position, and their coordinates (time) are not the " \
            "model's" in caplog.text  # so that nobody compares them by label unwarned
+    with pytest.raises(ValueError, match=r"the clips hold 100 samples; the model's hold \d+ .*crop or pad them"):
+        model.infill(observed.isel(time=slice(0, 100)), n=1, steps=2)  # was a torch shape RuntimeError
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "heun"])

@@ -328,6 +328,11 @@ class AudioAdapter(Adapter):
         tail = self._clip_dims()
         if da.ndim != len(tail) + 1 or da.dims[1:] != tail:
             raise ValueError(f"expected waveform dims (<member or clip>, {', '.join(tail)}), got {da.dims}")
+        if da.sizes["time"] != self.clip_samples or (len(spec.channels) > 1 and da.sizes["channel"] != len(spec.channels)):
+            raise ValueError(f"the clips hold {da.sizes['time']} samples; the model's hold {self.clip_samples} "
+                             f"({self.clip_samples / self.sample_rate:g} s at {self.sample_rate} Hz)"
+                             f"{'' if len(spec.channels) == 1 else f' in {len(spec.channels)} channels'}: crop or pad "
+                             "them to that length first")
         v = da.values.astype(np.float64)
         v = v[:, None] if len(spec.channels) == 1 else v
         return spec.normaliser.normalise(torch.from_numpy(v), channel_axis=1)
