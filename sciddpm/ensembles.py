@@ -30,7 +30,7 @@ import zarr
 from sciddpm.api import Model
 from sciddpm.cases import case_table
 from sciddpm.checks import as_count, as_seed
-from sciddpm.data.base import plain_json
+from sciddpm.data.spec import plain_json
 from sciddpm.data.stores import consolidate
 from sciddpm.distributed import process_group
 from sciddpm.files import atomic_path

@@ -51,8 +51,9 @@ import xarray as xr
 
 from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, read_nsynth, soundfile,
                                    spectrogram_db)
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, condition_coords, heldout_picks,
-                               register_adapter, split_indices)
+from sciddpm.data.base import Adapter, condition_coords, heldout_picks, register_adapter, split_indices
+from sciddpm.data.conditioning import CondSchema, CondVar
+from sciddpm.data.spec import DataSpec, Normaliser
 from sciddpm.data.stores import check_no_namesake, check_replaceable, write_store
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png

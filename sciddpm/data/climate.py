@@ -53,8 +53,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, close_match, condition_coords,
-                               heldout_picks, name_list, register_adapter)
+from sciddpm.data.base import (Adapter, close_match, condition_coords, heldout_picks, name_list,
+                               register_adapter)
+from sciddpm.data.conditioning import CondSchema, CondVar
+from sciddpm.data.spec import DataSpec, Normaliser
 from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, decode_mask,
                                        detect_layout, encode_mask, open_era5_store, read_time)

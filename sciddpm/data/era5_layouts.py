@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import close_match, plain_json
+from sciddpm.data.base import close_match
+from sciddpm.data.spec import plain_json
 from sciddpm.data.stores import open_store
 
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"

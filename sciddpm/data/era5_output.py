@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import check_output_grid, close_match
+from sciddpm.data.base import close_match
+from sciddpm.data.spec import check_output_grid
 from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name,
                                        parse_channel)
 from sciddpm.data.units import check_units

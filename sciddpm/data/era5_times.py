@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import Normaliser, read_groups
+from sciddpm.data.base import read_groups
+from sciddpm.data.spec import Normaliser
 from sciddpm.data.era5_layouts import StorePlan, read_times
 
 log = logging.getLogger(__name__)

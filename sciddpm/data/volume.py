@@ -46,9 +46,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciddpm.data.base import (Adapter, CondSchema, CondVar, DataSpec, Normaliser, check_output_grid,
-                               condition_coords, heldout_picks, name_list, plain_json, read_groups,
+from sciddpm.data.base import (Adapter, condition_coords, heldout_picks, name_list, read_groups,
                                register_adapter, split_indices)
+from sciddpm.data.conditioning import CondSchema, CondVar
+from sciddpm.data.spec import DataSpec, Normaliser, check_output_grid, plain_json
 from sciddpm.data.stores import check_no_namesake, open_store, write_store
 from sciddpm.data.units import check_units
 from sciddpm.data.volume_eval import slices_png, slope_scores

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sciddpm.data.base import DataSpec
+from sciddpm.data.spec import DataSpec
 from sciddpm.plots import new_figure, save_png
 from sciddpm.metrics.spectra import power_spectrum, spectral_slope
 
