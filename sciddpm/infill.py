@@ -41,6 +41,7 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
     gaps = (~known) if model.valid is None else (~known & model.valid)
     if not bool(gaps.any()):
         raise ValueError("the observations have no gaps (NaN) to fill outside the data's own mask")
+    _warn_if_unobserved(known, observed, model.adapter.example_dim(observed))
     given = dict(cond or {})
     unread = [name for name in model.spec.cond.names if name not in given]
     read = model.adapter.cond_from_xarray(observed, unread) if unread else {}
@@ -72,6 +73,21 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
     _say_if_relabelled(ds, observed if lead != "member" else observed.rename(member="case"))
     # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
     return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
+
+
+def _warn_if_unobserved(known: torch.Tensor, observed: xr.Dataset, lead: str | None) -> None:
+    """An example with no observed value at all is filled with plain samples of the model, which
+    is what inpainting does with nothing to condition on: said, since it is usually a wrong subset
+    or a wrong variable (all NaN), not a wish."""
+    empty = np.flatnonzero(~known.flatten(1).any(dim=1).cpu().numpy())
+    if empty.size == 0:
+        return
+    labels = observed[lead].values[empty] if lead is not None and lead in observed.coords else empty
+    which = "the observations" if known.shape[0] == 1 else (
+        f"{empty.size} of {known.shape[0]} observed examples ({lead or 'position'} "
+        f"{', '.join(map(str, labels[:5]))}{', ...' if empty.size > 5 else ''})")
+    log.warning("%s hold no observed value (all NaN): their members are unconditioned samples of the model, "
+                "not gap fills; check the variables and the region the observations were cut from", which)
 
 
 def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:

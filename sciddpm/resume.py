@@ -31,17 +31,7 @@ def with_absolute_data_paths(cfg: dict) -> dict:
     local, so that the saved config finds the data again from any folder (``sciddpm evaluate``, a
     resumed run); URLs (``gs://...``) stay as given. The caller's config is left as it was."""
     data = cfg.get("data") or {}
-    builder = ADAPTERS.get(data.get("name"))  # an unknown name lists the known ones
-    takes = inspect.signature(builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
-    path_arguments = getattr(builder, "path_arguments", Adapter.path_arguments)
-    if path_arguments is Adapter.path_arguments:  # the inherited default: `path`, where the adapter takes one
-        path_arguments = tuple(key for key in path_arguments if key in takes or takes_any)
-    elif not takes_any:
-        unknown = [key for key in path_arguments if key not in takes]
-        if unknown:
-            raise TypeError(f"adapter {data.get('name')!r} lists path_arguments {unknown} that it does not take; "
-                            f"it takes: {', '.join(takes)}")
+    path_arguments = _path_arguments(data.get("name"))
     kwargs = dict(data.get("kwargs") or {})
     if not any(key in kwargs for key in path_arguments):
         return cfg  # nothing to change: the config stays exactly as given (resume compares it)
@@ -55,6 +45,21 @@ def with_absolute_data_paths(cfg: dict) -> dict:
         if key in kwargs:
             kwargs[key] = absolute(kwargs[key])
     return {**cfg, "data": {**data, "kwargs": kwargs}}
+
+
+def _path_arguments(adapter: str | None) -> tuple[str, ...]:
+    """The keyword arguments of the adapter registered as ``adapter`` that name local data."""
+    builder = ADAPTERS.get(adapter)  # an unknown name lists the known ones
+    takes = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
+    path_arguments = getattr(builder, "path_arguments", Adapter.path_arguments)
+    if path_arguments is Adapter.path_arguments:  # the inherited default: `path`, where the adapter takes one
+        return tuple(key for key in path_arguments if key in takes or takes_any)
+    unknown = [key for key in path_arguments if key not in takes]
+    if unknown and not takes_any:
+        raise TypeError(f"adapter {adapter!r} lists path_arguments {unknown} that it does not take; "
+                        f"it takes: {', '.join(takes)}")
+    return tuple(path_arguments)
 
 
 def hold_run_dir(cfg: dict, rank: int, world: int, held: contextlib.ExitStack) -> RunDir:
@@ -122,19 +127,59 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
 
 
 def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
+    """Refuse a resume that would change the model or its data. The data may have moved (a copy
+    on scratch, a renamed folder): a data path alone may differ, and the run resumes on the new
+    one when the data read there is the data the run was trained on (its spec, paths aside)."""
     previous = run.load_config()
+    moved = _moved_paths(previous, cfg)
     for key in IDENTITY_KEYS:
-        if identity(previous, key) != identity(cfg, key):
-            changes = differences(identity(previous, key), identity(cfg, key), key)
+        old, new = identity(previous, key), identity(cfg, key)
+        if key == "data" and moved:
+            old, new = ({**section, "kwargs": {k: v for k, v in section["kwargs"].items() if k not in moved}}
+                        for section in (old, new))
+        if old != new:
+            changes = differences(old, new, key)
             raise RunError(
                 f"run directory {run.path} already holds a run with other '{key}' settings - {_shown(changes)}. "
                 f"Resume it with the same settings, or start a new run with name=<new name>.")
+    trained_on = run.load_data_spec()
+    for before, after in moved.values():  # the spec names its source: where the data was then
+        trained_on = _replaced(trained_on, before, after)
     # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes
-    changes = differences(run.load_data_spec(), json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
+    changes = differences(trained_on, json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
     if changes:
         raise RunError(
             f"the data as read now differs from what {run.path} was trained on - {_shown(changes)}. The data, or "
-            f"how it is read, changed since the run started. Start a new run with name=<new name>.")
+            f"how it is read, changed since the run started"
+            + (f" (data.kwargs.{', '.join(moved)} moved: the data found there is not the same)" if moved else "")
+            + ". Start a new run with name=<new name>.")
+    for key, (before, after) in moved.items():
+        log.warning("data.kwargs.%s moved from %s to %s: the data there is what %s was trained on (the same "
+                    "statistics, grid and conditions), so it resumes reading it there", key, before, after, run.path)
+
+
+def _moved_paths(previous: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """The data path arguments (``data.kwargs.path``) whose value differs between two configs of
+    the same adapter, as ``{key: (before, after)}``; only one path given for another is a move."""
+    old, new = identity(previous, "data"), identity(cfg, "data")
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)) or old.get("name") != new.get("name"):
+        return {}
+    try:
+        keys = _path_arguments(new.get("name"))
+    except (KeyError, ValueError, TypeError):
+        return {}
+    pairs = {key: (old["kwargs"].get(key), new["kwargs"].get(key)) for key in keys}
+    return {key: pair for key, pair in pairs.items()
+            if pair[0] != pair[1] and all(isinstance(p, str) and p for p in pair)}
+
+
+def _replaced(value: Any, before: str, after: str) -> Any:
+    """``value`` (plain JSON) with ``before`` replaced by ``after`` in every string."""
+    if isinstance(value, Mapping):
+        return {k: _replaced(v, before, after) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, before, after) for v in value]
+    return value.replace(before, after) if isinstance(value, str) else value
 
 
 def _shown(changes: list[tuple[str, Any, Any]]) -> str:

@@ -261,6 +261,12 @@ def test_infill_of_several_clips_gives_each_its_own_members(model, caplog):
            "model's" in caplog.text  # so that nobody compares them by label unwarned
     with pytest.raises(ValueError, match=r"the clips hold 100 samples; the model's hold \d+ .*crop or pad them"):
         model.infill(observed.isel(time=slice(0, 100)), n=1, steps=2)  # was a torch shape RuntimeError
+    blank = observed.copy(deep=True)
+    blank["waveform"][1] = np.nan  # a clip with nothing observed gets plain samples: said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        model.infill(blank, n=1, steps=2)
+    assert "1 of 2 observed examples (member 1) hold no observed value (all NaN)" in caplog.text
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "heun"])
