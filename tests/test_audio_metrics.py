@@ -103,6 +103,34 @@ def test_pitch_of_a_clip_of_a_few_periods_is_not_pulled_by_broad_peaks():
     assert voiced and abs(cents(f0, 110.0)) < 2
 
 
+def test_vibrato_reads_its_mean_pitch_not_a_sideband():
+    # +-50 cents of 5.5 Hz vibrato over whole cycles: the harmonic refinement took an FM sideband
+    # for the harmonic and read 23-41 cents flat; YIN's period is kept where the two disagree
+    rng = np.random.default_rng(4)
+    for f, sr in ((440.0, 8000), (987.77, 16000), (1760.0, 16000)):
+        t = np.arange(int(sr * 4 / 5.5)) / sr  # four cycles of vibrato
+        phase = 2 * np.pi * np.cumsum(f * 2 ** (50 / 1200 * np.sin(2 * np.pi * 5.5 * t))) / sr
+        x = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, int(0.45 * sr / f) + 1))
+        f0, voiced = estimate_pitch(x, sr)
+        assert voiced and abs(cents(f0, f)) < 5, (f, sr, cents(f0, f))
+
+
+def test_a_pitch_outside_the_range_is_unvoiced_not_a_multiple():
+    # 2500 Hz read 1250 (its second period) and 4186 Hz read 1395 with fmax=2000; 45 Hz read 50.00
+    sr = 16000
+    t = np.arange(4096) / sr
+    high = np.stack([np.sin(2 * np.pi * f * t) for f in (2500.0, 4186.0)])
+    f0, voiced = estimate_pitch(high, sr)
+    assert not voiced.any() and np.isnan(f0).all()
+    np.testing.assert_allclose(cents(estimate_pitch(high, sr, fmax=5000.0)[0], [2500.0, 4186.0]), 0, atol=1)
+    low = np.sin(2 * np.pi * 45.0 * np.arange(16000) / sr)
+    assert not estimate_pitch(low, sr)[1] and abs(cents(estimate_pitch(low, sr, fmin=30.0)[0], 45.0)) < 1
+    # a fundamental 14 dB under its octave is still periodic only at its own period: in range, read right
+    t8 = np.arange(T) / SR
+    weak = 0.1 * np.sin(2 * np.pi * 1250.0 * t8) + 0.5 * np.sin(2 * np.pi * 2500.0 * t8 + 1)
+    assert abs(cents(estimate_pitch(weak, SR)[0], 1250.0)) < 1
+
+
 def test_noise_and_silence_are_unvoiced():
     rng = np.random.default_rng(2)
     f0, voiced = estimate_pitch(rng.normal(size=(2, 3, T)), SR)
