@@ -515,8 +515,18 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     assert [p.name for p in paths[:2]] == ["member000.wav", "member002.wav"]  # as samples.nc labels them
     with pytest.raises(ValueError, match=r"a440\.wav names a file, but audio samples are written as one WAV per clip"):
         tones_adapter.write(ds, tmp_path / "a440.wav")
-    with pytest.raises(ValueError, match=r"sample_rate attribute is 8000\.5; WAV files need a whole number of Hz"):
-        tones_adapter.write(ds.assign_attrs(sample_rate=8000.5), tmp_path / "odd")
+    odd = ds.assign_attrs(sample_rate=8000.5).assign_coords(time=np.arange(ds.sizes["time"]) / 8000.5)
+    with pytest.raises(ValueError, match=r"sample rate is 8000\.5 Hz; WAV files need a whole number of Hz"):
+        tones_adapter.write(odd, tmp_path / "odd")
+    # the rate is the time coordinate's: every other sample kept the attribute and was written at
+    # twice its speed (an octave up); without the attribute the time steps give it
+    with pytest.raises(ValueError, match=r"sample_rate attribute says 8000 Hz but its time coordinate steps 0\.00025 s "
+                                         r"\(4000 Hz\): was it subsampled"):
+        tones_adapter.write(ds.isel(time=slice(None, None, 2)), tmp_path / "half")
+    bare = ds.isel(time=slice(None, None, 2)).drop_attrs()
+    with pytest.raises(ValueError, match=r"the Dataset is at 4000 Hz but the model works at 8000 Hz; resample it"):
+        tones_adapter.to_tensor(bare)
+    assert sf.info(tones_adapter.write(bare, tmp_path / "bare")[0]).samplerate == 4000
     np.testing.assert_array_equal(sf.read(paths[1], dtype="float32")[0], ds.waveform[2].values)
     # clips of a write killed before its samples.nc (no record of them) are still recognised as ours
     (tmp_path / "sel" / "member007.wav").write_bytes(b"from a killed, larger set")
@@ -545,3 +555,21 @@ def test_a_failed_or_interrupted_tones_build_leaves_nothing_in_the_cache(tmp_pat
     folder = tones.ensure_tones(n_clips=4)
     assert folder == broken and len(list(folder.glob("tone_*.wav"))) == 4 and (folder / tones.MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [folder.name]
+
+
+def test_the_pitch_sweep_reads_pitch_in_its_own_units_and_range(tmp_path, caplog):
+    # a folder whose CSV says pitch[kHz] (or MIDI numbers) was scored as if the numbers were Hz
+    # (0.66 "Hz" against 660 Hz recordings: 11959 cents off), and notes above 2000 Hz read an octave low
+    from sciddpm.data.audio_eval import audio_scores
+
+    rate, n = 16000, 4096
+    hz = np.array([660.0, 2500.0, 3000.0])
+    clips = np.sin(2 * np.pi * hz[:, None] * np.arange(n) / rate)
+    ds = xr.Dataset({"waveform": (("member", "time"), clips)})
+    for values, units in ((hz / 1000, "kHz"), (69 + 12 * np.log2(hz / 440), "MIDI"), (hz, "Hz")):
+        scores = audio_scores(ds, ds, {"pitch": values}, tmp_path, rate, pitch_units=units)
+        assert [p["requested_hz"] for p in scores["pitch_sweep"]] == pytest.approx(hz.tolist())
+        assert scores["pitch_samples"]["within_50_cents"] == 1.0 and scores["pitch_samples"]["median_abs_cents"] < 1
+    with caplog.at_level("WARNING"):
+        scores = audio_scores(ds, ds, {"pitch": hz}, tmp_path, rate, pitch_units="cents")
+    assert "pitch_sweep" not in scores and "is in 'cents', which is not a frequency" in caplog.text

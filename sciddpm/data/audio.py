@@ -322,9 +322,9 @@ class AudioAdapter(Adapter):
         spec = self.spec()
         if "waveform" not in ds.data_vars:
             raise ValueError(f"expected a Dataset with a 'waveform' variable, got {list(ds.data_vars)}")
-        rate = ds.attrs.get("sample_rate", self.sample_rate)
+        rate = _sample_rate(ds, self.sample_rate)
         if rate != self.sample_rate:
-            raise ValueError(f"the Dataset is at {rate} Hz but the model works at {self.sample_rate} Hz; resample it first")
+            raise ValueError(f"the Dataset is at {rate:g} Hz but the model works at {self.sample_rate} Hz; resample it first")
         da = ds["waveform"]
         tail = self._clip_dims()
         if da.ndim != len(tail) + 1 or da.dims[1:] != tail:
@@ -359,9 +359,9 @@ class AudioAdapter(Adapter):
             where = np.argwhere(bad.reshape(*values.shape[: len(lead)], -1).any(-1))[0]
             raise ValueError(f"waveform has NaN/Inf at {dict(zip(lead, where.tolist()))}; nothing was written "
                              "(a diverged sampler? try more steps or check the model)")
-        rate = ds.attrs.get("sample_rate", self.sample_rate)
-        if isinstance(rate, bool) or not float(rate).is_integer() or rate <= 0:  # a WAV header holds whole Hz
-            raise ValueError(f"the Dataset's sample_rate attribute is {rate!r}; WAV files need a whole number of Hz")
+        rate = _sample_rate(ds, self.sample_rate)
+        if not float(rate).is_integer() or rate <= 0:  # a WAV header holds whole Hz
+            raise ValueError(f"the Dataset's sample rate is {rate!r} Hz; WAV files need a whole number of Hz")
         rate = int(rate)
         out = Path(out)
         if out.suffix in (".nc", ".zarr"):
@@ -410,7 +410,9 @@ class AudioAdapter(Adapter):
         """Audio scores for ``sciddpm evaluate`` (see ``sciddpm.data.audio_eval``)."""
         from sciddpm.data.audio_eval import audio_scores
 
-        return audio_scores(samples, heldout, cond, out, int(samples.attrs.get("sample_rate", self.sample_rate)))
+        pitch_units = self.spec().cond["pitch"].units if "pitch" in self.spec().cond.names else None
+        return audio_scores(samples, heldout, cond, out, int(samples.attrs.get("sample_rate", self.sample_rate)),
+                            pitch_units=pitch_units)
 
     def _spectrogram_png(self, values: np.ndarray, lead: tuple, labels: list[str], rate: int, path: Path) -> Path:
         clips = values.reshape(-1, *values.shape[len(lead):])
@@ -431,6 +433,30 @@ class AudioAdapter(Adapter):
         if len(clips) > len(shown):
             fig.suptitle(f"first {len(shown)} of {len(clips)} clips", fontsize=9)
         return save_png(fig, path)
+
+
+def _sample_rate(ds: xr.Dataset, default: int) -> float:
+    """The rate of ``ds``'s clips: its ``sample_rate`` attribute and its ``time`` coordinate (in
+    seconds) must agree - a Dataset subsampled with ``isel(time=slice(None, None, 2))`` keeps the
+    attribute and would be written at twice its speed. Without either, the model's ``default``."""
+    said = ds.attrs.get("sample_rate")
+    if said is not None and (isinstance(said, bool) or not isinstance(said, (int, float, np.number))):
+        raise ValueError(f"the Dataset's sample_rate attribute is {said!r}, not a number of Hz")
+    time = ds.coords.get("time")
+    if time is None or time.size < 2 or time.dtype.kind != "f":  # (integers: sample numbers, not seconds)
+        return default if said is None else float(said)
+    steps = np.diff(np.asarray(time.values, dtype=np.float64))
+    if not np.allclose(steps, steps[0], rtol=1e-6, atol=0) or steps[0] <= 0:
+        raise ValueError("the Dataset's time coordinate is not evenly spaced and increasing, so it has no sample rate; "
+                         "give the clips a time coordinate of i / sample_rate seconds")
+    measured = 1.0 / steps[0]
+    if said is None:
+        return float(round(measured)) if abs(measured - round(measured)) < 1e-6 * measured else measured
+    if not math.isclose(measured, float(said), rel_tol=1e-6):
+        raise ValueError(f"the Dataset's sample_rate attribute says {float(said):g} Hz but its time coordinate steps "
+                         f"{steps[0]:.6g} s ({measured:.6g} Hz): was it subsampled or resampled? Set "
+                         "ds.attrs['sample_rate'] to the rate its time steps give (or resample the clips)")
+    return float(said)
 
 
 def _clip_labels(da: xr.DataArray, lead: Sequence[str]) -> list[str]:

@@ -3,32 +3,60 @@
 The held-out clips' pitches span the training range, and one sample is drawn at each of them, so
 "requested vs measured" over those pairs is a pitch sweep: it is written as JSON (every pair) and as
 a log-log scatter with the identity line and +-50 cent bands. Unvoiced samples count as misses.
+A ``pitch`` condition is read in its own units (kHz, MIDI note numbers) and compared in Hz; the
+estimator's search range covers the requested pitches, so a high note is not read as its octave.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
 
+from sciddpm.data.audio_io import midi_to_hz
+from sciddpm.data.units import read_units, says_nothing
 from sciddpm.plots import new_figure, save_png
 from sciddpm.metrics.audio import cents, estimate_pitch, mrstft_distance
 
+log = logging.getLogger(__name__)
+
+
+def pitch_in_hz(values: Any, units: str | None) -> np.ndarray | None:
+    """A pitch condition's values in Hz from its units (Hz, kHz, MIDI note numbers); None, with
+    a warning, where the units are not a frequency this can convert (no pitch sweep then)."""
+    values = np.asarray(values, dtype=np.float64)
+    if says_nothing(units):
+        log.warning("the pitch condition has no units: its values are taken as Hz for the pitch sweep")
+        return values
+    if str(units).strip().lower() in ("midi", "midi note", "midi notes", "midi note number", "midi number"):
+        return midi_to_hz(values)
+    read = read_units(units)
+    if read is None or read[0] != (("T", -1),):
+        log.warning("the pitch condition is in %r, which is not a frequency sciddpm can convert to Hz (Hz, kHz, "
+                    "MIDI): no pitch sweep", units)
+        return None
+    return values * read[1]
+
 
 def audio_scores(samples: xr.Dataset, heldout: xr.Dataset, cond: Mapping[str, Any], out: str | Path,
-                 rate: int) -> dict:
+                 rate: int, pitch_units: str | None = "Hz") -> dict:
     mono = {k: (d.waveform.mean("channel") if "channel" in d.waveform.dims else d.waveform)
             .transpose(..., "time").values for k, d in (("samples", samples), ("heldout", heldout))}
     length = mono["samples"].shape[-1]
     scores: dict[str, Any] = {"files": []}
-    if "pitch" in cond:
-        requested = np.broadcast_to(np.asarray(cond["pitch"], dtype=np.float64), mono["samples"].shape[:-1])
-        fmin = max(50.0, 2.02 * rate / length)  # the lowest pitch with two periods in a clip
+    requested = pitch_in_hz(cond["pitch"], pitch_units) if "pitch" in cond else None
+    if requested is not None:
+        requested = np.broadcast_to(requested, mono["samples"].shape[:-1])
+        # the search range covers every requested pitch (a note above fmax read as its octave):
+        # down to two periods in a clip, up to just under the Nyquist frequency
+        fmin = max(min(50.0, 0.8 * requested.min()), 2.02 * rate / length)
+        fmax = max(fmin * 1.5, min(max(2000.0, 1.25 * requested.max()), 0.45 * rate))
         measured = {}
         for key, wave in mono.items():
-            f0, voiced = estimate_pitch(wave, rate, fmin=fmin)
+            f0, voiced = estimate_pitch(wave, rate, fmin=fmin, fmax=fmax)
             measured[key] = np.where(voiced, f0, np.nan)
             err = np.abs(cents(f0[voiced], requested[voiced])) if voiced.any() else np.zeros(0)
             scores[f"pitch_{key}"] = {
