@@ -255,8 +255,10 @@ def test_a_clip_of_leading_silence_is_refused_by_name_and_offset_s_is_the_fix(fo
         sf.write(folder / name, late, SR)
     with pytest.raises(ValueError, match=r"2 of the 3 training clips read for statistics are silent \(peak 60 dB or "
                                          r"more under the loudest clip's\) over their 1024 samples from offset_s=0, "
-                                         r"e\.g\. \S*long\.wav.*; the sound starts later in them: set "
-                                         r"data\.kwargs\.offset_s"):
+                                         r"e\.g\. \S*long\.wav.*\. Either the sound starts later in them \(set "
+                                         r"data\.kwargs\.offset_s.*or the files' levels differ by more than 60 dB: "
+                                         r"the loudest clip, \S*exact\.flac, peaks at -3 dBFS and the median clip "
+                                         r"at -68 dBFS"):
         build_adapter("audio", **common).spec()
     fixed = build_adapter("audio", **common, offset_s=0.1)
     items = fixed.dataset("train")
@@ -344,6 +346,11 @@ def test_folder_stereo_kept_with_channels_2(tmp_path, folder):
     mono = build_adapter("audio", source="folder", path=str(root), clip_samples=2048, stats_clips=3)
     with pytest.raises(ValueError, match=r"s1.wav: its 2 channels cancel when mixed down to mono .*channels=2"):
         mono.spec()
+    # ... and a channel inverted at another gain (R = -0.8 L) lost 20 dB in the mix without a word
+    sf.write(root / "s1.wav", np.stack([tone, -0.8 * tone], axis=1), SR, subtype="PCM_24")
+    with pytest.warns(UserWarning, match=r"s1.wav: its 2 channels partly cancel when mixed down to mono \(an inverted "
+                                         r"channel\?\): the mix is -19 dB under the channels' level"):
+        build_adapter("audio", source="folder", path=str(root), clip_samples=2048, stats_clips=3).spec()
 
 
 def _break(folder, how):
@@ -363,6 +370,13 @@ def _break(folder, how):
     elif how == "empty":
         for p in folder.iterdir():
             p.unlink()
+    elif how == "cp1252":  # Excel's legacy "CSV": a bare UnicodeDecodeError before
+        meta.write_bytes("filename,pitch[Hz],gain[dB]\nlong.wav,220,0\n# Kl\u00e4nge\n".encode("cp1252"))
+    elif how == "one recording twice":  # trained under two labels; a.wav also said to be "not listed"
+        (folder / "sub").mkdir()
+        meta.write_text(meta.read_text() + "sub/../long.wav,880,0\n")
+    elif how == "underscore":  # float() reads it as 330
+        meta.write_text("filename,pitch[Hz],gain[dB]\nlong.wav,3_30,0\n")
     return str(folder)
 
 
@@ -373,6 +387,10 @@ def _break(folder, how):
     ("nan samples", ValueError, r"nan\.wav holds NaN or infinite samples; audio must be finite"),
     ("non-numeric", ValueError, r"non-numeric value 'high' in column 'pitch' for 'long.wav' \(metadata.csv line 2\)"),
     ("empty", FileNotFoundError, r"audio folder .*clips is empty"),
+    ("cp1252", ValueError, r"metadata.csv is not UTF-8 text \(byte 0xe4 at position \d+; .*save it as UTF-8"),
+    ("one recording twice", ValueError, r"lists one recording more than once \(under the names \['long.wav', "
+                                        r"'sub/../long.wav'\]\)"),
+    ("underscore", ValueError, r"non-numeric value '3_30' in column 'pitch'"),
 ])
 def test_folder_errors_name_the_problem(folder, how, error, needle):
     adapter = build_adapter("audio", source="folder", path=_break(folder, how), sample_rate=SR)

@@ -421,3 +421,13 @@ def test_units_of_observations_are_compared_never_converted(caplog):
         check_units(data("kg C m-2 s-1"), {"t": {"units": "kg m-2 s-1"}})  # an element, not kelvin
     assert "variable 't' says units 'mm/month', the training data said 'mm day-1'; taken as the same" in caplog.text
     assert "variable 't' says units 'mm s-1', the training data said 'kg m-2 s-1'; taken as the same" in caplog.text
+
+
+def test_csv_headers_give_units_in_brackets_or_parentheses():
+    from sciddpm.data.conditioning import split_header
+
+    assert split_header(" pitch[Hz] ") == split_header("pitch (Hz)") == ("pitch", "Hz")
+    assert split_header("gain") == ("gain", None) and split_header("co2 [ppm]") == ("co2", "ppm")
+    for bad in ("pitch[Hz", "a[b][c]", "f(x) (Hz)", "[Hz]"):
+        with pytest.raises(ValueError, match=r"is not 'name' or 'name\[units\]'"):
+            split_header(bad)

@@ -57,6 +57,10 @@ def test_log_spectral_distance_counts_a_missing_shell_as_far_off():
     reference = np.array([1.0, 0.5, 0.1, 0.01])
     assert log_spectral_distance(reference, reference * [1, 1, 1, 0]) > 2  # was 0: the empty shell was skipped
     assert log_spectral_distance(np.zeros(4), np.zeros(4)) == 0.0  # two constant fields: no NaN
+    # a tone's spectrum (a few shells over 100 dB of nothing) 6 dB down is 0.6 B off, whatever
+    # its empty shells: they were counted as matches and it read 0.075 B
+    tone = np.r_[1.0, 0.3, 0.1, np.full(60, 1e-14)]
+    assert log_spectral_distance(tone, tone * 10 ** -0.6) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="same"):
         log_spectral_distance(reference, reference[:3])
 

@@ -241,9 +241,14 @@ class AudioAdapter(Adapter):
             said = (f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (peak 60 dB or "
                     f"more under the loudest clip's) over their {self.clip_samples} samples from "
                     f"offset_s={self.offset_s:g}, e.g. {', '.join(silent[:3])}")
-            if 2 * len(silent) > len(pick):  # most: the sound starts later in the files (leading silence)
-                raise ValueError(f"{said}; the sound starts later in them: set data.kwargs.offset_s, or trim their "
-                                 "leading silence")
+            if 2 * len(silent) > len(pick):  # most: leading silence, or one file far louder than the rest
+                loudest = files[pick[int(np.argmax(peaks))]].path
+                raise ValueError(
+                    f"{said}. Either the sound starts later in them (set data.kwargs.offset_s, or trim their leading "
+                    f"silence), or the files' levels differ by more than 60 dB: the loudest clip, {loudest}, peaks at "
+                    f"{20 * np.log10(peaks.max()):.0f} dBFS and the median clip at "
+                    f"{20 * np.log10(max(float(np.median(peaks)), 1e-300)):.0f} dBFS (normalise each file's level, "
+                    "or drop the loud ones)")
             if silent:  # a few: deliberate silence, or empty recordings, trained under their labels
                 log.warning("%s; they train as silence under their labels (drop them if that is not meant)", said)
             scale = float(np.percentile(np.abs(clips), 99.9))

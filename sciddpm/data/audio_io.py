@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ def probe(paths: list[Path], channels: int) -> list[AudioFile]:
     return out
 
 
+# A stereo file whose mono mix-down is this much quieter than its channels (-10 dB, a channel
+# correlation of -0.8 at equal levels; uncorrelated channels lose 3 dB) is said to partly cancel.
+MIX_LOSS = 10 ** (-10 / 20)
+
+
 def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float, channels: int) -> np.ndarray:
     """``[channels, clip_samples]`` float32: mixed down, resampled, cropped from the offset, padded at the end."""
     sf = soundfile()
@@ -95,12 +101,19 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
     data = data.T  # [file channels, frames]
     if channels == 1:
         before = float(np.abs(data).max(initial=0.0))
+        level = float(np.sqrt(np.mean(data.astype(np.float64) ** 2))) if data.size else 0.0  # of the channels
         data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
         after = float(np.abs(data).max(initial=0.0))
         if before > 0 and after < 1e-3 * before:  # would train as silence under its labels
             raise ValueError(f"{f.path}: its {f.channels} channels cancel when mixed down to mono (opposite phase: "
                              f"peak {before:.3g} before, {after:.3g} after); fix the file, drop it, or keep both "
                              "channels with data.kwargs.channels=2")
+        mixed = float(np.sqrt(np.mean(data.astype(np.float64) ** 2))) if data.size else 0.0
+        if f.channels > 1 and mixed < MIX_LOSS * level:  # partly opposite phase: quieter than it sounds
+            warnings.warn(f"{f.path}: its {f.channels} channels partly cancel when mixed down to mono (an inverted "
+                          f"channel?): the mix is {20 * np.log10(max(mixed, 1e-300) / level):.0f} dB under the "
+                          "channels' level; fix the file, or keep both channels with data.kwargs.channels=2",
+                          stacklevel=2)
     skip = first - lo * sample_rate // f.rate  # exact: lo * sample_rate / f.rate is a whole number
     if f.rate != sample_rate and data.shape[1]:
         data = resample(data, f.rate, sample_rate)
@@ -112,6 +125,8 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
 
 def _number(text: str, column: str, where: str) -> float:
     try:
+        if "_" in text:  # float() reads 3_30 as 330: a typo, not a number in a table
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise ValueError(f"non-numeric value {text!r} in column {column!r} for {where}; a condition is a number "
@@ -203,12 +218,14 @@ def read_folder(folder: Path, metadata: str = "metadata.csv", units: Mapping[str
             values[p].append(_number(row[col[p]].strip(), p, f"{name!r} ({table.name} line {line})"))
     if not files:
         raise ValueError(f"{table} lists no files; add one row per audio file")
-    dupes = sorted(str(f.relative_to(folder)) for f, count in Counter(files).items() if count > 1)
+    # one recording under two names (sub/../a.wav, a link to a.wav) would train under two labels
+    recordings = Counter(f.resolve() for f in files)
+    dupes = sorted(str(f.relative_to(folder)) for f in files if recordings[f.resolve()] > 1)
     if dupes:
-        raise ValueError(f"{table} lists {dupes[:5]} more than once")
-    listed = set(files)
+        raise ValueError(f"{table} lists one recording more than once (under the names {dupes[:5]})")
+    listed = set(recordings)
     unlisted = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                      if p.suffix.lower() in AUDIO_SUFFIXES and p not in listed)
+                      if p.suffix.lower() in AUDIO_SUFFIXES and p.resolve() not in listed)
     if unlisted:  # the CSV is the index; say what it leaves out
         log.info("%d audio file(s) in %s are not listed in %s and are not used, e.g. %s", len(unlisted), folder,
                  metadata, ", ".join(unlisted[:3]))

@@ -37,25 +37,31 @@ class ConditionRangeWarning(UserWarning):
     """A conditioning value outside the range seen in training: the model is extrapolating."""
 
 
-_HEADER_RE = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
+# "pitch[Hz]" or "pitch (Hz)" -> pitch, Hz
+_HEADER_RE = re.compile(r"^\s*([^\[\]()]*?)\s*(?:\[([^\[\]]*)\]|\(([^()]*)\))?\s*$")
 
 
 def split_header(cell: str) -> tuple[str, str | None]:
-    """A CSV column header ``name`` or ``name[units]`` -> (name, units or None); anything else
-    (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
+    """A CSV column header ``name``, ``name[units]`` or ``name (units)`` -> (name, units or None);
+    anything else (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
     match = _HEADER_RE.match(cell)
     if match is None or not match.group(1):
         raise ValueError(f"column header {cell!r} is not 'name' or 'name[units]', e.g. pitch[Hz]")
-    units = match.group(2)
+    units = match.group(2) if match.group(2) is not None else match.group(3)
     return match.group(1), None if units is None else units.strip()
 
 
 def read_condition_table(path: str | Path) -> list[tuple[int, list[str]]]:
     """The non-blank rows of a CSV of conditions (header first), each with its line in the file as
-    an editor counts it; a spreadsheet's byte-order mark is dropped (``utf-8-sig``)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    an editor counts it; a spreadsheet's byte-order mark is dropped (``utf-8-sig``). A file in
+    another encoding (Excel's cp1252 "CSV") is refused, naming it and the fix."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}; "
+                         "a spreadsheet's legacy 'CSV' encoding?): save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
 
 
 def _num(x: float) -> str:

@@ -63,9 +63,12 @@ def spectral_slope(k: np.ndarray, power: np.ndarray, k_min: float | None = None,
 
 def log_spectral_distance(power_a: np.ndarray, power_b: np.ndarray, top_db: float = 80.0) -> float:
     """Root-mean-square difference of log10 spectra, in bels (0 when identical; 1 = a factor 10
-    off; 10x it is the same in dB). Power more than ``top_db`` below the pair's strongest shell is
-    raised to that floor (as in :func:`sciddpm.metrics.mrstft_distance`), so a shell that one
-    spectrum lacks counts as 8 factors of 10 off, not as a match; two all-zero spectra are 0 apart."""
+    off; 10x it is the same in dB), over the shells where either spectrum has power within
+    ``top_db`` of the pair's strongest shell. Power below that floor is raised to it (as in
+    :func:`sciddpm.metrics.mrstft_distance`), so a shell that one spectrum lacks counts as 8
+    factors of 10 off, not as a match; shells below it in both are left out, so that a tone's
+    spectrum 6 dB down reads 0.6 B, not a tenth of it diluted by its empty shells; two all-zero
+    spectra are 0 apart."""
     a, b = np.asarray(power_a, dtype=float), np.asarray(power_b, dtype=float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"need two spectra of the same non-zero length, got {a.shape} and {b.shape}")
@@ -75,4 +78,6 @@ def log_spectral_distance(power_a: np.ndarray, power_b: np.ndarray, top_db: floa
     if peak == 0:
         return 0.0
     floor = peak * 10 ** (-top_db / 10)
-    return float(np.sqrt(np.mean((np.log10(np.maximum(a, floor)) - np.log10(np.maximum(b, floor))) ** 2)))
+    heard = (a > floor) | (b > floor)
+    a, b = np.maximum(a[heard], floor), np.maximum(b[heard], floor)
+    return float(np.sqrt(np.mean((np.log10(a) - np.log10(b)) ** 2)))
