@@ -43,6 +43,16 @@ def test_a_wavelength_lands_in_one_shell_whichever_way_it_points_on_a_non_square
                         (np.cos(2 * np.pi * (x + y) / 8), 6)):
         k, p = power_spectrum(wave, dims=2)
         assert int(np.argmax(p)) + 1 == shell
+    # one cycle along the long side (0.5 cycles per short side) is the largest scale, in shell 1,
+    # with all its power (it was binned with the mean and dropped); 1.5 and 2.5 go to shells 2
+    # and 3 (np.rint sent both to shell 2)
+    for cycles, shell in ((1, 1), (3, 2), (5, 3)):
+        k, p = power_spectrum(np.cos(2 * np.pi * cycles * x / 64), dims=2)
+        assert int(np.argmax(p)) + 1 == shell and p.sum() > 0
+    k, p = power_spectrum(np.cos(2 * np.pi * x / 64), dims=2)
+    counts = np.bincount(np.floor(np.hypot(*np.meshgrid(np.fft.fftfreq(32) * 32, np.fft.fftfreq(64) * 32,
+                                                        indexing="ij")) + 0.5).astype(int).ravel())
+    assert p[0] * max(counts[1], 1) == pytest.approx(0.5)  # its whole mean square, in shell 1
     # and a power-law field isotropic in space keeps its slope
     rng = np.random.default_rng(3)
     grids = np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(64), indexing="ij")

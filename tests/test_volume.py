@@ -205,6 +205,9 @@ def test_write_zarr_and_png_and_refuse_nan(grf_adapter, tmp_path):
     written = xr.open_dataset(nc).load()
     np.testing.assert_array_equal(written["field"].values, ds["field"].values)
     np.testing.assert_array_equal(written.attrs["periodic"], [1, 1, 1])
+    for name in ("ens.nc4", "ens.NC", "ens.h5"):  # other netCDF names were folders holding samples.zarr
+        path = grf_adapter.write(ds, tmp_path / name.replace(".", "_") / name)[0]
+        assert path.is_file() and np.array_equal(xr.open_dataset(path).load()["field"].values, ds["field"].values)
     bad = ds.copy(deep=True)
     bad["field"][1, 2, 3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN/Inf at \\[1, 2, 3, 4\\]"):
@@ -302,6 +305,12 @@ def test_store_declares_periodicity_the_way_netcdf_can(custom_store, tmp_path, d
     reversed_dims = build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
                                   dims=["i", "j", "k"], sample_dim="run")
     assert reversed_dims.spec().padding == padding[::-1]
+    # ... and the samples' attribute is per axis of their dims, as the model pads them (it was the
+    # store's list, copied: retrained on, the samples put the padding on the wrong axes)
+    x = torch.zeros(1, 1, *reversed_dims.spec().shape)
+    samples = reversed_dims.to_xarray(x, {"mass": [1.0]})
+    assert samples["rho"].dims[1:] == ("i", "j", "k")
+    assert samples.attrs["periodic"] == [p == "circular" for p in padding[::-1]]
     with pytest.raises(ValueError, match=r"periodic must be a bool \(or 0/1\) or one per axis"):
         build_adapter("volume", source="store", path=str(path), fields=["rho"], params=["mass"],
                       dims=["k", "j", "i"], sample_dim="run", periodic=[1, 2, 1]).spec()

@@ -54,7 +54,7 @@ from sciddpm.data.audio_io import (AudioFile, load_clip, probe, read_folder, rea
 from sciddpm.data.base import Adapter, condition_coords, heldout_picks, register_adapter, split_indices
 from sciddpm.data.conditioning import CondSchema, CondVar
 from sciddpm.data.spec import DataSpec, Normaliser
-from sciddpm.data.stores import check_no_namesake, check_replaceable, write_store
+from sciddpm.data.stores import check_no_namesake, check_replaceable, names_a_store, write_store
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png
 
@@ -369,7 +369,7 @@ class AudioAdapter(Adapter):
             raise ValueError(f"the Dataset's sample rate is {rate!r} Hz; WAV files need a whole number of Hz")
         rate = int(rate)
         out = Path(out)
-        if out.suffix in (".nc", ".zarr"):
+        if names_a_store(out):
             folder, prefix, store = out.parent, out.stem + "_", out
         elif out.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3") or out.is_file():
             raise ValueError(f"{out} names a file, but audio samples are written as one WAV per clip: give "

@@ -62,7 +62,7 @@ from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_
                                        detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
-from sciddpm.data.stores import check_no_namesake, write_store
+from sciddpm.data.stores import check_no_namesake, names_a_store, write_store
 from sciddpm.data.units import check_same_units
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
@@ -374,9 +374,9 @@ class Era5Adapter(Adapter):
         return OutputLayout(self.spec()).example_dim(ds)
 
     def write(self, ds: xr.Dataset, out: str | Path) -> list[Path]:
-        """``out`` ending in .zarr or .nc is the store; any other path is a directory for samples.zarr."""
+        """``out`` ending in .zarr or .nc (.nc4, .h5) is the store; any other path is a directory for samples.zarr."""
         out = Path(out)
-        if out.suffix not in (".zarr", ".nc"):
+        if not names_a_store(out):
             out = out / "samples.zarr"
         check_no_namesake(out)
         write_store(ds, out)

@@ -89,8 +89,14 @@ def _open_hdf5(path: str) -> xr.Dataset:
                       "pip install 'sciddpm[hdf5]'")
 
 
+def names_a_store(path: str | os.PathLike) -> bool:
+    """Whether an output path names a store by its suffix, in any case (``x.zarr``, ``x.nc``,
+    ``x.NC``, ``x.nc4``, ``x.h5``: netCDF-4 is HDF5) rather than a folder to write into."""
+    return Path(path).suffix.lower() in (".zarr", *NETCDF_SUFFIXES, *HDF5_SUFFIXES)
+
+
 def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` atomically: a zarr store if ``path`` ends in .zarr, else a netCDF file.
+    """Write ``ds`` atomically: a zarr store if ``path`` ends in .zarr, else a netCDF(-4) file.
 
     netCDF attributes hold only strings, numbers and flat arrays of numbers. So in a netCDF file
     booleans become int8 0/1, e.g. a store's ``periodic = [True, True, True]``, and any other
@@ -106,7 +112,7 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         check_replaceable(path)
     ds = ds.assign_attrs(written_by=WRITTEN_BY)
     with atomic_path(path) as tmp:
-        if path.suffix == ".zarr":
+        if path.suffix.lower() == ".zarr":
             ds.to_zarr(tmp, mode="w", consolidated=False)
             consolidate(tmp)
         else:

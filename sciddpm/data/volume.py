@@ -50,7 +50,7 @@ from sciddpm.data.base import (Adapter, condition_coords, heldout_picks, name_li
                                register_adapter, split_indices)
 from sciddpm.data.conditioning import CondSchema, CondVar
 from sciddpm.data.spec import DataSpec, Normaliser, check_output_grid, plain_json
-from sciddpm.data.stores import check_no_namesake, open_store, write_store
+from sciddpm.data.stores import check_no_namesake, names_a_store, open_store, write_store
 from sciddpm.data.units import check_units
 from sciddpm.data.volume_eval import slices_png, slope_scores
 
@@ -376,6 +376,8 @@ class VolumeAdapter(Adapter):
         data = {name: xr.Variable(dims, values[:, c].astype(dtypes.get(name, "float32")), dict(out["variables"][name]))
                 for c, name in enumerate(spec.channels)}
         attrs = {**out["attrs"], "conditions": " ".join(checked) or "none (unconditional)"}
+        if "periodic" in attrs:  # the store's was per axis of its own dims, or overridden by periodic=
+            attrs["periodic"] = [padding == "circular" for padding in spec.padding]  # per axis of these dims
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
     def to_tensor(self, ds: xr.Dataset) -> torch.Tensor:
@@ -411,7 +413,7 @@ class VolumeAdapter(Adapter):
                 raise ValueError(f"{name!r} has NaN/Inf at {np.argwhere(~finite)[0].tolist()} {ds[name].dims}; "
                                  "nothing was written (a diverged sampler? try more steps)")
         out = Path(out)
-        if out.suffix in (".zarr", ".nc"):
+        if names_a_store(out):
             store, png = out, out.with_name(f"{out.stem}_slices.png")
         else:
             store, png = out / "samples.zarr", out / "slices.png"

@@ -17,7 +17,8 @@ def power_spectrum(field: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray
 
     ``field`` has shape [..., *spatial] with ``dims`` spatial axes, the last ones (required: with
     a default of "every axis" a member or case axis would silently join the FFT). ``k`` holds
-    the mean |k| of the modes in shells 1..k_max, in cycles per length of the shortest axis,
+    the mean |k| of the modes in shells 1..k_max (shell n: n - 1/2 <= |k| < n + 1/2, shell 1 from
+    just above 0), in cycles per length of the shortest axis,
     k_max being half its points (the mean, k=0, is left out, and so are the modes beyond k_max in
     the corners of the grid: these shells hold 60-80% of white noise's variance); ``P`` the mean
     power per mode in each shell, normalised so that the sum over all modes equals the field's
@@ -36,7 +37,11 @@ def power_spectrum(field: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray
     shortest = min(spatial)
     grids = np.meshgrid(*[np.fft.fftfreq(n) * shortest for n in spatial], indexing="ij")
     radius = np.sqrt(sum(g**2 for g in grids))
-    shell = np.rint(radius).astype(int).ravel()
+    # shells [n - 1/2, n + 1/2), halves rounded up (np.rint rounds them to even: on a 32 x 64 grid
+    # |k| = 1.5 and 2.5 both went to shell 2); only the mean is shell 0: a wave longer than the
+    # shortest side (|k| = 0.5 on a 32 x 64 grid) is the largest scale there is, in shell 1
+    shell = np.floor(radius + 0.5).astype(int).ravel()
+    shell[(shell == 0) & (radius.ravel() > 0)] = 1
     k_max = shortest // 2
     counts = np.bincount(shell, minlength=k_max + 1)[1:k_max + 1]
     power = np.bincount(shell, weights=modes.ravel(), minlength=k_max + 1)[1:k_max + 1]
