@@ -70,7 +70,7 @@ def fill_gaps(model: Any, observed: xr.Dataset, n: int, cond: Mapping[str, float
         name = "case" if lead == "member" else lead
         ds = xr.concat(filled, dim=name, coords="different", compat="equals", combine_attrs="drop_conflicts")
         ds = ds.assign_coords({name: observed[lead].values})
-    _say_if_relabelled(ds, observed if lead != "member" else observed.rename(member="case"))
+    _compare_with_observations(ds, observed if lead != "member" else observed.rename(member="case"))
     # the observations' scalar coordinates (the date of one field picked with ds.sel(time=...)) stay
     return ds.assign_coords({k: v for k, v in observed.coords.items() if v.ndim == 0 and k not in ds.coords})
 
@@ -90,8 +90,9 @@ def _warn_if_unobserved(known: torch.Tensor, observed: xr.Dataset, lead: str | N
                 "not gap fills; check the variables and the region the observations were cut from", which)
 
 
-def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
-    """Warn where an observed value is not found at its own coordinates in the result: the
+def _compare_with_observations(ds: xr.Dataset, observed: xr.Dataset) -> None:
+    """Warn where an observed value is not found at its own coordinates in the result (and, via
+    ``_say_if_dropped``, where observed values have no place in it at all): the
     adapter read the observations by position (a clip cut from a longer recording keeps times that
     do not start at 0; a volume's axis may run the other way) and the result carries the model's
     coordinates, so comparing the two by label would pair the wrong points."""
@@ -115,6 +116,7 @@ def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
             if bool(both.any()) and np.allclose(result.where(both).values,
                                                 aligned.where(both).transpose(*result.dims).values,
                                                 rtol=1e-6, atol=0, equal_nan=True):
+                _say_if_dropped(name, int(given.notnull().sum()), aligned.notnull() & ~both, both, given, result)
                 continue
         differ = [d for d in shared if not np.array_equal(np.asarray(shared[d]), np.asarray(given.indexes[d]))]
         log.warning("the observations of %r were read by position, and their coordinates%s are not the model's: the "
@@ -122,6 +124,29 @@ def _say_if_relabelled(ds: xr.Dataset, observed: xr.Dataset) -> None:
                     "the observations the model's coordinates first)", name,
                     f" ({', '.join(map(str, differ))})" if differ else "")
         return
+
+
+def _say_if_dropped(name: str, observed: int, dropped: xr.DataArray, kept: xr.DataArray, given: xr.DataArray,
+                    result: xr.DataArray) -> None:
+    """Warn where observed values have no place in the result: a level the model was not trained
+    at (observations of z at 500 and 850 hPa for a model of z@500), a point it never generates
+    (land for SST) - the docs promise observations back as given, so their loss is said."""
+    lost = observed - int(kept.sum())
+    if lost <= 0:
+        return
+    where = []
+    for d in (d for d in given.dims if d in given.coords and d in result.coords and given[d].ndim == 1):
+        absent = sorted(set(np.asarray(given[d].values).tolist()) - set(np.asarray(result[d].values).tolist()))
+        if d in dropped.dims and dropped.sizes[d] <= 64:  # a level dim, not latitude: labels left out whole
+            others = [o for o in dropped.dims if o != d]
+            whole = (dropped.any(others) & ~kept.any(others)).values
+            absent += np.asarray(dropped[d].values)[whole].tolist()
+        if absent:
+            where.append(f"{d} {', '.join(map(str, absent[:5]))}")
+    log.warning("%d of the %d observed values of %r have no place in the filled fields and are not in them (%s): "
+                "the model does not generate them", lost, observed, name,
+                f"at {'; '.join(where)}, which the model was not trained on" if where
+                else "points the model's output leaves NaN, such as its static mask")
 
 
 def _warn_if_overriding(adapter: Any, names: list[str], observed: xr.Dataset, given: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from sciddpm.data import DataSpec, adapter_from_spec, build_adapter
+from sciddpm.data import CondSchema, DataSpec, adapter_from_spec, build_adapter
 from sciddpm.data.era5_layouts import LAYOUTS, detect_layout, open_era5_store
 from sciddpm.data.era5_synthetic import anomaly_std, climatology, write_synthetic
 from sciddpm.testing import assert_roundtrip
@@ -231,6 +231,9 @@ def test_stores_it_would_misread_are_refused_with_the_fix(stores, tmp_path):
     later = adapter(tmp_path / "later_co2.zarr", ["2m_temperature"], cond=["dayofyear", "co2"],
                     time_range=["2016-12-26", "2017-01-03"])
     assert later.spec().cond["co2"].min == 400.0 and len(later.dataset("train")) > 0
+    with pytest.raises(ValueError, match=r"has 0 time\(s\) in time_range \['1990', '1991'\] \(1990-01-01T00:00:00\.000000000 "
+                                         r"\.\. 1992-01-01T00:00:00\.000000000\); the store holds 2016-12-25"):
+        adapter(stores["64x32"], ["2m_temperature"], time_range=["1990", "1991"]).spec()  # was "2016-12-25 .. 1992"
     with pytest.raises(ValueError, match=r"time_range starts after it stops"):
         adapter(stores["64x32"], ["2m_temperature"], time_range=["2017-01-03", "2016-12-25"])
     with pytest.raises(ValueError, match=r"time_range \['2016-12-25', 'soon'\]: give ISO dates"):
@@ -257,6 +260,24 @@ def test_cond_replaces_the_default_list_and_says_what_it_left_out(stores, caplog
     assert spec.cond.names == ["hour"] and spec.static == []
     assert "conditioning on hour (data.kwargs.cond replaces the default list: dayofyear left out; list them " \
            "too, cond=[dayofyear,hour], to keep them)" in caplog.text
+
+
+def test_day_of_year_and_hour_are_checked_against_the_times_trained_on(stores):
+    # trained on 25-31 December only, the schema said 1-366, so July sampled without a warning;
+    # and an hour or day beyond one period wrapped round (hour=25 became 01 UTC) with a mere warning
+    from sciddpm.data import ConditionRangeWarning
+
+    cond = adapter(stores["64x32"], ["2m_temperature"]).spec().cond
+    assert (cond["dayofyear"].min, cond["dayofyear"].max) == (360.0, 366.0)  # 2016 is a leap year
+    with pytest.warns(ConditionRangeWarning, match=r"dayofyear=180 day is outside the training range 360–366 day"):
+        cond.validate({"dayofyear": 180, "hour": 0})
+    with pytest.raises(ValueError, match=r"hour \[h, trained 0–18\] is cyclic with period 24, and 25 is more than a "
+                                         r"period from the values trained on; give it within -6–24"):
+        cond.validate({"dayofyear": 362, "hour": 25})
+    full = CondSchema.from_dict({"vars": [{**cond.to_dict()["vars"][0], "min": 1.0, "max": 366.0}]})
+    with pytest.raises(ValueError, match=r"400 is more than a period from the values trained on; give it within "
+                                         r"0\.75–366\.25"):
+        full.validate({"dayofyear": 400})
 
 
 def test_a_scalar_condition_needs_units(stores, tmp_path):

@@ -109,8 +109,8 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, capl
         kept = again[name].isel(member=0).values
         np.testing.assert_array_equal(kept[np.isfinite(given)], given[np.isfinite(given)])
 
-def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land):
-    _, source = land
+def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land, caplog):
+    is_land, source = land
     observed = source[["2m_temperature", "sea_surface_temperature"]].isel(time=[400]).load()
     observed["2m_temperature"][:, :4, :4] = np.nan
     model = sciddpm.load("sst", runs_dir=run / "runs")
@@ -125,6 +125,20 @@ def test_infill_refuses_observations_in_other_units_or_with_infinities(run, land
         model.infill(infinite, n=1, steps=2)
     with pytest.raises(ValueError, match=r"rename them first \(ds\.rename\(lon='longitude', lat='latitude'\)\)"):
         model.infill(observed.rename(latitude="lat", longitude="lon"), n=1, steps=2)
+    # a 360-day calendar's dates are not the standard ones (30 December is day 360, read as 364)
+    import cftime
+
+    dated = observed.assign_coords(time=[cftime.Datetime360Day(2018, 12, 30, 12)])
+    with pytest.raises(ValueError, match=r"the Dataset: time holds object values, not datetime64 \(calendar "
+                                         r"'360_day'\); convert it to the standard calendar first"):
+        model.infill(dated, n=1, steps=2)
+    # observed values the model never generates (SST over its land mask) are said to be left out
+    on_land = observed.copy(deep=True)
+    on_land["sea_surface_temperature"] = on_land["sea_surface_temperature"].fillna(280.0)
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        model.infill(on_land, n=1, steps=2)
+    assert f"{int(is_land.sum())} of the {on_land['sea_surface_temperature'].size} observed values of " \
+           "'sea_surface_temperature' have no place in the filled fields" in caplog.text
 
 
 def test_sample_writes_zarr_in_source_units(run, tmp_path):
@@ -176,3 +190,22 @@ def test_evaluate_scores_the_climate_ensemble_in_physical_units(run, tmp_path):
     assert t2m["crps_skill_score"] == pytest.approx(1 - t2m["crps"] / t2m["climatology"]["crps"])
     assert sum(t2m["rank_histogram"]) == sum(t2m["climatology"]["rank_histogram"]) > 0
     assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("*.png"))
+
+
+def test_observations_at_levels_the_model_does_not_take_are_said_to_be_left_out(caplog):
+    # z observed at 500 and 850 hPa for a model of z@500 (and t@850, so its output has both levels
+    # with z NaN at 850): the 850 hPa observations vanished from the filled fields without a word
+    from sciddpm.infill import _compare_with_observations
+
+    grid = {"level": [500, 850], "latitude": [10.0, 0.0, -10.0], "longitude": [0.0, 90.0, 180.0, 270.0]}
+    z = np.arange(24.0).reshape(2, 3, 4)
+    observed = xr.Dataset({"z": (("level", "latitude", "longitude"), z)}, coords=grid)
+    result = observed.where(observed.level == 500).expand_dims(member=1)
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        _compare_with_observations(result, observed)
+    assert "12 of the 24 observed values of 'z' have no place in the filled fields and are not in them (at level " \
+           "850, which the model was not trained on)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        _compare_with_observations(observed.expand_dims(member=1), observed)  # all kept: nothing to say
+    assert caplog.text == ""

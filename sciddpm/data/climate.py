@@ -58,8 +58,8 @@ from sciddpm.data.base import (Adapter, close_match, condition_coords, heldout_p
 from sciddpm.data.conditioning import CondSchema, CondVar
 from sciddpm.data.spec import DataSpec, Normaliser
 from sciddpm.data.climate_eval import score_climate_ensemble
-from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, decode_mask,
-                                       detect_layout, encode_mask, open_era5_store, read_time)
+from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, check_standard_time,
+                                       decode_mask, detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
 from sciddpm.data.stores import check_no_namesake, names_a_store, write_store
@@ -176,8 +176,10 @@ class Era5Adapter(Adapter):
                  if left_out else "")
         out = []
         for name in names:
-            if name == "dayofyear":
-                out.append(CondVar(name, **TIME_CONDS[name]))
+            if name == "dayofyear":  # the days trained on, where they are not the whole year (autumn only, say)
+                days = day_of_year(index["stamps"][train])
+                span = {} if np.unique(days).size >= 365 else {"min": float(days.min()), "max": float(days.max())}
+                out.append(CondVar(name, **{**TIME_CONDS[name], **span}))
             elif name == "hour":
                 if len(hours) < 2:
                     raise ValueError(f"{index['path']} has one time of day ({hours[0]:g} h UTC); drop 'hour' from cond")
@@ -304,6 +306,7 @@ class Era5Adapter(Adapter):
             raise ValueError(f"the Dataset has no '{TIME}' coordinate to read {' and '.join(dated)} from (coords: "
                              f"{list(ds.coords)}); pass them explicitly (--cond {dated[0]}=VALUE)")
         if TIME in ds.coords:
+            check_standard_time(ds, "the Dataset")
             stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
             count = len(stamps)
         else:
@@ -312,8 +315,7 @@ class Era5Adapter(Adapter):
         out = {}
         for name in names:
             if name == "dayofyear":
-                days = stamps.astype("datetime64[D]")
-                out[name] = ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
+                out[name] = day_of_year(stamps)
             elif name == "hour":
                 out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
             else:
@@ -392,6 +394,12 @@ class Era5Adapter(Adapter):
         ensemble, truth = canonical_dims(ensemble)[0], canonical_dims(truth)[0]
         climatology = None if climatology is None else canonical_dims(climatology)[0]
         return score_climate_ensemble(ensemble, truth, climatology, out)
+
+
+def day_of_year(stamps: np.ndarray) -> np.ndarray:
+    """The day of the year (1 = 1 January, float64) of each ``datetime64`` time."""
+    days = np.asarray(stamps).astype("datetime64[D]")
+    return ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
 
 
 def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:

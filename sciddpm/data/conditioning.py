@@ -228,6 +228,12 @@ class CondSchema:
             if var.feature == "log" and np.any(a <= 0):
                 raise ValueError(f"condition {var.describe()} must be positive, got {a[a <= 0][0]:g}")
             slack = 1e-6 * max(var.max - var.min, abs(var.max), 1e-12)  # float round-off in JSON
+            if var.feature == "cyclic":  # dayofyear=400 would wrap round to 34.75 without a word
+                beyond = a[(a < var.max - var.period - slack) | (a > var.min + var.period + slack)]
+                if beyond.size:
+                    raise ValueError(f"condition {var.describe()} is cyclic with period {_num(var.period)}, and "
+                                     f"{beyond[0]:g} is more than a period from the values trained on; give it "
+                                     f"within {_num(var.max - var.period)}–{_num(var.min + var.period)}")
             outside = a[(a < var.min - slack) | (a > var.max + slack)]
             if warn and outside.size:
                 units = "" if _dimensionless(var.units) else f" {var.units}"

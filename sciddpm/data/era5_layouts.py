@@ -214,6 +214,20 @@ def canonical_dims(ds: Any) -> tuple[Any, dict[str, str]]:
     return (ds.rename(renames) if renames else ds), {name: cds for cds, name in renames.items()}
 
 
+def check_standard_time(ds: Any, where: str) -> None:
+    """Refuse a ``time`` coordinate that is not datetime64: a cftime calendar (360_day, noleap)
+    would give other days of the year than its dates say (30 December is day 360 of a 360-day
+    year, 364 when read as a standard date)."""
+    if ds[TIME].dtype.kind != "M":
+        calendar = (getattr(ds.indexes.get(TIME), "calendar", None) or ds[TIME].encoding.get("calendar")
+                    or ds[TIME].attrs.get("calendar")
+                    or getattr(np.ravel(ds[TIME].values)[0], "calendar", None))  # (a scalar cftime coordinate)
+        raise ValueError(f"{where}: time holds {ds[TIME].dtype} values, not datetime64"
+                         + (f" (calendar {calendar!r})" if calendar else "")
+                         + "; convert it to the standard calendar first, e.g. "
+                           "ds.convert_calendar('standard', align_on='date', use_cftime=False)")
+
+
 def _check_grid_and_time(ds: Any, path: str) -> None:
     """Named errors for a store the adapter would misread: dims under other names, a dimension
     without coordinate values, a non-standard calendar, an unsorted latitude, a repeated meridian."""
@@ -226,13 +240,7 @@ def _check_grid_and_time(ds: Any, path: str) -> None:
         if dim not in ds.coords:
             raise ValueError(f"{path}: the {dim!r} dimension has no coordinate values, and the grid and dates come "
                              f"from them; assign them (ds.assign_coords({dim}=...))")
-    if ds[TIME].dtype.kind != "M":
-        calendar = (getattr(ds.indexes.get(TIME), "calendar", None) or ds[TIME].encoding.get("calendar")
-                    or ds[TIME].attrs.get("calendar"))  # the last when cftime was missing to decode it
-        raise ValueError(f"{path}: time holds {ds[TIME].dtype} values, not datetime64"
-                         + (f" (calendar {calendar!r})" if calendar else "")
-                         + "; convert it to the standard calendar first, e.g. "
-                           "ds.convert_calendar('standard', align_on='date', use_cftime=False)")
+    check_standard_time(ds, path)
     lat = np.asarray(ds[LAT].values, dtype=np.float64)
     lon = np.asarray(ds[LON].values, dtype=np.float64)
     for dim, values in ((LAT, lat), (LON, lon)):

@@ -106,12 +106,18 @@ def time_window(ds: xr.Dataset, stamps: np.ndarray, time_range: Sequence[str] | 
     if "valid_time_stop" in ds.attrs:
         hi = min(hi, _period(ds.attrs["valid_time_stop"])[1])
         log.info("%s: using its valid times %s .. %s (valid_time_start/stop attrs)", path, lo, hi)
+    asked = None
     if time_range is not None:
-        lo, hi = max(lo, _period(time_range[0])[0]), min(hi, _period(time_range[1])[1])
-    first, last = int(np.searchsorted(stamps, lo)), int(np.searchsorted(stamps, hi))
+        asked = _period(time_range[0])[0], _period(time_range[1])[1]
+        lo, hi = max(lo, asked[0]), min(hi, asked[1])
+    first = int(np.searchsorted(stamps, lo))
+    last = max(first, int(np.searchsorted(stamps, hi)))  # (a window past the store's end: none)
     if last - first < 2:
-        raise ValueError(f"{path} has {last - first} time(s) in {lo} .. {hi} (store: {stamps[0]} .. {stamps[-1]}); "
-                         "widen time_range")
+        window = (f"time_range {list(time_range)} ({asked[0]} .. {asked[1]})" if asked is not None
+                  else f"{lo} .. {hi}")
+        raise ValueError(f"{path} has {last - first} time(s) in {window}; the store holds {stamps[0]} .. "
+                         f"{stamps[-1]}{', valid ' + str(lo) + ' .. ' + str(hi) if 'valid_time_start' in ds.attrs else ''}"
+                         "; widen time_range (or move it into the store's times)")
     return first, last
 
 
