@@ -59,6 +59,15 @@ def test_roundtrip_keeps_the_source_layout(stores, layout):
     shifted = ds.assign_coords(latitude=ds["latitude"] + 0.5)  # another grid: no roll can fix it
     with pytest.raises(ValueError, match=r"not the model's .*; regrid it to the training grid first"):
         a.to_tensor(shifted)
+    part = ds.isel(latitude=slice(1, -1))  # part of the grid: padded with NaN to fill, not regridded
+    with pytest.raises(ValueError, match=r"not the model's .*; it covers part of the model's grid: for gap filling, "
+                                         r"put it on the whole grid with NaN"):
+        a.to_tensor(part)
+    if "level" in ds.coords:  # levels in Pa for a model of hPa: said as such
+        with pytest.raises(ValueError, match=r"has no level \d+ \(levels: .*\); its levels look like Pa"):
+            a.to_tensor(ds.assign_coords(level=ds.level * 100))
+        with pytest.raises(ValueError, match=r"the level coordinate is in 'Pa' but the model was trained on it in"):
+            a.to_tensor(ds.assign_coords(level=(ds.level * 100).assign_attrs(units="Pa")))
     assert members["2m_temperature"].dims == ("member",) + source["2m_temperature"].dims[1:]
     assert members["dayofyear"].ndim == 0 and members["dayofyear"].attrs["units"] == "day"
     # the tensor is north-up whatever the store's order

@@ -130,6 +130,12 @@ def test_rmse_of_ensemble_mean_is_area_weighted():
     assert float(rmse(ens, truth, w)) == pytest.approx(float(expected), rel=1e-12)
     assert float(rmse(ens.mean("member"), truth, w)) == pytest.approx(float(expected), rel=1e-12)
     assert rmse(ens.values, truth.values, w.values[:, None]) == pytest.approx(float(expected), rel=1e-12)
+    # weights in another latitude order are matched by label (an xarray AlignmentError before);
+    # weights for some rows only are refused, naming the rows they lack
+    w = w.assign_coords(latitude=lat)
+    assert float(rmse(ens, truth, w.sortby("latitude", ascending=False))) == pytest.approx(float(expected), rel=1e-12)
+    with pytest.raises(ValueError, match=r"weights have no value at latitude 45\.0; give one for every latitude"):
+        rmse(ens, truth, w.isel(latitude=[0, 1]))
 
 
 # --------------------------------------------------------------------------- weights

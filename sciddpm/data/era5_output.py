@@ -8,6 +8,7 @@ members as lon/lat maps, north up whatever the storage order, NaN in grey.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sciddpm.data.base import close_match
 from sciddpm.data.spec import check_output_grid
 from sciddpm.data.era5_layouts import (ALIASES, LAT, LEVEL, LON, canonical_dims, channel_name,
                                        parse_channel)
-from sciddpm.data.units import check_units
+from sciddpm.data.units import check_same_units, check_units
 from sciddpm.plots import new_figure, save_png
 
 
@@ -127,6 +128,9 @@ class OutputLayout:
         """A Dataset in the source layout (leading dim ``member``, ``time``, ...) -> normalised channels."""
         ds = canonical_dims(ds)[0]
         check_units(ds, {var["name"]: var["attrs"] for var in self.variables})
+        if LEVEL in ds.coords and LEVEL in self.coords:  # levels in Pa for a model of hPa
+            check_same_units("the level coordinate", ds[LEVEL].attrs.get("units"),
+                             (self.coords[LEVEL].get("attrs") or {}).get("units"))
         example = self.example_dim(ds)
         lead = [] if example is None else [example]
         out = []
@@ -139,7 +143,10 @@ class OutputLayout:
             if level is not None:
                 if LEVEL not in da.dims or level not in da[LEVEL].values:
                     have = da[LEVEL].values.tolist() if LEVEL in da.coords else "no level dimension"
-                    raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})")
+                    pascal = isinstance(have, list) and any(math.isclose(h, 100 * level) for h in have)
+                    raise ValueError(f"{var_name!r} in the Dataset has no level {level} (levels: {have})"
+                                     + ("; its levels look like Pa where the model's are hPa: divide them by 100 "
+                                        "(ds.assign_coords(level=ds.level / 100))" if pascal else ""))
                 da = da.sel({LEVEL: level})
             elif LEVEL in da.dims:
                 raise ValueError(f"{var_name!r} in the Dataset has a level dimension but the model takes it "
@@ -173,9 +180,21 @@ class OutputLayout:
                    if same_points and want_lon.min() >= 0 else
                    "the same longitudes in another convention: roll them onto the model's with "
                    "ds.assign_coords(longitude=(ds.longitude + 180) % 360 - 180).sortby('longitude')"
-                   if same_points else "regrid it to the training grid first")
+                   if same_points else
+                   "it covers part of the model's grid: for gap filling, put it on the whole grid with NaN where "
+                   "nothing was observed (ds.reindex(latitude=..., longitude=...) with the latitudes and longitudes "
+                   "of any of the model's samples)" if _inside(lat, want_lat) and _inside(lon % 360, want_lon % 360)
+                   else "regrid it to the training grid first")
             raise ValueError(f"the Dataset's grid ({extent(lat, lon)}) is not the model's "
                              f"({extent(want_lat, want_lon)}); {fix}")
+
+
+def _inside(values: np.ndarray, grid: np.ndarray) -> bool:
+    """Whether every value is one of the grid's points (to 1e-4 degrees)."""
+    grid = np.sort(grid)
+    at = np.clip(np.searchsorted(grid, values), 1, max(grid.size - 1, 1))
+    nearest = np.minimum(np.abs(values - grid[at - 1]), np.abs(values - grid[np.minimum(at, grid.size - 1)]))
+    return bool(values.size) and bool((nearest <= 1e-4).all())
 
 
 def maps_png(ds: xr.Dataset, channels: list[tuple[str, Any]], path: Path, members: int = 4) -> Path:

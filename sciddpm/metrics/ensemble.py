@@ -167,6 +167,15 @@ def _weighted_mean(score: xr.DataArray, valid: xr.DataArray, weights: xr.DataArr
         outside = set(weights.dims) - set(score.dims)
         if outside:
             raise ValueError(f"weights have dims {sorted(map(str, outside))} that the score lacks {tuple(score.dims)}")
+        for d in (d for d in weights.dims if d in weights.indexes and d in score.indexes):
+            have, want = weights.indexes[d], score.indexes[d]
+            if not have.equals(want):  # other order: matched by label; fewer labels: named
+                missing = want.difference(have)
+                if len(missing):
+                    raise ValueError(f"weights have no value at {d} {', '.join(map(str, missing[:5]))}"
+                                     f"{' ...' if len(missing) > 5 else ''}; give one for every {d} of the score "
+                                     f"(e.g. area_weights(score.{d}))")
+                weights = weights.sel({d: want})
         w = weights.astype(np.float64).broadcast_like(score)
     w = w.where(valid, 0.0)
     total = (score.where(valid, 0.0) * w).sum(dims, skipna=False)
