@@ -166,6 +166,22 @@ def test_a_static_field_that_changes_along_time_is_said(stores, tmp_path, caplog
     with caplog.at_level("WARNING", logger="sciddpm"):
         adapter(tmp_path / "padded.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
     assert "differs between" not in caplog.text
+    # a CDS mask defined at its last time only (after xr.merge): that time is the mask, said; it
+    # failed with "has NaN/Inf" naming neither cause nor fix
+    late = lsm.copy()
+    late[:] = np.nan
+    late[-1] = lsm[0]
+    src.assign(land_sea_mask=late).to_zarr(tmp_path / "late.zarr")
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        spec = adapter(tmp_path / "late.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
+    assert "has NaN at its first time but not at its last; its last time is used" in caplog.text
+    assert spec.static == ["land_sea_mask"]
+    holes = lsm.copy()
+    holes[:, :3] = np.nan  # a mask with NaN over the sea
+    src.assign(land_sea_mask=holes).to_zarr(tmp_path / "holes.zarr")
+    with pytest.raises(ValueError, match=r"static field 'land_sea_mask' has NaN/Inf at \d+ of its 2048 points; .* "
+                                         r"ds\['land_sea_mask'\]\.fillna\(0\)\), or leave the field out of static="):
+        adapter(tmp_path / "holes.zarr", ["2m_temperature"], static=["land_sea_mask"]).spec()
 
 
 def test_arco_is_cut_to_its_valid_times(stores):

@@ -94,6 +94,12 @@ def test_infill_keeps_every_time_when_a_static_field_comes_first(run, land, capl
     with caplog.at_level("WARNING", logger="sciddpm"):
         sciddpm.load("sst", runs_dir=run / "runs").infill(observed, n=1, steps=2, cond={"dayofyear": 10.0})
     assert "dayofyear=10. replaces the observations' own dayofyear ([" in caplog.text  # allowed, but said
+    caplog.clear()  # a dayofyear coordinate of their own is used, not silently replaced by their dates'
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        own = sciddpm.load("sst", runs_dir=run / "runs").infill(
+            observed.assign_coords(dayofyear=("time", [10.0, 20.0, 30.0])), n=1, steps=2)
+    np.testing.assert_array_equal(own["dayofyear"].values, [10.0, 20.0, 30.0])
+    assert "the Dataset's dayofyear coordinate ([10. 20. 30.]) is not its dates'" in caplog.text
     one = sciddpm.load("sst", runs_dir=run / "runs").infill(observed.isel(time=1), n=1, steps=2)  # ds.sel(time=...)
     assert one["time"].values == observed["time"].values[1] and one["2m_temperature"].dims[0] == "member"
     # observations laid out their own way (north first, lat before lon) come back on the store's

@@ -257,7 +257,10 @@ class Era5Adapter(Adapter):
         for name in self.static_names:
             values = plan.read_static(ds, name)
             if not np.isfinite(values).all():
-                raise ValueError(f"static field {name!r} has NaN/Inf; static inputs must be finite everywhere")
+                bad = int((~np.isfinite(values)).sum())
+                raise ValueError(f"static field {name!r} has NaN/Inf at {bad} of its {values.size} points; static "
+                                 "inputs must be finite everywhere: fill them in the store (a land-sea mask's NaN over "
+                                 f"the sea: ds[{name!r}].fillna(0)), or leave the field out of static=")
             mean, std = float(values.mean()), float(values.std())
             fields.append((values - mean) / (std if std > 0 else 1.0))
             stats[name] = {"mean": mean, "std": std, "units": str(ds[name].attrs.get("units", ""))}
@@ -301,7 +304,8 @@ class Era5Adapter(Adapter):
         ds = canonical_dims(ds)[0]
         if names is None:
             names = self.spec().cond.names if self._spec is not None else list(TIME_CONDS)
-        dated = [name for name in names if name in TIME_CONDS]
+        given = [name for name in names if name in TIME_CONDS and name in ds.variables]  # samples carry them
+        dated = [name for name in names if name in TIME_CONDS and name not in given]
         if dated and TIME not in ds.coords:
             raise ValueError(f"the Dataset has no '{TIME}' coordinate to read {' and '.join(dated)} from (coords: "
                              f"{list(ds.coords)}); pass them explicitly (--cond {dated[0]}=VALUE)")
@@ -314,7 +318,14 @@ class Era5Adapter(Adapter):
             count = ds.sizes[lead] if lead is not None else 1
         out = {}
         for name in names:
-            if name == "dayofyear":
+            if name in given:  # a dayofyear coordinate of its own (a sample's, an edited one) is what it says
+                out[name] = np.broadcast_to(np.asarray(ds[name].values, dtype=np.float64), (count,)).copy()
+                if TIME in ds.coords:
+                    dates = self.cond_from_xarray(ds.drop_vars(name), [name])[name]
+                    if not np.allclose(dates, out[name]):
+                        log.warning("the Dataset's %s coordinate (%s) is not its dates' (%s): the coordinate is used",
+                                    name, np.array2string(out[name], precision=4), np.array2string(dates, precision=4))
+            elif name == "dayofyear":
                 out[name] = day_of_year(stamps)
             elif name == "hour":
                 out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0

@@ -361,6 +361,10 @@ class StorePlan:
         if TIME in da.dims:  # time-invariant by definition; ARCO and CDS files store it along time
             first, last = (np.asarray(da.isel({TIME: i}).values, dtype=np.float64) for i in (0, -1))
             # the two ends only (the axis may be decades long); ARCO pads its tail with NaN after valid_time_stop
+            if not np.isfinite(first).all() and np.isfinite(last).all():  # defined at one time only (a merge)
+                log.warning("static field %r of %s has NaN at its first time but not at its last; its last time is "
+                            "used as the time-invariant input", name, self.path)
+                return self._orient(np.asarray(da.isel({TIME: -1}).transpose(LAT, LON).values, dtype=np.float64))
             if np.isfinite(last).any() and not np.array_equal(first, last, equal_nan=True):
                 log.warning("static field %r of %s differs between its first and last time; its first time is "
                             "used as the time-invariant input", name, self.path)
