@@ -51,7 +51,11 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     generated = adapter.to_tensor(samples).numpy()
     metrics: dict = {"run": model.name, "step": model.step, "n": n, "seed": seed,
                      "sampler": samples.attrs.get("sampler"), "steps": samples.attrs.get("sampler_steps"),
-                     "guidance": samples.attrs.get("guidance"), "channels": {}}
+                     "guidance": samples.attrs.get("guidance"),
+                     "units": "channels and ensemble: normalised, (x - mean) / std with each channel's training "
+                              "mean and std (given with it), so that channels of different units compare; "
+                              "modality: physical units",
+                     "channels": {}}
     spectra = {}
     for c, channel in enumerate(model.spec.channels):
         t, g = truth[:, c], generated[:, c]
@@ -65,6 +69,7 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
             "std_heldout": float(valid_t.std()), "std_samples": float(valid_g.std()),
             "wasserstein1": float(wasserstein_distance(valid_t, valid_g)),
             "log_spectral_distance": log_spectral_distance(p_true, p_gen),
+            "normaliser": {"mean": model.spec.normaliser.mean[c], "std": model.spec.normaliser.std[c]},
         }
     written = []
     extra = adapter.evaluate(samples, heldout, cond, out)

@@ -119,6 +119,8 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
             run.publish(start_step)  # a kill between checkpoint and publication left older weights
         if start_step and start_step >= int(cfg["trainer"]["steps"]):
             return start_step  # nothing to train: the run and its config stay as they are
+        if start_step:
+            _say_if_trainer_changed(run.load_config(), cfg, start_step)
         run.truncate_metrics(start_step)
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config({**cfg, "name": run.path.name})  # the name it was resolved to (model preset or data name)
@@ -180,6 +182,20 @@ def _replaced(value: Any, before: str, after: str) -> Any:
     if isinstance(value, list):
         return [_replaced(v, before, after) for v in value]
     return value.replace(before, after) if isinstance(value, str) else value
+
+
+# trainer settings that change how a run goes on, not only how it is watched or when it stops
+_QUIET_TRAINER_KEYS = {"steps", "log_every", "checkpoint_every", "num_workers", "device", "compile"}
+
+
+def _say_if_trainer_changed(previous: Mapping[str, Any], cfg: Mapping[str, Any], start_step: int) -> None:
+    """A resume may change the trainer (a larger batch on a bigger machine): allowed, but said,
+    since config.yaml then records the new settings for the whole run."""
+    changes = [change for change in differences(previous.get("trainer") or {}, cfg.get("trainer") or {}, "trainer")
+               if change[0].split(".")[1].split("[")[0] not in _QUIET_TRAINER_KEYS]
+    if changes:
+        log.warning("resuming at step %d with other trainer settings - %s; config.yaml records the new ones from "
+                    "now on (metrics.jsonl keeps what the steps before it did)", start_step, _shown(changes))
 
 
 def _shown(changes: list[tuple[str, Any, Any]]) -> str:

@@ -81,6 +81,10 @@ def test_missing_nonfinite_and_mismatched_values_are_errors():
         schema.encode({"pitch": float("nan"), "velocity": 100})
     with pytest.raises(ValueError, match="'velocity' must be numeric"):
         schema.encode({"pitch": 440, "velocity": "loud"})
+    for slip in ("100", True, [100, "100"], np.array([True, False])):  # read as 100.0 and 1.0 before
+        with pytest.raises(ValueError, match=r"'velocity' must be numeric, got .* \(a number, not text or a bool\)"):
+            schema.encode({"pitch": 440, "velocity": slip})
+    assert schema.encode({"pitch": np.float32(440), "velocity": np.int64(100)}).shape[0] == 1
     with pytest.raises(ValueError, match=r"different lengths \[2, 3\]"):
         schema.encode({"pitch": [440, 441], "velocity": [1, 2, 3]})
     with pytest.raises(ValueError, match="the batch is 4"):

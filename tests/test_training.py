@@ -141,6 +141,9 @@ def test_evaluate_writes_scores_against_heldout_data(trained, tmp_path, capsys, 
     assert metrics["n"] == 4 and scores["std_heldout"] > 0 and scores["wasserstein1"] >= 0
     assert metrics["guidance"] == 1.5 and xr.open_dataset(tmp_path / "samples" / "samples.nc").attrs["guidance"] == 1.5
     assert np.isfinite(scores["log_spectral_distance"])
+    assert metrics["units"].startswith("channels and ensemble: normalised, (x - mean) / std")  # said in the file
+    spec = sciddpm.load("tiny", runs_dir=trained).spec
+    assert scores["normaliser"] == {"mean": spec.normaliser.mean[0], "std": spec.normaliser.std[0]}
     assert "pitch_samples" in metrics["modality"]  # the audio adapter's own scores
     assert len(metrics["modality"]["pitch_sweep"]) == 4 and (tmp_path / "pitch_sweep.png").exists()
     assert xr.open_dataset(tmp_path / "samples" / "samples.nc").sizes["member"] == 4
@@ -202,6 +205,11 @@ def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_data(trained
         sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'after'}", "trainer.steps=10"])
     assert f"data.kwargs.path moved from {tmp_path / 'before'} to {tmp_path / 'after'}" in caplog.text
     assert RunDir(tmp_path / "moved").load_weights()[2] == 10
+    assert "other trainer settings" not in caplog.text  # more steps is what a resume is for: not said
+    caplog.clear()  # another batch size is allowed, but said: config.yaml then records it for the whole run
+    with caplog.at_level("WARNING", logger="sciddpm"):
+        sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'after'}", "trainer.steps=12", "trainer.batch_size=4"])
+    assert "resuming at step 10 with other trainer settings - trainer.batch_size: 8 there, 4 now" in caplog.text
     assert yaml.safe_load((tmp_path / "moved" / "config.yaml").read_text())["data"]["kwargs"]["path"] == \
         str(tmp_path / "after")  # the run now names where its data is
     shutil.copytree(tmp_path / "after", tmp_path / "other")

@@ -280,6 +280,9 @@ class CondSchema:
 def _as_vector(name: str, value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
+    kinds = np.asarray(value, dtype=object).ravel() if not isinstance(value, (str, bytes)) else [value]
+    if any(isinstance(v, (str, bytes, bool, np.bool_)) for v in kinds):  # "2.0", True: a slip, not a number
+        raise ValueError(f"condition {name!r} must be numeric, got {_short(value)} (a number, not text or a bool)")
     try:
         a = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
