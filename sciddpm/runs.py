@@ -259,8 +259,11 @@ class RunDir:
             shutil.copyfile(root / f"step_{step:08d}" / WEIGHTS, tmp)
             follow_umask(tmp)
             fsync_file(tmp)
-        for old in self.checkpoint_steps()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(root / f"step_{old:08d}", ignore_errors=True)
+        oldest_kept = self.checkpoint_steps()[-KEEP_CHECKPOINTS:][0]
+        for entry in root.iterdir():  # older ones, and any a kill left half deleted (not complete, so not listed)
+            match = _STEP_DIR.match(entry.name)
+            if match and int(match.group(1)) < oldest_kept:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def usable_checkpoint(self) -> int:
         """The newest checkpoint that loads (0 if none). One that does not - cut short by a crash

@@ -22,6 +22,14 @@ def test_checkpoints_keep_last_two_and_publish_weights(tmp_path):
     assert step == 30 and torch.equal(model["w"], _state(30)["w"]) and torch.equal(ema["b"], _state(-30)["b"])
     _, _, state = run.load_checkpoint(20)
     assert state["step"] == 20
+    # a checkpoint a kill left half deleted while pruning (train_state.pt only) is pruned with the
+    # next ones: it was no longer listed, so never removed
+    half = tmp_path / "r" / "checkpoints" / "step_00000005"
+    half.mkdir()
+    (half / "train_state.pt").write_bytes(b"left over")
+    run.save_checkpoint(40, _state(40), _state(-40), {"step": 40})
+    assert run.checkpoint_steps() == [30, 40] and not half.exists()
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step_00000030", "step_00000040"]
 
 
 def test_weights_and_checkpoints_follow_the_umask(tmp_path):

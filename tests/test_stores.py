@@ -34,6 +34,17 @@ def test_missing_store_names_what_and_the_fix(tmp_path):
         open_store(tmp_path / "nowhere.zarr", what="volume store", hint="build one first")
 
 
+
+def test_a_store_hidden_by_a_killed_write_is_pointed_at(dataset, tmp_path):
+    # a write killed between its two renames left the previous samples as .ens.zarr.<pid>.old:
+    # a reader got "no store at", with no word of where they were
+    write_store(dataset, tmp_path / "ens.zarr")
+    (tmp_path / "ens.zarr").rename(tmp_path / ".ens.zarr.host-1234.old")
+    with pytest.raises(FileNotFoundError, match=r"no store at .*ens\.zarr; a write of it was killed between its two "
+                                                r"renames: its previous version is at .*\.ens\.zarr\.host-1234\.old"):
+        open_store(tmp_path / "ens.zarr")
+
+
 def test_unknown_format_lists_the_known_ones(tmp_path):
     path = tmp_path / "fields.grib"
     path.write_bytes(b"GRIB")

@@ -45,6 +45,11 @@ def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | Non
             raise ImportError(f"reading {text} needs gcsfs: pip install 'sciddpm[gcs]' (or pip install gcsfs)")
         options.setdefault("token", "anon")
     elif not remote and not os.path.exists(text):
+        local = Path(text)
+        aside = sorted(local.parent.glob(f".{local.name}.*.old")) if local.name else []
+        if aside:  # atomic_path moved it aside, and the process writing its new version was killed
+            hint = (f"a write of it was killed between its two renames: its previous version is at {aside[-1]} "
+                    f"(move it back, or write {local.name} again, which restores it first)")
         raise FileNotFoundError(f"no {what} at {text}" + (f"; {hint}" if hint else ""))
     suffix = PurePosixPath(text.rstrip("/")).suffix.lower()
     if suffix in NETCDF_SUFFIXES:
