@@ -34,7 +34,8 @@ def stores(tmp_path_factory):
 
 
 def adapter(path, variables, **kw):
-    return build_adapter("era5", path=str(path), variables=variables, stats_samples=16, **kw)
+    return build_adapter("era5", path=path if isinstance(path, list) else str(path), variables=variables,
+                         stats_samples=16, **kw)
 
 
 @pytest.mark.parametrize("layout", list(SMALL))
@@ -448,3 +449,34 @@ def test_a_batch_of_items_is_read_at_once_and_equals_the_store(stores, layout):
             np.testing.assert_allclose(item["x"][c].numpy(), z, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(item["cond"].numpy(), items[i]["cond"].numpy())
     torch.testing.assert_close(batch[0]["x"], batch[2]["x"])
+
+
+def test_several_files_read_as_one_store(stores, tmp_path, monkeypatch):
+    # ERA5 from the CDS comes as a file per year (or per variable kind): a list or a glob pattern
+    # reads them as one store, lazily through dask, the same as the one store they were cut from
+    whole = open_era5_store(str(stores["64x32"])).load()
+    split = [tmp_path / "era5_2016.nc", tmp_path / "era5_2017.nc"]
+    whole.sel(time=slice(None, "2016")).to_netcdf(split[0])
+    whole.sel(time=slice("2017", None)).to_netcdf(split[1])
+    variables = ["2m_temperature", "geopotential@500"]
+    one = adapter(stores["64x32"], variables, static=["land_sea_mask"])
+    for path in ([str(p) for p in split], str(tmp_path / "era5_*.nc")):
+        many = adapter(path, variables, static=["land_sea_mask"])
+        assert many.spec().normaliser == one.spec().normaliser and many.spec().cond == one.spec().cond
+        assert many.spec().output["source"] == (path if isinstance(path, str)
+                                                else f"{split[0]} ... {split[1]} (2 files)")
+        items = many.dataset("train")
+        np.testing.assert_array_equal(items[3]["x"].numpy(), one.dataset("train")[3]["x"].numpy())
+    kinds = [tmp_path / "instant.nc", tmp_path / "levels.nc"]  # the new CDS: variables apart, same times
+    whole[["2m_temperature", "land_sea_mask"]].to_netcdf(kinds[0])
+    whole[["geopotential"]].to_netcdf(kinds[1])
+    apart = adapter([str(p) for p in kinds], variables, static=["land_sea_mask"])
+    assert apart.spec().normaliser == one.spec().normaliser
+    with pytest.raises(FileNotFoundError, match=r"no files match the ERA5 store pattern .*era6_\*\.nc"):
+        adapter(str(tmp_path / "era6_*.nc"), variables).spec()
+    with pytest.raises(FileNotFoundError, match=r"no ERA5 store file at .*missing\.nc \(of the 2 listed\)"):
+        adapter([str(split[0]), str(tmp_path / "missing.nc")], variables).spec()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dask" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"reading 2 files as one ERA5 store needs dask .*pip install 'sciddpm\[dask\]'"):
+        adapter([str(p) for p in split], variables).spec()

@@ -2,7 +2,7 @@
 
 Source: ``path`` - a WeatherBench2 or ARCO-ERA5 zarr store (local or ``gs://``, anonymous; needs
 the ``gcs`` extra), a local copy made by ``datasets/era5.py subset``, or a netCDF file with the
-same names. ``path=None`` trains on the offline synthetic sample (``sciddpm.data.era5_synthetic``,
+same names, or several files read as one (a list or a glob pattern; needs dask). ``path=None`` trains on the offline synthetic sample (``sciddpm.data.era5_synthetic``,
 built on first use under ``$SCIDDPM_CACHE``; options in ``synthetic={...}``) and says so loudly in
 the log and in ``spec().notes``. Layouts (``era5_layouts.LAYOUTS``) are detected; ``layout=`` makes
 the detection a check. ARCO stores are cut to their ``valid_time_start``/``valid_time_stop``.
@@ -62,7 +62,7 @@ from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_
                                        decode_mask, detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
 from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
-from sciddpm.data.stores import check_no_namesake, names_a_store, write_store
+from sciddpm.data.stores import check_no_namesake, names_a_store, store_name, write_store
 from sciddpm.data.units import check_same_units
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
 
@@ -80,7 +80,7 @@ TIME_CONDS = {
 class Era5Adapter(Adapter):
     """ERA5 fields from a WeatherBench2/ARCO store or the synthetic sample (see the module docstring)."""
 
-    def __init__(self, path: str | None = None, variables: Sequence[str] = DEFAULT_VARIABLES,
+    def __init__(self, path: str | Sequence[str] | None = None, variables: Sequence[str] = DEFAULT_VARIABLES,
                  static: Sequence[str] | None = (), cond: Sequence[str] | None = None,
                  time_range: Sequence[str] | None = None, val_start: str | None = None,
                  val_fraction: float | None = None, stats_samples: int = 256, mask: bool | None = None,
@@ -113,9 +113,10 @@ class Era5Adapter(Adapter):
         self._index: dict | None = None
 
     # ------------------------------------------------------------------ training side
-    def _source(self) -> tuple[str, list[str]]:
+    def _source(self) -> tuple[str | list[str], list[str]]:
         if self.path is not None:
-            return str(self.path), [f"trained on ERA5 store {self.path}"]
+            source = [str(p) for p in self.path] if isinstance(self.path, (list, tuple)) else str(self.path)
+            return source, [f"trained on ERA5 store {store_name(source)}"]
         from sciddpm.data import era5_synthetic
 
         params = {"variables": self.variables, **self.synthetic}
@@ -134,13 +135,14 @@ class Era5Adapter(Adapter):
         if self.variables is None:
             raise RuntimeError("this era5 adapter was rebuilt from a run's DataSpec and has no data; use "
                                "build_adapter('era5', path=...) to read a store")
-        path, notes = self._source()
-        ds, source_names = canonical_dims(open_era5_store(path, self.storage_options))
+        source, notes = self._source()
+        ds, source_names = canonical_dims(open_era5_store(source, self.storage_options))
+        path = store_name(source)  # (in messages and the spec)
         detected = detect_layout(ds)
         if self.layout is not None and detected != self.layout:
             raise ValueError(f"{path} does not follow the {self.layout} layout ({LAYOUTS[self.layout].description}); "
                              f"it looks like {detected or 'no published layout'}; drop layout= to accept it")
-        plan = StorePlan.build(ds, path, self.storage_options, self.variables, self.static_names)
+        plan = StorePlan.build(ds, source, self.storage_options, self.variables, self.static_names)
         stamps = ds[TIME].values
         if np.isnat(stamps).any():
             missing = np.flatnonzero(np.isnat(stamps))

@@ -22,7 +22,7 @@ Facts the adapter (``sciddpm.data.climate``) and the offline writer (``era5_synt
   carry, for the variables the synthetic writer produces.
 * ``parse_channel("geopotential@500") -> ("geopotential", 500)`` and ``detect_layout(ds)``, which
   names the layout a Dataset follows (or ``None`` for another regular lat/lon store).
-* ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF; lazily, no dask), ``canonical_dims``
+* ``open_era5_store`` (zarr local/``gs://`` anonymous, or netCDF, or several files; lazily), ``canonical_dims``
   (the new CDS's ``valid_time``/``pressure_level`` read as ``time``/``level``), ``StorePlan`` +
   ``read_times`` (which variable/level positions make each channel; one ``isel`` per variable per
   batch of times, oriented ``[C, latitude north->south, longitude]``) and the compact JSON codec of NaN
@@ -42,7 +42,7 @@ import xarray as xr
 
 from sciddpm.data.base import close_match
 from sciddpm.data.spec import plain_json
-from sciddpm.data.stores import open_store
+from sciddpm.data.stores import open_store, store_name
 
 TIME, LEVEL, LAT, LON = "time", "level", "latitude", "longitude"
 log = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def _spatial_order(ds: Any) -> tuple[str, str] | None:
 
 
 # --------------------------------------------------------------------------- stores and grids
-def open_era5_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
-    """The ERA5 store at ``path``: local zarr/netCDF or a ``gs://`` URL (anonymous by default), lazily."""
+def open_era5_store(path: str | list[str], storage_options: dict | None = None) -> xr.Dataset:
+    """The ERA5 store at ``path``: local zarr/netCDF or a ``gs://`` URL (anonymous by default), or
+    several local files (a list or a glob pattern, combined through dask), lazily."""
     return open_store(path, storage_options=storage_options, what="ERA5 store",
                       hint="give a local zarr/netCDF path or a gs:// URL (the sciddpm repository's datasets/era5.py "
                            "subset copies part of a WeatherBench2 store locally)")
@@ -282,7 +283,7 @@ class StorePlan:
     ``open()`` the store themselves. Tensor orientation: ``[C, latitude north->south, longitude]``.
     """
 
-    path: str
+    path: str | list[str]  # a store, or several files read as one
     storage_options: dict | None
     channels: list[str]
     sources: list[tuple[str, list[int] | None, list[int]]]  # variable, level positions, channel indices
@@ -301,8 +302,9 @@ class StorePlan:
         return canonical_dims(open_era5_store(self.path, self.storage_options))[0]
 
     @classmethod
-    def build(cls, ds: Any, path: str, storage_options: dict | None, channels: list[str],
+    def build(cls, ds: Any, source: str | list[str], storage_options: dict | None, channels: list[str],
               static: list[str]) -> StorePlan:
+        path = store_name(source)  # (in messages)
         _check_grid_and_time(ds, path)
         known = sorted(str(v) for v in ds.data_vars)
         level_values = ds[LEVEL].values.tolist() if LEVEL in ds.coords else []
@@ -349,7 +351,7 @@ class StorePlan:
         lat = np.asarray(ds[LAT].values, dtype=np.float64)
         lon = np.asarray(ds[LON].values, dtype=np.float64)
         plan_sources = [(n, lv, ix) for n, (lv, ix) in sources.items()]
-        return cls(path, storage_options, names, plan_sources, level_values, np.sort(lat)[::-1],
+        return cls(source, storage_options, names, plan_sources, level_values, np.sort(lat)[::-1],
                    bool(lat.size > 1 and lat[0] < lat[-1]), spans_the_globe(lon),
                    lon.size, _describe(ds, plan_sources, level_values))
 
@@ -363,11 +365,11 @@ class StorePlan:
             # the two ends only (the axis may be decades long); ARCO pads its tail with NaN after valid_time_stop
             if not np.isfinite(first).all() and np.isfinite(last).all():  # defined at one time only (a merge)
                 log.warning("static field %r of %s has NaN at its first time but not at its last; its last time is "
-                            "used as the time-invariant input", name, self.path)
+                            "used as the time-invariant input", name, store_name(self.path))
                 return self._orient(np.asarray(da.isel({TIME: -1}).transpose(LAT, LON).values, dtype=np.float64))
             if np.isfinite(last).any() and not np.array_equal(first, last, equal_nan=True):
                 log.warning("static field %r of %s differs between its first and last time; its first time is "
-                            "used as the time-invariant input", name, self.path)
+                            "used as the time-invariant input", name, store_name(self.path))
             da = da.isel({TIME: 0})
         return self._orient(np.asarray(da.transpose(LAT, LON).values, dtype=np.float64))
 
@@ -400,7 +402,7 @@ def read_times(ds: Any, plan: StorePlan, positions: Sequence[int]) -> np.ndarray
     if np.isinf(out).any():  # NaN marks missing data; an infinity is a broken value
         t = int(np.argwhere(np.isinf(out).any(axis=(1, 2, 3)))[0, 0])
         bad = [plan.channels[k] for k in np.flatnonzero(np.isinf(out[t]).any(axis=(1, 2)))]
-        raise ValueError(f"{plan.path}, time index {positions[t]}: {', '.join(bad)} hold(s) +-inf; NaN marks "
+        raise ValueError(f"{store_name(plan.path)}, time index {positions[t]}: {', '.join(bad)} hold(s) +-inf; NaN marks "
                          "missing values, so replace the infinities first (ds.where(np.isfinite(ds)) makes them NaN)")
     return out
 

@@ -5,17 +5,22 @@ A store is a zarr store (a local directory or ``*.zarr``, or a ``gs://``, ``s3:/
 ``http(s)://`` URL), a netCDF file or an HDF5 file. Every one opens lazily with ``chunks=None``
 and no dask: each variable stays a lazily indexed backend array, so ``isel`` reads only the
 chunks it touches. That is what keeps training memory flat in the length of a store
-(docs/climate.md), and what lets DataLoader workers open the store themselves. Samples are
-written as zarr or netCDF, atomically.
+(docs/climate.md), and what lets DataLoader workers open the store themselves. Several local
+files given as one store (a list, or a glob pattern such as ``era5/*.nc``: a year per file, or
+the new CDS's instant and accumulated variables apart) open as one with ``xr.open_mfdataset``,
+which needs dask to stay lazy (``pip install 'sciddpm[dask]'``). Samples are written as zarr or
+netCDF, atomically.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
 import warnings
 from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +35,18 @@ REMOTE_PREFIXES = ("gs://", "s3://", "http://", "https://")
 WRITTEN_BY = "sciddpm write_store"  # the stamp that lets a later write replace a store
 
 
-def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
-               what: str = "store", hint: str = "") -> xr.Dataset:
-    """Open the zarr / netCDF / HDF5 store at ``path`` (a local path or a URL) lazily.
+def open_store(path: str | os.PathLike | Sequence[str | os.PathLike], *,
+               storage_options: dict[str, Any] | None = None, what: str = "store", hint: str = "") -> xr.Dataset:
+    """Open the zarr / netCDF / HDF5 store at ``path`` (a local path or a URL) lazily; a list of
+    local files, or a glob pattern, opens as one store (:func:`open_files`).
 
     ``gs://`` is read anonymously unless ``storage_options`` say otherwise. ``what`` and
     ``hint`` word the error for a missing local path: "no {what} at {path}; {hint}".
     """
+    files = store_files(path, what)
+    if files is not None:
+        return open_store(files[0], storage_options=storage_options, what=what, hint=hint) if len(files) == 1 \
+            else open_files(files, what)
     text = str(path)
     remote = text.startswith(REMOTE_PREFIXES)
     options = dict(storage_options or {})
@@ -75,6 +85,57 @@ def open_store(path: str | os.PathLike, *, storage_options: dict[str, Any] | Non
                 "periods=ds.sizes['time'], freq='MS', use_cftime=True); ds.to_netcdf(new_path)") from None
         raise ValueError(f"cannot read {text} as a {fmt} store ({type(err).__name__}: {first_line}); is it complete "
                          "and in that format?") from None
+
+
+def store_files(path: Any, what: str = "store") -> list[str] | None:
+    """The local files a path names when it names several: a list (or tuple) of paths, or a glob
+    pattern (``*``, ``?``, ``[``), sorted; None for one store. A pattern that matches nothing, or
+    a listed file that is not there, is an error naming it."""
+    if isinstance(path, (list, tuple)):
+        files = [str(p) for p in path]
+        if not files:
+            raise ValueError(f"the {what} is an empty list of files")
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"no {what} file at {', '.join(missing[:3])}"
+                                    f"{' ...' if len(missing) > 3 else ''} (of the {len(files)} listed)")
+        return files
+    text = str(path)
+    if text.startswith(REMOTE_PREFIXES) or not glob.has_magic(text) or os.path.exists(text):
+        return None
+    files = sorted(glob.glob(os.path.expanduser(text)))
+    if not files:
+        raise FileNotFoundError(f"no files match the {what} pattern {text}")
+    return files
+
+
+def store_name(path: Any) -> str:
+    """How messages name a store: its path, or the first and last of several files and their count."""
+    if isinstance(path, (list, tuple)):
+        return str(path[0]) if len(path) == 1 else f"{path[0]} ... {path[-1]} ({len(path)} files)"
+    return str(path)
+
+
+def open_files(files: Sequence[str], what: str = "store") -> xr.Dataset:
+    """Several local netCDF/HDF5 files or zarr stores as one lazy Dataset, combined by their
+    coordinates (times one after another, variables side by side), through dask."""
+    if importlib.util.find_spec("dask") is None:
+        raise ImportError(f"reading {len(files)} files as one {what} needs dask to keep them lazy: pip install "
+                          "'sciddpm[dask]' (or pip install dask); or combine them into one zarr store first")
+    kinds = {"zarr" if f.rstrip("/").lower().endswith(".zarr") or os.path.isdir(f) else "netCDF" for f in files}
+    if len(kinds) > 1:
+        raise ValueError(f"the {what} files mix zarr stores and netCDF/HDF5 files; give one kind")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+            return xr.open_mfdataset(list(files), combine="by_coords", chunks={}, data_vars="minimal",
+                                     coords="minimal", compat="override", join="exact",
+                                     engine="zarr" if kinds == {"zarr"} else None)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"cannot combine the {len(files)} {what} files {files[0]} ... {files[-1]} into one "
+                         f"({type(err).__name__}: {first_line}); they must share one grid and follow each other "
+                         "in time (or hold other variables at the same times)") from None
 
 
 def _open_zarr(path: str, options: dict[str, Any]) -> xr.Dataset:
