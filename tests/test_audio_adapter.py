@@ -541,6 +541,8 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     with pytest.raises(ValueError, match=r"sample_rate attribute says 8000 Hz but its time coordinate steps 0\.00025 s "
                                          r"\(4000 Hz\): was it subsampled"):
         tones_adapter.write(ds.isel(time=slice(None, None, 2)), tmp_path / "half")
+    coarse = ds.assign_coords(time=ds.time.astype(np.float32))  # float32 seconds: uneven by rounding, same rate
+    assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
     bare = ds.isel(time=slice(None, None, 2)).drop_attrs()
     with pytest.raises(ValueError, match=r"the Dataset is at 4000 Hz but the model works at 8000 Hz; resample it"):
         tones_adapter.to_tensor(bare)
