@@ -19,8 +19,9 @@ Pitch is estimated in two stages, one estimate per clip:
    Averaging over all harmonics roughly halves the error on noisy notes (measured on 200 random
    harmonic tones of 0.256 s at 8 kHz, 10 dB SNR: worst case 3.5 -> 1.5 cents). A note with
    vibrato keeps YIN's estimate, which averages the period over the clip: its harmonics split
-   into FM sidebands, and the strongest line is not the mean pitch (``SIDEBAND_RATIO``,
-   ``REFINE_AGREE_CENTS``: 5.5 Hz vibrato of +-25/50 cents read up to 49 cents off, now 4).
+   into FM sidebands, and the strongest line is not the mean pitch (``SIDEBAND_RATIO``: 5.5 Hz
+   vibrato of +-25/50 cents read up to 49 cents off, now 14 where the sidebands are resolved
+   and median 1).
 
 The MR-STFT distance follows Yamamoto et al. 2020 (Parallel WaveGAN, eqs. 4-6): spectral
 convergence plus mean absolute log-magnitude difference, averaged over FFT sizes.
@@ -77,12 +78,6 @@ REFINE_PERIODS = 3
 # fit read 17 cents flat (median, up to 49) under 5.5 Hz vibrato of +-25 and +-50 cents, where
 # YIN's period, which averages over the clip, is within 4. Such a note keeps YIN's estimate.
 SIDEBAND_RATIO = 0.5
-# ...and the refined f0 is kept only within 5 (1 + 60 d') cents of YIN's: YIN's error grows with
-# the aperiodicity d' at its period (noise), while vibrato's sidebands bias the fit on clean notes.
-# On 60 noisy (5-20 dB SNR) and 60 vibrato notes the fit and YIN differed by over 5 cents only
-# where d' >= 0.085 with noise (YIN off by 6-27 cents, the fit by 3 at most) and d' <= 0.026 under
-# vibrato (YIN within 4 cents of the mean pitch, the fit off by 5-30).
-REFINE_AGREE_CENTS = 5.0
 
 
 def _parabola(a: float, b: float, c: float) -> float:
@@ -126,14 +121,16 @@ def _harmonic_refine(mag: np.ndarray, df: float, f0: float, f_limit: float, lobe
 
 def _outside_range(dp: np.ndarray, tau: int, tau_min: int, tau_max: int) -> bool:
     """Whether the period found at lag ``tau`` stands for one outside the lags searched: the dip
-    still falling at either end, or the signal as periodic at a divisor of ``tau`` below
-    ``tau_min`` (a 2500 Hz note seen at 1250 Hz with fmax=2000). "As periodic": d' there within
-    1.5x + 0.02 of d'(tau) - a true divisor matched to 0.012 at 10 dB SNR, while a harmonic tone
-    whose fundamental is 14 dB under its octave (periodic at tau only) is 0.07 above."""
-    if tau == tau_max or (tau == tau_min and dp[tau - 1] < dp[tau]):
+    still falling past either end (``dp`` runs one lag beyond ``tau_max`` to see it), or the
+    signal as periodic at a divisor of ``tau`` below ``tau_min`` (a 2500 Hz note seen at 1250 Hz
+    with fmax=2000). "As periodic": d' there within 1.2 d'(tau) + 0.04 - true divisors came
+    within +0.03 of d'(tau) (0-40 dB SNR, 8-44.1 kHz), a fundamental 14 dB under its octave
+    (periodic at tau only) 0.06-0.1 above it; at 20 dB under, the two cannot be told apart, and
+    such a note above fmax / 2 is unvoiced rather than read an octave off."""
+    if (tau == tau_max and dp[tau + 1] < dp[tau]) or (tau == tau_min and dp[tau - 1] < dp[tau]):
         return True
     divisors = dp[2:min(tau_min, int(tau / 1.5))]
-    return bool(divisors.size) and bool(divisors.min() <= 1.5 * dp[tau] + 0.02)
+    return bool(divisors.size) and bool(divisors.min() <= 1.2 * dp[tau] + 0.04)
 
 
 def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2000.0, *,
@@ -171,7 +168,7 @@ def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2
     for start in range(0, len(x), 64):  # chunks bound the memory of the upsampled FFTs
         chunk = x[start : start + 64]
         fine_x = resample_poly(chunk, up, 1, axis=1) if up > 1 else chunk
-        for row, dp in enumerate(_cmndf(fine_x, tau_max), start=start):
+        for row, dp in enumerate(_cmndf(fine_x, tau_max + 1), start=start):
             search = dp[tau_min : tau_max + 1]
             # YIN step 4: the first dip under the threshold, at its lowest point: the minimum of
             # the run of lags that stay under it (following the slope down stopped at the first
@@ -192,7 +189,7 @@ def estimate_pitch(wave, sample_rate: float, fmin: float = 50.0, fmax: float = 2
             if t * coarse / sample_rate >= REFINE_PERIODS:
                 mag = np.abs(np.fft.rfft(x[row] * window, nfft))
                 fine = _harmonic_refine(mag, sample_rate / nfft, coarse, 0.95 * sample_rate / 2, lobe=2 * nfft // t)
-                if fine is not None and abs(cents(fine, coarse)) <= REFINE_AGREE_CENTS * (1 + 60 * dp[tau]):
+                if fine is not None and abs(fine / coarse - 1) < 0.03:  # the refinement must agree with YIN
                     f0[row] = fine
     return f0.reshape(lead), voiced.reshape(lead)
 
