@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,7 +40,8 @@ def with_absolute_data_paths(cfg: dict) -> dict:
     def absolute(value: Any) -> Any:  # a local path, or a list of them
         if isinstance(value, (list, tuple)):
             return [absolute(v) for v in value]
-        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and "://" not in value else value
+        # (links kept as given: a moved data set is resumed through a link at its old path)
+        return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) and "://" not in value else value
 
     for key in path_arguments:
         if key in kwargs:
@@ -129,59 +131,37 @@ def _claim_run_dir(run: RunDir, cfg: dict, spec: DataSpec) -> int:
 
 
 def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
-    """Refuse a resume that would change the model or its data. The data may have moved (a copy
-    on scratch, a renamed folder): a data path alone may differ, and the run resumes on the new
-    one when the data read there is the data the run was trained on (its spec, paths aside)."""
+    """Refuse a resume that would change the model or its data. A data path that differs is
+    refused too, even when only the data moved: the statistics in the spec cannot tell a copy
+    from other data with the same ranges (relabelled files), so the refusal says how to point
+    the old path at the moved data instead."""
     previous = run.load_config()
-    moved = _moved_paths(previous, cfg)
     for key in IDENTITY_KEYS:
-        old, new = identity(previous, key), identity(cfg, key)
-        if key == "data" and moved:
-            old, new = ({**section, "kwargs": {k: v for k, v in section["kwargs"].items() if k not in moved}}
-                        for section in (old, new))
-        if old != new:
-            changes = differences(old, new, key)
+        if identity(previous, key) != identity(cfg, key):
+            changes = differences(identity(previous, key), identity(cfg, key), key)
+            moved = key == "data" and all(_is_path_argument(name, cfg) for name, _, _ in changes)
             raise RunError(
                 f"run directory {run.path} already holds a run with other '{key}' settings - {_shown(changes)}. "
-                f"Resume it with the same settings, or start a new run with name=<new name>.")
-    trained_on = run.load_data_spec()
-    for before, after in moved.values():  # the spec names its source: where the data was then
-        trained_on = _replaced(trained_on, before, after)
+                + ("If the same data only moved, make its old path lead to it (ln -s NEW OLD) and resume with the "
+                   "old path; " if moved else "")
+                + "Resume it with the same settings, or start a new run with name=<new name>.")
     # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes
-    changes = differences(trained_on, json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
+    changes = differences(run.load_data_spec(), json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
     if changes:
         raise RunError(
             f"the data as read now differs from what {run.path} was trained on - {_shown(changes)}. The data, or "
-            f"how it is read, changed since the run started"
-            + (f" (data.kwargs.{', '.join(moved)} moved: the data found there is not the same)" if moved else "")
-            + ". Start a new run with name=<new name>.")
-    for key, (before, after) in moved.items():
-        log.warning("data.kwargs.%s moved from %s to %s: the data there is what %s was trained on (the same "
-                    "statistics, grid and conditions), so it resumes reading it there", key, before, after, run.path)
+            f"how it is read, changed since the run started. Start a new run with name=<new name>.")
 
 
-def _moved_paths(previous: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """The data path arguments (``data.kwargs.path``) whose value differs between two configs of
-    the same adapter, as ``{key: (before, after)}``; only one path given for another is a move."""
-    old, new = identity(previous, "data"), identity(cfg, "data")
-    if not (isinstance(old, Mapping) and isinstance(new, Mapping)) or old.get("name") != new.get("name"):
-        return {}
+def _is_path_argument(dotted: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether ``data.kwargs.<name>`` (``dotted``, maybe with ``[i]``) names local data."""
+    parts = dotted.split(".")
+    if len(parts) < 3 or parts[1] != "kwargs":
+        return False
     try:
-        keys = _path_arguments(new.get("name"))
+        return parts[2].split("[")[0] in _path_arguments((cfg.get("data") or {}).get("name"))
     except (KeyError, ValueError, TypeError):
-        return {}
-    pairs = {key: (old["kwargs"].get(key), new["kwargs"].get(key)) for key in keys}
-    return {key: pair for key, pair in pairs.items()
-            if pair[0] != pair[1] and all(isinstance(p, str) and p for p in pair)}
-
-
-def _replaced(value: Any, before: str, after: str) -> Any:
-    """``value`` (plain JSON) with ``before`` replaced by ``after`` in every string."""
-    if isinstance(value, Mapping):
-        return {k: _replaced(v, before, after) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replaced(v, before, after) for v in value]
-    return value.replace(before, after) if isinstance(value, str) else value
+        return False
 
 
 # trainer settings that change how a run goes on, not only how it is watched or when it stops
@@ -217,8 +197,22 @@ def identity(cfg: Mapping[str, Any], key: str) -> Any:
     if key == "diffusion" and isinstance(value, Mapping) and value.get("schedule"):
         value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
     if key == "data" and isinstance(value, Mapping):  # no kwargs, null and {} all mean the adapter's defaults
-        value = {**value, "kwargs": {**_defaults(value.get("name")), **dict(value.get("kwargs") or {})}}
+        kwargs = {**_defaults(value.get("name")), **dict(value.get("kwargs") or {})}
+        try:
+            local = _path_arguments(value.get("name"))
+        except (KeyError, ValueError, TypeError):
+            local = ()
+        for name in (n for n in local if n in kwargs):  # a path through a link is the place it leads to
+            kwargs[name] = _real_path(kwargs[name])
+        value = {**value, "kwargs": kwargs}
     return value
+
+
+def _real_path(value: Any) -> Any:
+    """A local path (or each of a list) with its links followed; URLs and the rest as they are."""
+    if isinstance(value, (list, tuple)):
+        return [_real_path(v) for v in value]
+    return os.path.realpath(value) if isinstance(value, str) and "://" not in value else value
 
 
 def _defaults(adapter: Any) -> dict:
