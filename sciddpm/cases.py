@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from sciddpm.checks import parse_number
 from sciddpm.data import CondSchema, UnknownConditionError
 from sciddpm.data.conditioning import read_condition_table, split_header
 
@@ -88,7 +89,7 @@ def read_cases_csv(path: str | Path, schema: CondSchema) -> dict[str, list[float
             raise ValueError(f"{path}, line {line}: {len(row)} values for {len(names)} columns ({', '.join(names)})")
         for name, cell in zip(names, row):
             try:
-                columns[name].append(float(cell))
+                columns[name].append(parse_number(cell))
             except ValueError:
                 raise ValueError(f"{path}, line {line}: {name}={cell!r} is not a number") from None
     return columns

@@ -32,3 +32,11 @@ def as_seed(seed: Any) -> int:
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (or None for a fresh one), got {seed!r}")
     return int(seed)
+
+
+def parse_number(text: str) -> float:
+    """A number as written in a table or on a command line: ``float`` without its Python-only
+    forms (``3_30`` reads 330 there: a typo, not a number); ValueError otherwise."""
+    if "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r}")
+    return float(text)

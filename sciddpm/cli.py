@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sciddpm.checks import as_count
+from sciddpm.checks import as_count, parse_number
 from sciddpm.config import GROUPS, options
 
 
@@ -150,7 +150,7 @@ def _parse_cond(items: list[str] | None) -> dict[str, float]:
         if name.strip() in cond:
             raise ValueError(f"--cond {name.strip()} is given twice ({cond[name.strip()]:g} and {value}); give it once")
         try:
-            cond[name.strip()] = float(value)
+            cond[name.strip()] = parse_number(value)
         except ValueError:
             raise ValueError(f"--cond {name}: {value!r} is not a number") from None
     return cond

@@ -111,6 +111,8 @@ def _compare_with_observations(ds: xr.Dataset, observed: xr.Dataset) -> None:
                            else aligned.reindex({dim: labels}))
         except (ValueError, KeyError, TypeError):  # repeated or unordered labels: no match by label at all
             aligned = None
+        if aligned is not None and set(aligned.dims) != set(result.dims):
+            continue  # (a dim the result does not have: nothing to compare point by point)
         if aligned is not None:
             both = aligned.notnull() & result.notnull()  # (levels the model does not take drop out)
             if bool(both.any()) and np.allclose(result.where(both).values,
@@ -128,25 +130,32 @@ def _compare_with_observations(ds: xr.Dataset, observed: xr.Dataset) -> None:
 
 def _say_if_dropped(name: str, observed: int, dropped: xr.DataArray, kept: xr.DataArray, given: xr.DataArray,
                     result: xr.DataArray) -> None:
-    """Warn where observed values have no place in the result: a level the model was not trained
-    at (observations of z at 500 and 850 hPa for a model of z@500), a point it never generates
-    (land for SST) - the docs promise observations back as given, so their loss is said."""
+    """Warn where observed values have no place in the result, which has no values there: a level
+    the model was not trained at (z observed at 500 and 850 hPa for a model of z@500), its static
+    mask (SST over land) - the docs promise observations back as given, so their loss is said,
+    with the labels (levels, latitude rows) whose every observation was lost."""
     lost = observed - int(kept.sum())
     if lost <= 0:
         return
-    where = []
-    for d in (d for d in given.dims if d in given.coords and d in result.coords and given[d].ndim == 1):
-        absent = sorted(set(np.asarray(given[d].values).tolist()) - set(np.asarray(result[d].values).tolist()))
-        if d in dropped.dims and dropped.sizes[d] <= 64:  # a level dim, not latitude: labels left out whole
-            others = [o for o in dropped.dims if o != d]
-            whole = (dropped.any(others) & ~kept.any(others)).values
-            absent += np.asarray(dropped[d].values)[whole].tolist()
-        if absent:
-            where.append(f"{d} {', '.join(map(str, absent[:5]))}")
-    log.warning("%d of the %d observed values of %r have no place in the filled fields and are not in them (%s): "
-                "the model does not generate them", lost, observed, name,
-                f"at {'; '.join(where)}, which the model was not trained on" if where
-                else "points the model's output leaves NaN, such as its static mask")
+    whole = []
+    for d in (d for d in given.dims if d in given.indexes and d in result.indexes):
+        labels = np.asarray(given.indexes[d])
+        found = np.asarray(result.indexes[d])
+        if labels.dtype.kind == "f" and found.size:  # float32 copies of the same labels are the same labels
+            near = np.abs(labels[:, None].astype(np.float64) - found[None, :].astype(np.float64)).min(axis=1)
+            absent = labels[near > 1e-3 * max(np.abs(np.diff(np.sort(found.astype(np.float64)))).min(initial=1.0), 1e-12)]
+        else:
+            absent = labels[~np.isin(labels, found)]
+        others = [o for o in dropped.dims if o != d]
+        emptied = np.asarray(dropped[d].values)[(dropped.any(others) & ~kept.any(others)).values] if d in dropped.dims \
+            else np.array([])
+        shown = [*absent.tolist(), *emptied.tolist()]
+        if shown:
+            whole.append(f"{d} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in shown[:5])}"
+                         f"{' ...' if len(shown) > 5 else ''}")
+    log.warning("%d of the %d observed values of %r have no place in the filled fields, where the model's output has "
+                "no values (a level it was not trained on, or its static mask)%s; they are not in the result",
+                lost, observed, name, f": every one at {'; '.join(whole)}" if whole else "")
 
 
 def _warn_if_overriding(adapter: Any, names: list[str], observed: xr.Dataset, given: Mapping[str, Any]) -> None:

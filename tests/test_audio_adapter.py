@@ -260,6 +260,14 @@ def test_a_clip_of_leading_silence_is_refused_by_name_and_offset_s_is_the_fix(fo
                                          r"the loudest clip, \S*exact\.flac, peaks at -3 dBFS and the median clip "
                                          r"at -68 dBFS"):
         build_adapter("audio", **common).spec()
+    for name in ("long.wav", "stereo16k.wav", "short.wav", "exact.flac"):  # said "-inf dBFS" and blamed levels
+        sf.write(folder / name, np.zeros(4096), SR)
+    with pytest.raises(ValueError, match=r"all 3 training clips read for statistics are digital silence \(all zeros\)"):
+        build_adapter("audio", **common).spec()
+    for name in ("long.wav", "stereo16k.wav"):
+        sf.write(folder / name, late, SR)
+    for name, pitch in (("short.wav", 440), ("exact.flac", 500)):
+        sf.write(folder / name, sine(pitch, 4096, SR), SR)
     fixed = build_adapter("audio", **common, offset_s=0.1)
     items = fixed.dataset("train")
     clips = np.stack([items[i]["x"].numpy() for i in range(len(items))])
@@ -348,8 +356,9 @@ def test_folder_stereo_kept_with_channels_2(tmp_path, folder):
         mono.spec()
     # ... and a channel inverted at another gain (R = -0.8 L) lost 20 dB in the mix without a word
     sf.write(root / "s1.wav", np.stack([tone, -0.8 * tone], axis=1), SR, subtype="PCM_24")
-    with pytest.warns(UserWarning, match=r"s1.wav: its 2 channels partly cancel when mixed down to mono \(an inverted "
-                                         r"channel\?\): the mix is -19 dB under the channels' level"):
+    with pytest.warns(UserWarning, match=r"s1.wav: its 2 channels partly cancel when mixed down to mono: the mix is "
+                                         r"-19 dB under the channels' level \(an inverted channel, microphones far "
+                                         r"apart, or a wide stereo image\); if that matters, keep both channels"):
         build_adapter("audio", source="folder", path=str(root), clip_samples=2048, stats_clips=3).spec()
 
 
@@ -387,7 +396,7 @@ def _break(folder, how):
     ("nan samples", ValueError, r"nan\.wav holds NaN or infinite samples; audio must be finite"),
     ("non-numeric", ValueError, r"non-numeric value 'high' in column 'pitch' for 'long.wav' \(metadata.csv line 2\)"),
     ("empty", FileNotFoundError, r"audio folder .*clips is empty"),
-    ("cp1252", ValueError, r"metadata.csv is not UTF-8 text \(byte 0xe4 at position \d+; .*save it as UTF-8"),
+    ("cp1252", ValueError, r"metadata.csv is not UTF-8 text \(byte 0xe4 on line 3; .*save it as UTF-8"),
     ("one recording twice", ValueError, r"lists one recording more than once \(under the names \['long.wav', "
                                         r"'sub/../long.wav'\]\)"),
     ("underscore", ValueError, r"non-numeric value '3_30' in column 'pitch'"),
@@ -542,6 +551,13 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
                                          r"\(4000 Hz\): was it subsampled"):
         tones_adapter.write(ds.isel(time=slice(None, None, 2)), tmp_path / "half")
     coarse = ds.assign_coords(time=ds.time.astype(np.float32))  # float32 seconds: uneven by rounding, same rate
+    assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
+    coarse = ds.assign_coords(time=(ds.time * 1000).assign_attrs(units="ms"))  # read in its units, not as 8 Hz
+    assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
+    coarse = ds.assign_coords(time=(1.7e9 + ds.time).assign_attrs(units="s"))  # POSIX seconds
+    assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
+    coarse = ds.assign_coords(time=np.arange(ds.sizes["time"]) * 1.0).assign_coords(
+        time=lambda d: d.time.assign_attrs(units="samples"))  # sample numbers: no rate in them
     assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
     bare = ds.isel(time=slice(None, None, 2)).drop_attrs()
     with pytest.raises(ValueError, match=r"the Dataset is at 4000 Hz but the model works at 8000 Hz; resample it"):

@@ -432,6 +432,10 @@ def test_csv_headers_give_units_in_brackets_or_parentheses():
 
     assert split_header(" pitch[Hz] ") == split_header("pitch (Hz)") == ("pitch", "Hz")
     assert split_header("gain") == ("gain", None) and split_header("co2 [ppm]") == ("co2", "ppm")
-    for bad in ("pitch[Hz", "a[b][c]", "f(x) (Hz)", "[Hz]"):
+    assert split_header("gain (dB)") == ("gain", "dB") and split_header("speed (m/s)") == ("speed", "m/s")
+    # parentheses holding a note, not units, stay part of the name (they are read only as conditions)
+    assert split_header("velocity (0-127)") == ("velocity (0-127)", None)
+    assert split_header("comment (free text (see notes))") == ("comment (free text (see notes))", None)
+    for bad in ("pitch[Hz", "a[b][c]", "[Hz]"):
         with pytest.raises(ValueError, match=r"is not 'name' or 'name\[units\]'"):
             split_header(bad)

@@ -55,6 +55,7 @@ from sciddpm.data.base import Adapter, condition_coords, heldout_picks, register
 from sciddpm.data.conditioning import CondSchema, CondVar
 from sciddpm.data.spec import DataSpec, Normaliser
 from sciddpm.data.stores import check_no_namesake, check_replaceable, names_a_store, write_store
+from sciddpm.data.units import read_units, says_nothing
 from sciddpm.files import atomic_path
 from sciddpm.plots import new_figure, save_png
 
@@ -241,6 +242,11 @@ class AudioAdapter(Adapter):
             said = (f"{len(silent)} of the {len(pick)} training clips read for statistics are silent (peak 60 dB or "
                     f"more under the loudest clip's) over their {self.clip_samples} samples from "
                     f"offset_s={self.offset_s:g}, e.g. {', '.join(silent[:3])}")
+            if peaks.max() == 0:
+                raise ValueError(f"all {len(pick)} training clips read for statistics are digital silence (all zeros) "
+                                 f"over their {self.clip_samples} samples from offset_s={self.offset_s:g}, e.g. "
+                                 f"{files[pick[0]].path}: check the files, or set data.kwargs.offset_s where the "
+                                 "sound starts")
             if 2 * len(silent) > len(pick):  # most: leading silence, or one file far louder than the rest
                 loudest = files[pick[int(np.argmax(peaks))]].path
                 raise ValueError(
@@ -442,7 +448,7 @@ class AudioAdapter(Adapter):
 
 def _sample_rate(ds: xr.Dataset, default: int) -> float:
     """The rate of ``ds``'s clips: its ``sample_rate`` attribute and its ``time`` coordinate (in
-    seconds) must agree - a Dataset subsampled with ``isel(time=slice(None, None, 2))`` keeps the
+    seconds, or in the time unit its ``units`` attribute names) must agree - a Dataset subsampled with ``isel(time=slice(None, None, 2))`` keeps the
     attribute and would be written at twice its speed. Without either, the model's ``default``."""
     said = ds.attrs.get("sample_rate")
     if said is not None and (isinstance(said, bool) or not isinstance(said, (int, float, np.number))):
@@ -450,7 +456,14 @@ def _sample_rate(ds: xr.Dataset, default: int) -> float:
     time = ds.coords.get("time")
     if time is None or time.size < 2 or time.dtype.kind != "f":  # (integers: sample numbers, not seconds)
         return default if said is None else float(said)
-    seconds = np.asarray(time.values, dtype=np.float64)
+    units = time.attrs.get("units")
+    to_seconds = 1.0
+    if not says_nothing(units):
+        read = read_units(units)
+        if read is None or read[0] != (("T", 1),):  # sample numbers, say: no rate to read from them
+            return default if said is None else float(said)
+        to_seconds = read[1]  # ms: 1e-3
+    seconds = np.asarray(time.values, dtype=np.float64) * to_seconds
     step = (seconds[-1] - seconds[0]) / (seconds.size - 1)  # (float32 times are uneven by their rounding)
     if not step > 0 or np.abs(np.diff(seconds) - step).max() > 0.5 * step:  # (a gap is a whole step)
         raise ValueError("the Dataset's time coordinate is not evenly spaced and increasing, so it has no sample rate; "

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.checks import parse_number
 from sciddpm.data.base import close_match, name_list
 from sciddpm.data.conditioning import read_condition_table, split_header
 
@@ -77,6 +78,7 @@ def probe(paths: list[Path], channels: int) -> list[AudioFile]:
 
 # A stereo file whose mono mix-down is this much quieter than its channels (-10 dB, a channel
 # correlation of -0.8 at equal levels; uncorrelated channels lose 3 dB) is said to partly cancel.
+# (Files of more channels, microphone arrays, lose 10 dB by arithmetic alone: not said.)
 MIX_LOSS = 10 ** (-10 / 20)
 
 
@@ -109,11 +111,11 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
                              f"peak {before:.3g} before, {after:.3g} after); fix the file, drop it, or keep both "
                              "channels with data.kwargs.channels=2")
         mixed = float(np.sqrt(np.mean(data.astype(np.float64) ** 2))) if data.size else 0.0
-        if f.channels > 1 and mixed < MIX_LOSS * level:  # partly opposite phase: quieter than it sounds
-            warnings.warn(f"{f.path}: its {f.channels} channels partly cancel when mixed down to mono (an inverted "
-                          f"channel?): the mix is {20 * np.log10(max(mixed, 1e-300) / level):.0f} dB under the "
-                          "channels' level; fix the file, or keep both channels with data.kwargs.channels=2",
-                          stacklevel=2)
+        if f.channels == 2 and mixed < MIX_LOSS * level:  # partly opposite phase: quieter than it sounds
+            warnings.warn(f"{f.path}: its 2 channels partly cancel when mixed down to mono: the mix is "
+                          f"{20 * np.log10(max(mixed, 1e-300) / level):.0f} dB under the channels' level (an inverted "
+                          "channel, microphones far apart, or a wide stereo image); if that matters, keep both "
+                          "channels with data.kwargs.channels=2", stacklevel=2)
     skip = first - lo * sample_rate // f.rate  # exact: lo * sample_rate / f.rate is a whole number
     if f.rate != sample_rate and data.shape[1]:
         data = resample(data, f.rate, sample_rate)
@@ -125,9 +127,7 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
 
 def _number(text: str, column: str, where: str) -> float:
     try:
-        if "_" in text:  # float() reads 3_30 as 330: a typo, not a number in a table
-            raise ValueError(text)
-        value = float(text)
+        value = parse_number(text)
     except ValueError:
         raise ValueError(f"non-numeric value {text!r} in column {column!r} for {where}; a condition is a number "
                          f"(leave label columns out with data.kwargs.cond=[...], the columns that are conditions)"

@@ -312,9 +312,10 @@ class Era5Adapter(Adapter):
             raise ValueError(f"the Dataset has no '{TIME}' coordinate to read {' and '.join(dated)} from (coords: "
                              f"{list(ds.coords)}); pass them explicitly (--cond {dated[0]}=VALUE)")
         if TIME in ds.coords:
-            check_standard_time(ds, "the Dataset")
-            stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
-            count = len(stamps)
+            count = np.atleast_1d(ds[TIME].values).size
+            if dated:  # (a CO2 series in a noleap calendar needs no dates)
+                check_standard_time(ds, "the Dataset")
+                stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
         else:
             lead = self.example_dim(ds)
             count = ds.sizes[lead] if lead is not None else 1
@@ -322,7 +323,7 @@ class Era5Adapter(Adapter):
         for name in names:
             if name in given:  # a dayofyear coordinate of its own (a sample's, an edited one) is what it says
                 out[name] = np.broadcast_to(np.asarray(ds[name].values, dtype=np.float64), (count,)).copy()
-                if TIME in ds.coords:
+                if TIME in ds.coords and ds[TIME].dtype.kind == "M":  # (other calendars: no dates to compare)
                     dates = self.cond_from_xarray(ds.drop_vars(name), [name])[name]
                     if not np.allclose(dates, out[name]):
                         log.warning("the Dataset's %s coordinate (%s) is not its dates' (%s): the coordinate is used",

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.data.units import read_units
+
 FEATURES = ("linear", "log", "cyclic")
 _NAME_RE = re.compile(r"^[^\s=,\[\]]+$")  # usable as `--cond name=value` on a command line
 
@@ -37,18 +39,25 @@ class ConditionRangeWarning(UserWarning):
     """A conditioning value outside the range seen in training: the model is extrapolating."""
 
 
-# "pitch[Hz]" or "pitch (Hz)" -> pitch, Hz
-_HEADER_RE = re.compile(r"^\s*([^\[\]()]*?)\s*(?:\[([^\[\]]*)\]|\(([^()]*)\))?\s*$")
+_HEADER_RE = re.compile(r"^\s*([^\[\]]*?)\s*(?:\[([^\[\]]*)\])?\s*$")  # "pitch[Hz]" -> pitch, Hz
+_PARENTHESES_RE = re.compile(r"^(.*?)\s*\(([^()]*)\)$")  # "pitch (Hz)" -> pitch, Hz
 
 
 def split_header(cell: str) -> tuple[str, str | None]:
-    """A CSV column header ``name``, ``name[units]`` or ``name (units)`` -> (name, units or None);
-    anything else (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
+    """A CSV column header ``name`` or ``name[units]`` -> (name, units or None); ``name (units)``
+    too where the parentheses hold units (a unit sciddpm reads, or one word: ``gain (dB)``), not
+    a note (``velocity (0-127)``, ``comment (free text)`` stay whole names). Anything else
+    (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
     match = _HEADER_RE.match(cell)
     if match is None or not match.group(1):
         raise ValueError(f"column header {cell!r} is not 'name' or 'name[units]', e.g. pitch[Hz]")
-    units = match.group(2) if match.group(2) is not None else match.group(3)
-    return match.group(1), None if units is None else units.strip()
+    name, units = match.group(1), match.group(2)
+    if units is None:
+        inside = _PARENTHESES_RE.match(name)
+        if inside and inside.group(1) and (read_units(inside.group(2)) is not None
+                                            or re.fullmatch(r"[^\W\d_]+", inside.group(2).strip())):
+            return inside.group(1), inside.group(2).strip()
+    return name, None if units is None else units.strip()
 
 
 def read_condition_table(path: str | Path) -> list[tuple[int, list[str]]]:
@@ -59,9 +68,21 @@ def read_condition_table(path: str | Path) -> list[tuple[int, list[str]]]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}; "
+    except UnicodeDecodeError:
+        data = Path(path).read_bytes()  # the reader decodes in chunks: find the byte in the whole file
+        where = _first_non_utf8(data)
+        line = data[:where].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text (byte {data[where]:#04x} on line {line}; "
                          "a spreadsheet's legacy 'CSV' encoding?): save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
+
+
+def _first_non_utf8(data: bytes) -> int:
+    """The position of the first byte of ``data`` that is not UTF-8 (0 if it all decodes)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start
+    return 0
 
 
 def _num(x: float) -> str:
@@ -228,7 +249,7 @@ class CondSchema:
             if var.feature == "log" and np.any(a <= 0):
                 raise ValueError(f"condition {var.describe()} must be positive, got {a[a <= 0][0]:g}")
             slack = 1e-6 * max(var.max - var.min, abs(var.max), 1e-12)  # float round-off in JSON
-            if var.feature == "cyclic":  # dayofyear=400 would wrap round to 34.75 without a word
+            if var.feature == "cyclic" and var.max - var.min < var.period:  # dayofyear=400 wrapped to 34.75
                 beyond = a[(a < var.max - var.period - slack) | (a > var.min + var.period + slack)]
                 if beyond.size:
                     raise ValueError(f"condition {var.describe()} is cyclic with period {_num(var.period)}, and "
