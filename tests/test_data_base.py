@@ -85,6 +85,10 @@ def test_missing_nonfinite_and_mismatched_values_are_errors():
         with pytest.raises(ValueError, match=r"'velocity' must be numeric, got .* \(a number, not text or a bool\)"):
             schema.encode({"pitch": 440, "velocity": slip})
     assert schema.encode({"pitch": np.float32(440), "velocity": np.int64(100)}).shape[0] == 1
+    # a cyclic range over more than a period takes any value (the beyond-a-period refusal said
+    # "give it within 6.28-6.28" for phase=1 trained on 0-4 pi)
+    phase = CondSchema([CondVar("phase", units="rad", min=0.0, max=4 * np.pi, feature="cyclic", period=2 * np.pi)])
+    assert phase.validate({"phase": 1.0})["phase"][0] == 1.0
     with pytest.raises(ValueError, match=r"different lengths \[2, 3\]"):
         schema.encode({"pitch": [440, 441], "velocity": [1, 2, 3]})
     with pytest.raises(ValueError, match="the batch is 4"):

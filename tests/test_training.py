@@ -160,6 +160,8 @@ def test_unknown_condition_exits_nonzero_listing_known_names(trained, capsys):
     err = capsys.readouterr().err
     assert code != 0
     assert "nosuch" in err and "pitch" in err and "Hz" in err
+    code = main(["sample", "model=tiny", f"runs_dir={trained}", "--cond", "pitch=3_30"])  # float() read it as 330
+    assert code != 0 and "--cond pitch: '3_30' is not a number" in capsys.readouterr().err
 
 
 def test_out_of_range_condition_warns_with_range(trained):
