@@ -145,12 +145,44 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
                 + ("If the same data only moved, make its old path lead to it (ln -s NEW OLD) and resume with the "
                    "old path; " if moved else "")
                 + "Resume it with the same settings, or start a new run with name=<new name>.")
-    # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes
-    changes = differences(run.load_data_spec(), json.loads(json.dumps(spec.to_dict())), "data_spec", rel_tol=1e-9)
+    # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes;
+    # a path named in the spec's notes counts as the place it leads to (the same data, another path)
+    trained_on = _with_real_paths(run.load_data_spec(), previous)
+    now = _with_real_paths(json.loads(json.dumps(spec.to_dict())), cfg)
+    changes = differences(trained_on, now, "data_spec", rel_tol=1e-9)
     if changes:
         raise RunError(
             f"the data as read now differs from what {run.path} was trained on - {_shown(changes)}. The data, or "
             f"how it is read, changed since the run started. Start a new run with name=<new name>.")
+
+
+def _with_real_paths(spec: Any, cfg: Mapping[str, Any]) -> Any:
+    """A data spec (plain JSON) with the local data paths ``cfg`` names, as typed, replaced by the
+    places they lead to."""
+    for typed in _local_paths(cfg):
+        spec = _replaced(spec, typed, os.path.realpath(typed))
+    return spec
+
+
+def _local_paths(cfg: Mapping[str, Any]) -> list[str]:
+    """The local data paths a config names (``data.kwargs.path``, each of a list), as typed."""
+    data = cfg.get("data") or {}
+    try:
+        keys = _path_arguments(data.get("name"))
+    except (KeyError, ValueError, TypeError):
+        return []
+    kwargs = data.get("kwargs") or {}
+    values = [v for key in keys for v in (kwargs.get(key) if isinstance(kwargs.get(key), list) else [kwargs.get(key)])]
+    return [v for v in values if isinstance(v, str) and "://" not in v]
+
+
+def _replaced(value: Any, before: str, after: str) -> Any:
+    """``value`` (plain JSON) with ``before`` replaced by ``after`` in every string."""
+    if isinstance(value, Mapping):
+        return {k: _replaced(v, before, after) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, before, after) for v in value]
+    return value.replace(before, after) if isinstance(value, str) and before != after else value
 
 
 def _is_path_argument(dotted: str, cfg: Mapping[str, Any]) -> bool:

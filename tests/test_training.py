@@ -215,8 +215,11 @@ def test_a_run_on_moved_data_is_refused_with_the_way_to_resume_it(trained, cache
     with caplog.at_level("WARNING", logger="sciddpm"):
         sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'before'}", "trainer.steps=12", "trainer.batch_size=4"])
     assert "resuming at step 10 with other trainer settings - trainer.batch_size: 8 there, 4 now" in caplog.text
+    # the same data by the place the link leads to resumes too (its spec's notes name the other path)
+    sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'after'}", "trainer.steps=13", "trainer.batch_size=4"])
+    assert RunDir(tmp_path / "moved").load_weights()[2] == 13
     with pytest.raises(RunError, match=r"data\.kwargs\.clip_samples: 256 there, 128 now\. Resume it with the same"):
-        sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'before'}", "trainer.steps=15",
+        sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'before'}", "trainer.steps=15", "trainer.batch_size=4",
                        "data.kwargs.clip_samples=128"])  # no moving hint for another change
 
 
