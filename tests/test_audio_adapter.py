@@ -554,6 +554,11 @@ def test_wav_names_follow_the_member_coordinate(tones_adapter, tmp_path):
     assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
     coarse = ds.assign_coords(time=(ds.time * 1000).assign_attrs(units="ms"))  # read in its units, not as 8 Hz
     assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
+    halved = ds.isel(time=slice(None, None, 2)).drop_attrs()
+    halved = halved.assign_coords(time=(halved.time * 1000).assign_attrs(units="milliseconds"))
+    assert sf.info(tones_adapter.write(halved, tmp_path / "ms")[0]).samplerate == 4000  # was written at 8000
+    with pytest.raises(ValueError, match=r"time coordinate is in 'fortnights', which is not a time sciddpm reads"):
+        tones_adapter.to_tensor(ds.assign_coords(time=ds.time.assign_attrs(units="fortnights")))
     coarse = ds.assign_coords(time=(1.7e9 + ds.time).assign_attrs(units="s"))  # POSIX seconds
     assert tones_adapter.to_tensor(coarse).shape == tones_adapter.to_tensor(ds).shape
     coarse = ds.assign_coords(time=np.arange(ds.sizes["time"]) * 1.0).assign_coords(

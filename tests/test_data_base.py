@@ -89,6 +89,12 @@ def test_missing_nonfinite_and_mismatched_values_are_errors():
     # "give it within 6.28-6.28" for phase=1 trained on 0-4 pi)
     phase = CondSchema([CondVar("phase", units="rad", min=0.0, max=4 * np.pi, feature="cyclic", period=2 * np.pi)])
     assert phase.validate({"phase": 1.0})["phase"][0] == 1.0
+    hour = CondSchema([CondVar("hour", units="h", min=0.0, max=18.0, feature="cyclic", period=24.0)])
+    with warnings.catch_warnings():  # hour 24 and -6 are hours 0 and 18, trained on: no "extrapolating"
+        warnings.simplefilter("error")
+        hour.validate({"hour": [24.0, -6.0]})
+    with pytest.warns(ConditionRangeWarning, match=r"hour=21 h is outside the training range 0–18 h"):
+        hour.validate({"hour": 21.0})
     with pytest.raises(ValueError, match=r"different lengths \[2, 3\]"):
         schema.encode({"pitch": [440, 441], "velocity": [1, 2, 3]})
     with pytest.raises(ValueError, match="the batch is 4"):
@@ -437,9 +443,11 @@ def test_csv_headers_give_units_in_brackets_or_parentheses():
     assert split_header(" pitch[Hz] ") == split_header("pitch (Hz)") == ("pitch", "Hz")
     assert split_header("gain") == ("gain", None) and split_header("co2 [ppm]") == ("co2", "ppm")
     assert split_header("gain (dB)") == ("gain", "dB") and split_header("speed (m/s)") == ("speed", "m/s")
-    # parentheses holding a note, not units, stay part of the name (they are read only as conditions)
-    assert split_header("velocity (0-127)") == ("velocity (0-127)", None)
+    assert split_header("pitch (MIDI note)") == ("pitch", "MIDI note") and split_header("v (0-127)") == ("v", "0-127")
+    # a column of notes stays whole, and is refused only if it is taken as a condition
     assert split_header("comment (free text (see notes))") == ("comment (free text (see notes))", None)
+    with pytest.raises(ValueError, match=r"from a CSV header, write it as name\[units\], or leave the column out"):
+        CondVar("comment (free text (see notes))", units="", min=0.0, max=1.0)
     for bad in ("pitch[Hz", "a[b][c]", "[Hz]"):
         with pytest.raises(ValueError, match=r"is not 'name' or 'name\[units\]'"):
             split_header(bad)

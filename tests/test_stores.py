@@ -111,3 +111,17 @@ def test_a_time_axis_that_cannot_be_dates_says_how_to_rewrite_it(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read the time axis of .*months\.nc as dates \(.*months since.*\)\. "
                                          r"sciddpm needs dates, so rewrite it .*decode_times=False.*xr\.date_range"):
         open_store(tmp_path / "months.nc")
+
+
+def test_several_files_are_named_by_a_list_or_a_pattern_of_stars(tmp_path):
+    from sciddpm.data.stores import store_files
+
+    (tmp_path / "run[1]").mkdir()
+    (tmp_path / "run1").mkdir()
+    for folder in ("run[1]", "run1"):
+        (tmp_path / folder / "a.nc").touch()
+    # [ is a folder's own name, not a pattern: run[1]/*.nc read run1/a.nc
+    assert store_files(str(tmp_path / "run[1]" / "*.nc")) == [str(tmp_path / "run[1]" / "a.nc")]
+    assert store_files(str(tmp_path / "run[1]" / "a.nc")) is None  # one file: one store
+    with pytest.raises(ValueError, match=r"several files read as one store must be local, got gs://b/x\.zarr"):
+        store_files(["gs://b/x.zarr", "gs://b/y.zarr"])

@@ -459,9 +459,12 @@ def _sample_rate(ds: xr.Dataset, default: int) -> float:
     units = time.attrs.get("units")
     to_seconds = 1.0
     if not says_nothing(units):
-        read = read_units(units)
-        if read is None or read[0] != (("T", 1),):  # sample numbers, say: no rate to read from them
+        if str(units).strip().lower() in ("sample", "samples", "index", "1"):  # sample numbers: no rate in them
             return default if said is None else float(said)
+        read = read_units(units)
+        if read is None or read[0] != (("T", 1),):
+            raise ValueError(f"the Dataset's time coordinate is in {units!r}, which is not a time sciddpm reads (s, "
+                             "ms, us); give it in seconds (or as sample numbers, units 'samples')")
         to_seconds = read[1]  # ms: 1e-3
     seconds = np.asarray(time.values, dtype=np.float64) * to_seconds
     step = (seconds[-1] - seconds[0]) / (seconds.size - 1)  # (float32 times are uneven by their rounding)

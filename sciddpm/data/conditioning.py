@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sciddpm.data.units import read_units
 
 FEATURES = ("linear", "log", "cyclic")
 _NAME_RE = re.compile(r"^[^\s=,\[\]]+$")  # usable as `--cond name=value` on a command line
@@ -44,19 +43,17 @@ _PARENTHESES_RE = re.compile(r"^(.*?)\s*\(([^()]*)\)$")  # "pitch (Hz)" -> pitch
 
 
 def split_header(cell: str) -> tuple[str, str | None]:
-    """A CSV column header ``name`` or ``name[units]`` -> (name, units or None); ``name (units)``
-    too where the parentheses hold units (a unit sciddpm reads, or one word: ``gain (dB)``), not
-    a note (``velocity (0-127)``, ``comment (free text)`` stay whole names). Anything else
+    """A CSV column header ``name``, ``name[units]`` or ``name (units)`` -> (name, units or None)
+    (``velocity (0-127)`` gives units "0-127": a label, compared as written); a header with
+    parentheses inside its parentheses stays a whole name (a column of notes). Anything else
     (``pitch[Hz``, ``a[b][c]``) is an error quoting it."""
     match = _HEADER_RE.match(cell)
     if match is None or not match.group(1):
         raise ValueError(f"column header {cell!r} is not 'name' or 'name[units]', e.g. pitch[Hz]")
     name, units = match.group(1), match.group(2)
-    if units is None:
-        inside = _PARENTHESES_RE.match(name)
-        if inside and inside.group(1) and (read_units(inside.group(2)) is not None
-                                            or re.fullmatch(r"[^\W\d_]+", inside.group(2).strip())):
-            return inside.group(1), inside.group(2).strip()
+    inside = _PARENTHESES_RE.match(name) if units is None else None
+    if inside and inside.group(1) and "(" not in inside.group(1):
+        return inside.group(1), inside.group(2).strip()
     return name, None if units is None else units.strip()
 
 
@@ -115,7 +112,8 @@ class CondVar:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ValueError(
                 f"condition name {self.name!r} must be a non-empty string without spaces, "
-                "'=', ',' or brackets (it is typed as name=value on the command line)"
+                "'=', ',' or brackets (it is typed as name=value on the command line); from a CSV header, write "
+                "it as name[units], or leave the column out of the conditions (data.kwargs.cond=[...])"
             )
         if not isinstance(self.units, str) or not isinstance(self.description, str):
             raise ValueError(f"condition {self.name!r}: units and description must be strings")
@@ -255,7 +253,8 @@ class CondSchema:
                     raise ValueError(f"condition {var.describe()} is cyclic with period {_num(var.period)}, and "
                                      f"{beyond[0]:g} is more than a period from the values trained on; give it "
                                      f"within {_num(var.max - var.period)}–{_num(var.min + var.period)}")
-            outside = a[(a < var.min - slack) | (a > var.max + slack)]
+            seen = var.min + (a - var.min) % var.period if var.feature == "cyclic" else a  # hour 24 is hour 0
+            outside = a[(seen < var.min - slack) | (seen > var.max + slack)]
             if warn and outside.size:
                 units = "" if _dimensionless(var.units) else f" {var.units}"
                 shown = np.unique(outside)

@@ -89,21 +89,25 @@ def open_store(path: str | os.PathLike | Sequence[str | os.PathLike], *,
 
 def store_files(path: Any, what: str = "store") -> list[str] | None:
     """The local files a path names when it names several: a list (or tuple) of paths, or a glob
-    pattern (``*``, ``?``, ``[``), sorted; None for one store. A pattern that matches nothing, or
+    pattern (``*`` and ``?``; a ``[`` is taken as written), sorted; None for one store. A pattern that matches nothing, or
     a listed file that is not there, is an error naming it."""
     if isinstance(path, (list, tuple)):
-        files = [str(p) for p in path]
+        files = [os.path.expanduser(str(p)) for p in path]
         if not files:
             raise ValueError(f"the {what} is an empty list of files")
+        remote = [f for f in files if f.startswith(REMOTE_PREFIXES)]
+        if remote and len(files) > 1:
+            raise ValueError(f"several files read as one {what} must be local, got {remote[0]} (a remote zarr "
+                             "store is one path)")
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise FileNotFoundError(f"no {what} file at {', '.join(missing[:3])}"
                                     f"{' ...' if len(missing) > 3 else ''} (of the {len(files)} listed)")
         return files
-    text = str(path)
-    if text.startswith(REMOTE_PREFIXES) or not glob.has_magic(text) or os.path.exists(text):
+    text = str(path)  # patterns are * and ? ([ is a folder's own name: run[1]/*.nc)
+    if text.startswith(REMOTE_PREFIXES) or not ("*" in text or "?" in text) or os.path.exists(text):
         return None
-    files = sorted(glob.glob(os.path.expanduser(text)))
+    files = sorted(glob.glob(os.path.expanduser(text).replace("[", "[[]")))
     if not files:
         raise FileNotFoundError(f"no files match the {what} pattern {text}")
     return files

@@ -35,7 +35,8 @@ _SPEED = {"L": 1, "T": -1}
 _SYMBOLS: dict[str, tuple[dict[str, int], float]] = {
     "m": ({"L": 1}, 1.0), "km": ({"L": 1}, 1e3), "dam": ({"L": 1}, 10.0), "cm": ({"L": 1}, 1e-2),
     "mm": ({"L": 1}, 1e-3), "L": ({"L": 3}, 1e-3), "Sv": ({"L": 3, "T": -1}, 1e6),
-    "s": ({"T": 1}, 1.0), "min": ({"T": 1}, 60.0), "h": ({"T": 1}, 3600.0), "day": ({"T": 1}, 86400.0),
+    "s": ({"T": 1}, 1.0), "ms": ({"T": 1}, 1e-3), "us": ({"T": 1}, 1e-6), "ns": ({"T": 1}, 1e-9),
+    "min": ({"T": 1}, 60.0), "h": ({"T": 1}, 3600.0), "day": ({"T": 1}, 86400.0),
     "Hz": ({"T": -1}, 1.0), "kHz": ({"T": -1}, 1e3), "MHz": ({"T": -1}, 1e6),
     "kg": ({"M": 1}, 1.0), "g": ({"M": 1}, 1e-3), "mg": ({"M": 1}, 1e-6), "ug": ({"M": 1}, 1e-9),
     "mol": ({"N": 1}, 1.0), "mmol": ({"N": 1}, 1e-3), "umol": ({"N": 1}, 1e-6), "nmol": ({"N": 1}, 1e-9),
@@ -56,7 +57,9 @@ _SPELLINGS = {  # other spellings -> the symbol above (case as written; full wor
     **{w: "m" for w in ("meter", "metre", "meters", "metres", "gpm")},  # gpm: geopotential metres
     **{w: "km" for w in ("kilometer", "kilometre", "kilometers", "kilometres", "Km")},
     **{w: "mm" for w in ("millimeter", "millimetre", "millimeters", "millimetres")},
-    **{w: "s" for w in ("sec", "secs", "second", "seconds")}, **{w: "min" for w in ("mins", "minute", "minutes")},
+    **{w: "s" for w in ("sec", "secs", "second", "seconds")},
+    **{w: "ms" for w in ("msec", "msecs", "millisecond", "milliseconds")}, "µs": "us", "μs": "us",
+    **{w: "us" for w in ("usec", "microsecond", "microseconds")}, "nanosecond": "ns", "nanoseconds": "ns", **{w: "min" for w in ("mins", "minute", "minutes")},
     **{w: "h" for w in ("hr", "hrs", "hour", "hours")}, **{w: "day" for w in ("d", "days")},
     **{w: "hPa" for w in ("hpa", "hectopascal", "hectopascals", "mbar", "mbars", "millibar", "millibars", "mb")},
     **{w: "%" for w in ("percent", "percentage", "pct")}, **{w: "K" for w in ("kelvin", "kelvins")},
