@@ -104,10 +104,9 @@ def _compare_with_observations(ds: xr.Dataset, observed: xr.Dataset) -> None:
         shared = {d: result.indexes[d] for d in given.dims if d in result.indexes and d in given.indexes}
         try:
             aligned = given.reset_coords(drop=True)
-            for dim, labels in shared.items():  # float labels match to a thousandth of a step (float32 copies)
-                values = np.asarray(labels)
-                step = np.abs(np.diff(values.astype(np.float64))).min() if values.dtype.kind == "f" and values.size > 1 else 0
-                aligned = (aligned.reindex({dim: labels}, method="nearest", tolerance=1e-3 * step) if step
+            for dim, labels in shared.items():
+                tolerance = _label_tolerance(labels)
+                aligned = (aligned.reindex({dim: labels}, method="nearest", tolerance=tolerance) if tolerance
                            else aligned.reindex({dim: labels}))
         except (ValueError, KeyError, TypeError):  # repeated or unordered labels: no match by label at all
             aligned = None
@@ -141,9 +140,9 @@ def _say_if_dropped(name: str, observed: int, dropped: xr.DataArray, kept: xr.Da
     for d in (d for d in given.dims if d in given.indexes and d in result.indexes):
         labels = np.asarray(given.indexes[d])
         found = np.asarray(result.indexes[d])
-        if labels.dtype.kind == "f" and found.size:  # float32 copies of the same labels are the same labels
-            near = np.abs(labels[:, None].astype(np.float64) - found[None, :].astype(np.float64)).min(axis=1)
-            absent = labels[near > 1e-3 * max(np.abs(np.diff(np.sort(found.astype(np.float64)))).min(initial=1.0), 1e-12)]
+        tolerance = _label_tolerance(found)
+        if tolerance and labels.dtype.kind == "f":
+            absent = labels[np.abs(labels[:, None].astype(np.float64) - found[None, :]).min(axis=1) > tolerance]
         else:
             absent = labels[~np.isin(labels, found)]
         others = [o for o in dropped.dims if o != d]
@@ -156,6 +155,15 @@ def _say_if_dropped(name: str, observed: int, dropped: xr.DataArray, kept: xr.Da
     log.warning("%d of the %d observed values of %r have no place in the filled fields, where the model's output has "
                 "no values (a level it was not trained on, or its static mask)%s; they are not in the result",
                 lost, observed, name, f": every one at {'; '.join(whole)}" if whole else "")
+
+
+def _label_tolerance(labels: Any) -> float:
+    """How far float coordinate labels may be from the model's and still be the same points: a
+    thousandth of their step (float32 copies of float64 labels); 0 (exact) for other labels."""
+    values = np.asarray(labels)
+    if values.dtype.kind != "f" or values.size < 2:
+        return 0.0
+    return 1e-3 * float(np.abs(np.diff(values.astype(np.float64))).min())
 
 
 def _warn_if_overriding(adapter: Any, names: list[str], observed: xr.Dataset, given: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -32,21 +32,32 @@ def with_absolute_data_paths(cfg: dict) -> dict:
     local, so that the saved config finds the data again from any folder (``sciddpm evaluate``, a
     resumed run); URLs (``gs://...``) stay as given. The caller's config is left as it was."""
     data = cfg.get("data") or {}
-    path_arguments = _path_arguments(data.get("name"))
+    path_arguments = _path_arguments(data.get("name"))  # an unknown adapter lists the known ones
     kwargs = dict(data.get("kwargs") or {})
     if not any(key in kwargs for key in path_arguments):
         return cfg  # nothing to change: the config stays exactly as given (resume compares it)
+    # (links kept as given: a moved data set is resumed through a link at its old path)
+    absolute = _local_paths_mapped(kwargs, path_arguments, lambda p: os.path.abspath(os.path.expanduser(p)))
+    return {**cfg, "data": {**data, "kwargs": absolute}}
 
-    def absolute(value: Any) -> Any:  # a local path, or a list of them
+
+def _local_paths_mapped(kwargs: Mapping[str, Any], keys: Sequence[str], change: Callable[[str], str]) -> dict:
+    """``kwargs`` with ``change`` applied to each local path its ``keys`` name (a path, or each
+    of a list of them); URLs (``gs://...``) and other values stay as they are."""
+    def one(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
-            return [absolute(v) for v in value]
-        # (links kept as given: a moved data set is resumed through a link at its old path)
-        return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) and "://" not in value else value
+            return [one(v) for v in value]
+        return change(value) if isinstance(value, str) and "://" not in value else value
 
-    for key in path_arguments:
-        if key in kwargs:
-            kwargs[key] = absolute(kwargs[key])
-    return {**cfg, "data": {**data, "kwargs": kwargs}}
+    return {key: one(value) if key in keys else value for key, value in kwargs.items()}
+
+
+def _known_path_arguments(adapter: Any) -> tuple[str, ...]:
+    """:func:`_path_arguments`, or none for an adapter not registered here (a saved config's)."""
+    try:
+        return _path_arguments(adapter)
+    except (KeyError, ValueError, TypeError):
+        return ()
 
 
 def _path_arguments(adapter: str | None) -> tuple[str, ...]:
@@ -159,21 +170,17 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
 def _with_real_paths(spec: Any, cfg: Mapping[str, Any]) -> Any:
     """A data spec (plain JSON) with the local data paths ``cfg`` names, as typed, replaced by the
     places they lead to."""
-    for typed in _local_paths(cfg):
-        spec = _replaced(spec, typed, os.path.realpath(typed))
-    return spec
-
-
-def _local_paths(cfg: Mapping[str, Any]) -> list[str]:
-    """The local data paths a config names (``data.kwargs.path``, each of a list), as typed."""
     data = cfg.get("data") or {}
-    try:
-        keys = _path_arguments(data.get("name"))
-    except (KeyError, ValueError, TypeError):
-        return []
-    kwargs = data.get("kwargs") or {}
-    values = [v for key in keys for v in (kwargs.get(key) if isinstance(kwargs.get(key), list) else [kwargs.get(key)])]
-    return [v for v in values if isinstance(v, str) and "://" not in v]
+    typed: list[str] = []
+
+    def collect(path: str) -> str:
+        typed.append(path)
+        return path
+
+    _local_paths_mapped(data.get("kwargs") or {}, _known_path_arguments(data.get("name")), collect)
+    for path in typed:
+        spec = _replaced(spec, path, os.path.realpath(path))
+    return spec
 
 
 def _replaced(value: Any, before: str, after: str) -> Any:
@@ -190,10 +197,7 @@ def _is_path_argument(dotted: str, cfg: Mapping[str, Any]) -> bool:
     parts = dotted.split(".")
     if len(parts) < 3 or parts[1] != "kwargs":
         return False
-    try:
-        return parts[2].split("[")[0] in _path_arguments((cfg.get("data") or {}).get("name"))
-    except (KeyError, ValueError, TypeError):
-        return False
+    return parts[2].split("[")[0] in _known_path_arguments((cfg.get("data") or {}).get("name"))
 
 
 # trainer settings that change how a run goes on, not only how it is watched or when it stops
@@ -230,21 +234,10 @@ def identity(cfg: Mapping[str, Any], key: str) -> Any:
         value = {k: v for k, v in value.items() if k not in UNUSED_WITH_SCHEDULE}
     if key == "data" and isinstance(value, Mapping):  # no kwargs, null and {} all mean the adapter's defaults
         kwargs = {**_defaults(value.get("name")), **dict(value.get("kwargs") or {})}
-        try:
-            local = _path_arguments(value.get("name"))
-        except (KeyError, ValueError, TypeError):
-            local = ()
-        for name in (n for n in local if n in kwargs):  # a path through a link is the place it leads to
-            kwargs[name] = _real_path(kwargs[name])
-        value = {**value, "kwargs": kwargs}
+        # a path through a link is the place it leads to
+        value = {**value, "kwargs": _local_paths_mapped(kwargs, _known_path_arguments(value.get("name")),
+                                                        os.path.realpath)}
     return value
-
-
-def _real_path(value: Any) -> Any:
-    """A local path (or each of a list) with its links followed; URLs and the rest as they are."""
-    if isinstance(value, (list, tuple)):
-        return [_real_path(v) for v in value]
-    return os.path.realpath(value) if isinstance(value, str) and "://" not in value else value
 
 
 def _defaults(adapter: Any) -> dict:

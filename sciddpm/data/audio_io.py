@@ -103,14 +103,14 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
     data = data.T  # [file channels, frames]
     if channels == 1:
         before = float(np.abs(data).max(initial=0.0))
-        level = float(np.sqrt(np.mean(data.astype(np.float64) ** 2))) if data.size else 0.0  # of the channels
+        level = _rms(data) if f.channels == 2 else 0.0  # of the channels (a stereo file's, below)
         data = data.mean(axis=0, keepdims=True)  # mono mix-down by averaging
         after = float(np.abs(data).max(initial=0.0))
         if before > 0 and after < 1e-3 * before:  # would train as silence under its labels
             raise ValueError(f"{f.path}: its {f.channels} channels cancel when mixed down to mono (opposite phase: "
                              f"peak {before:.3g} before, {after:.3g} after); fix the file, drop it, or keep both "
                              "channels with data.kwargs.channels=2")
-        mixed = float(np.sqrt(np.mean(data.astype(np.float64) ** 2))) if data.size else 0.0
+        mixed = _rms(data)
         if f.channels == 2 and mixed < MIX_LOSS * level:  # partly opposite phase: quieter than it sounds
             warnings.warn(f"{f.path}: its 2 channels partly cancel when mixed down to mono: the mix is "
                           f"{20 * np.log10(max(mixed, 1e-300) / level):.0f} dB under the channels' level (an inverted "
@@ -123,6 +123,11 @@ def load_clip(f: AudioFile, sample_rate: int, clip_samples: int, offset_s: float
     if clip.shape[1] < clip_samples:  # short file: zero-pad at the end only
         clip = np.pad(clip, ((0, 0), (0, clip_samples - clip.shape[1])))
     return np.ascontiguousarray(clip, dtype=np.float32)
+
+
+def _rms(data: np.ndarray) -> float:
+    """Root-mean-square level of an array of samples (0 for none)."""
+    return float(np.sqrt(np.mean(np.square(data, dtype=np.float64)))) if data.size else 0.0
 
 
 def _number(text: str, column: str, where: str) -> float:

@@ -158,8 +158,7 @@ class Era5Adapter(Adapter):
         train, val = train_val_split(stamps, first, last, self.val_start, self.val_fraction, path)
         notes.append(f"train: {len(train)} times {hour_label(stamps[train[0]])}..{hour_label(stamps[train[-1]])}; validation "
                      f"(one block, held out): {len(val)} times {hour_label(stamps[val[0]])}..{hour_label(stamps[val[-1]])}")
-        hours = np.unique((stamps[train] - stamps[train].astype("datetime64[D]")).astype("timedelta64[m]")
-                          .astype(np.int64) / 60.0)
+        hours = np.unique(hour_of_day(stamps[train]))
         if source_names:
             notes.append(f"read with the dims {', '.join(f'{v} as {k}' for k, v in source_names.items())}; "
                          "samples carry the store's own names")
@@ -315,6 +314,7 @@ class Era5Adapter(Adapter):
             count = np.atleast_1d(ds[TIME].values).size
             if dated:  # (a CO2 series in a noleap calendar needs no dates)
                 check_standard_time(ds, "the Dataset")
+            if ds[TIME].dtype.kind == "M":
                 stamps = np.atleast_1d(ds[TIME].values).astype("datetime64[ns]")
         else:
             lead = self.example_dim(ds)
@@ -324,14 +324,12 @@ class Era5Adapter(Adapter):
             if name in given:  # a dayofyear coordinate of its own (a sample's, an edited one) is what it says
                 out[name] = np.broadcast_to(np.asarray(ds[name].values, dtype=np.float64), (count,)).copy()
                 if TIME in ds.coords and ds[TIME].dtype.kind == "M":  # (other calendars: no dates to compare)
-                    dates = self.cond_from_xarray(ds.drop_vars(name), [name])[name]
+                    dates = TIME_READERS[name](stamps)
                     if not np.allclose(dates, out[name]):
                         log.warning("the Dataset's %s coordinate (%s) is not its dates' (%s): the coordinate is used",
                                     name, np.array2string(out[name], precision=4), np.array2string(dates, precision=4))
-            elif name == "dayofyear":
-                out[name] = day_of_year(stamps)
-            elif name == "hour":
-                out[name] = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
+            elif name in TIME_CONDS:
+                out[name] = TIME_READERS[name](stamps)
             else:
                 values = _scalar_condition(ds, name, "the Dataset", f"; or pass it explicitly (--cond {name}=VALUE)")
                 if self._spec is not None and name in self._spec.cond.names and name not in self.units:
@@ -414,6 +412,15 @@ def day_of_year(stamps: np.ndarray) -> np.ndarray:
     """The day of the year (1 = 1 January, float64) of each ``datetime64`` time."""
     days = np.asarray(stamps).astype("datetime64[D]")
     return ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
+
+
+def hour_of_day(stamps: np.ndarray) -> np.ndarray:
+    """The hour of the day (UTC, float64, minutes as fractions) of each ``datetime64`` time."""
+    stamps = np.asarray(stamps)
+    return (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
+
+
+TIME_READERS = {"dayofyear": day_of_year, "hour": hour_of_day}  # the TIME_CONDS, read from dates
 
 
 def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:

@@ -300,7 +300,12 @@ class CondSchema:
 def _as_vector(name: str, value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    kinds = np.asarray(value, dtype=object).ravel() if not isinstance(value, (str, bytes)) else [value]
+    if isinstance(value, (str, bytes)):
+        kinds = [value]
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+        kinds = []  # numbers throughout: no need to look at each
+    else:
+        kinds = np.asarray(value, dtype=object).ravel()
     if any(isinstance(v, (str, bytes, bool, np.bool_)) for v in kinds):  # "2.0", True: a slip, not a number
         raise ValueError(f"condition {name!r} must be numeric, got {_short(value)} (a number, not text or a bool)")
     try:

@@ -360,18 +360,19 @@ class StorePlan:
 
     def read_static(self, ds: Any, name: str) -> np.ndarray:
         da = ds[name].variable
-        if TIME in da.dims:  # time-invariant by definition; ARCO and CDS files store it along time
-            first, last = (np.asarray(da.isel({TIME: i}).values, dtype=np.float64) for i in (0, -1))
-            # the two ends only (the axis may be decades long); ARCO pads its tail with NaN after valid_time_stop
-            if not np.isfinite(first).all() and np.isfinite(last).all():  # defined at one time only (a merge)
-                log.warning("static field %r of %s has NaN at its first time but not at its last; its last time is "
-                            "used as the time-invariant input", name, store_name(self.path))
-                return self._orient(np.asarray(da.isel({TIME: -1}).transpose(LAT, LON).values, dtype=np.float64))
-            if np.isfinite(last).any() and not np.array_equal(first, last, equal_nan=True):
-                log.warning("static field %r of %s differs between its first and last time; its first time is "
-                            "used as the time-invariant input", name, store_name(self.path))
-            da = da.isel({TIME: 0})
-        return self._orient(np.asarray(da.transpose(LAT, LON).values, dtype=np.float64))
+        if TIME not in da.dims:
+            return self._orient(np.asarray(da.transpose(LAT, LON).values, dtype=np.float64))
+        # time-invariant by definition, but ARCO and CDS files store it along time: the two ends are
+        # read (the axis may be decades long; ARCO pads its tail with NaN after valid_time_stop)
+        first, last = (np.asarray(da.isel({TIME: i}).transpose(LAT, LON).values, dtype=np.float64) for i in (0, -1))
+        if not np.isfinite(first).all() and np.isfinite(last).all():  # defined at one time only (a merge)
+            log.warning("static field %r of %s has NaN at its first time but not at its last; its last time is "
+                        "used as the time-invariant input", name, store_name(self.path))
+            return self._orient(last)
+        if np.isfinite(last).any() and not np.array_equal(first, last, equal_nan=True):
+            log.warning("static field %r of %s differs between its first and last time; its first time is "
+                        "used as the time-invariant input", name, store_name(self.path))
+        return self._orient(first)
 
     def _orient(self, array: np.ndarray) -> np.ndarray:
         return array[..., ::-1, :] if self.flip_lat else array
