@@ -7,7 +7,7 @@ native), after an untimed first call that compiles. Prints one JSON line per run
 and how far the compiled members are from the eager ones (RMS of the difference over RMS).
 
     python benchmarks/compiled_sampling.py RUN [RUN ...] --n 16 --rounds 4
-    python benchmarks/compiled_sampling.py runs/climate --cond day_of_year=180 --cond hour=12
+    python benchmarks/compiled_sampling.py runs/climate --cond dayofyear=180 --cond hour=12
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 import bench_nets
 import sciddpm
+from sciddpm.checks import parse_number
 
 
 def timed_sample(model: sciddpm.Model, args: argparse.Namespace, cond: dict, seed: int):
@@ -36,8 +37,11 @@ def timed_sample(model: sciddpm.Model, args: argparse.Namespace, cond: dict, see
 def measure(run: str, args: argparse.Namespace) -> dict:
     eager = sciddpm.load(run, device=args.device)
     compiled = sciddpm.load(run, device=args.device, compile=True)
-    known = set(eager.conditions.names)
-    cond = {k: v for k, v in args.cond.items() if k in known}
+    unknown = sorted(set(args.cond) - set(eager.conditions.names))
+    if unknown:  # (a misspelt condition would otherwise be timed at the middle of its range)
+        raise SystemExit(f"{run} has no condition {', '.join(map(repr, unknown))}; its conditions: "
+                         f"{', '.join(eager.conditions.names) or 'none'} (time runs with other conditions apart)")
+    cond = dict(args.cond)
     cond.update({v.name: (v.min + v.max) / 2 for v in eager.conditions.vars if v.name not in cond})
     compile_s, _ = timed_sample(compiled, args, cond, seed=0)
     timed_sample(eager, args, cond, seed=0)  # warm-up
@@ -73,7 +77,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="append the JSON lines (dated) to this file")
     args = parser.parse_args()
-    args.cond = {k: float(v) for k, v in (item.split("=", 1) for item in args.cond)}
+    if any("=" not in item for item in args.cond):
+        parser.error(f"--cond takes NAME=VALUE, got {[item for item in args.cond if '=' not in item]}")
+    args.cond = {k.strip(): parse_number(v) for k, v in (item.split("=", 1) for item in args.cond)}
     date = datetime.date.today().isoformat()
     lines = []
     for run in args.runs:
