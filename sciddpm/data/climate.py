@@ -61,7 +61,8 @@ from sciddpm.data.climate_eval import score_climate_ensemble
 from sciddpm.data.era5_layouts import (LAT, LAYOUTS, TIME, StorePlan, canonical_dims, check_standard_time,
                                        decode_mask, detect_layout, encode_mask, open_era5_store, read_time)
 from sciddpm.data.era5_output import OutputLayout, maps_png
-from sciddpm.data.era5_times import Era5Items, check_time_range, hour_label, time_window, train_val_split
+from sciddpm.data.era5_times import (TIME_CONDS, TIME_READERS, Era5Items, check_time_range, day_of_year,
+                                     hour_label, hour_of_day, time_window, train_val_split)
 from sciddpm.data.stores import check_no_namesake, names_a_store, store_name, write_store
 from sciddpm.data.units import check_same_units
 from sciddpm.metrics.ensemble import area_weights as latitude_weights
@@ -69,11 +70,7 @@ from sciddpm.metrics.ensemble import area_weights as latitude_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIABLES = ("2m_temperature", "geopotential@500", "temperature@850")
-TIME_CONDS = {
-    "dayofyear": dict(units="day", min=1.0, max=366.0, feature="cyclic", period=365.25,
-                      description="day of the year of the valid time (1 = 1 January)"),
-    "hour": dict(units="h", feature="cyclic", period=24.0, description="UTC hour of the valid time"),
-}
+
 
 
 @register_adapter("era5")
@@ -406,21 +403,6 @@ class Era5Adapter(Adapter):
         ensemble, truth = canonical_dims(ensemble)[0], canonical_dims(truth)[0]
         climatology = None if climatology is None else canonical_dims(climatology)[0]
         return score_climate_ensemble(ensemble, truth, climatology, out)
-
-
-def day_of_year(stamps: np.ndarray) -> np.ndarray:
-    """The day of the year (1 = 1 January, float64) of each ``datetime64`` time."""
-    days = np.asarray(stamps).astype("datetime64[D]")
-    return ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
-
-
-def hour_of_day(stamps: np.ndarray) -> np.ndarray:
-    """The hour of the day (UTC, float64, minutes as fractions) of each ``datetime64`` time."""
-    stamps = np.asarray(stamps)
-    return (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
-
-
-TIME_READERS = {"dayofyear": day_of_year, "hour": hour_of_day}  # the TIME_CONDS, read from dates
 
 
 def _area_weights(lat_north_to_south: np.ndarray, n_lon: int) -> np.ndarray:

@@ -4,7 +4,8 @@
 then ``time_range``, both inclusive); ``train_val_split`` makes one contiguous validation block at
 the end (from ``val_start``, else the last ``val_fraction``, else the last calendar year).
 ``Era5Items`` reads the items of a split lazily, a batch of times per variable read, and pickles
-without the open store so that spawned DataLoader workers open their own.
+without the open store so that spawned DataLoader workers open their own. ``TIME_CONDS`` are the
+conditions a time itself gives (day of year, hour), read from dates by ``TIME_READERS``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from sciddpm.data.spec import Normaliser
 from sciddpm.data.era5_layouts import StorePlan, read_times
 
 log = logging.getLogger(__name__)
+
+TIME_CONDS = {
+    "dayofyear": dict(units="day", min=1.0, max=366.0, feature="cyclic", period=365.25,
+                      description="day of the year of the valid time (1 = 1 January)"),
+    "hour": dict(units="h", feature="cyclic", period=24.0, description="UTC hour of the valid time"),
+}
 
 
 class Era5Items(torch.utils.data.Dataset):
@@ -137,3 +144,18 @@ def train_val_split(stamps: np.ndarray, first: int, last: int, val_start: str | 
         raise ValueError(f"validation from {val_start or cut} leaves no training or no validation times in "
                          f"{stamps[first]} .. {stamps[last - 1]} of {path}; pick val_start inside that range")
     return np.arange(first, cut), np.arange(cut, last)
+
+
+def day_of_year(stamps: np.ndarray) -> np.ndarray:
+    """The day of the year (1 = 1 January, float64) of each ``datetime64`` time."""
+    days = np.asarray(stamps).astype("datetime64[D]")
+    return ((days - days.astype("datetime64[Y]")).astype(np.int64) + 1).astype(np.float64)
+
+
+def hour_of_day(stamps: np.ndarray) -> np.ndarray:
+    """The hour of the day (UTC, float64, minutes as fractions) of each ``datetime64`` time."""
+    stamps = np.asarray(stamps)
+    return (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64) / 60.0
+
+
+TIME_READERS = {"dayofyear": day_of_year, "hour": hour_of_day}  # the TIME_CONDS, read from dates
