@@ -9,6 +9,9 @@ noise does not depend on the rows batched with it); the update arithmetic runs i
 ``x`` (at least float32, chosen by the caller) and denoiser outputs are cast to it. ``callback(i, sigma, x, x0_hat)``, if given, sees
 each state before its update together with the denoiser's estimate there.
 
+A new sampler is built from ``sigma_levels`` (the checked table), ``denoise_at`` (one denoiser
+call at a float sigma) and ``noise_like`` (noise from either kind of ``generator``).
+
 The last step of every sampler lands on sigma = 0, where each update rule reduces to the
 denoiser's estimate; samplers return that estimate exactly, so a denoiser wrapper that fixes
 values of ``x0_hat`` (inpainting) fixes them in the result bit for bit.
@@ -33,14 +36,22 @@ from sciddpm.diffusion.schedules import VPSchedule
 from sciddpm.checks import is_integer
 from sciddpm.registry import Registry
 
-__all__ = ["SAMPLERS", "check_settings", "ddim", "ddpm", "dpmpp_2m", "euler", "heun", "sample"]
+__all__ = ["SAMPLERS", "check_settings", "ddim", "ddpm", "denoise_at", "dpmpp_2m", "euler", "heun", "noise_like",
+           "register_sampler", "sample", "sigma_levels"]
 
 SAMPLERS = Registry("sampler", entry_point_group="sciddpm.samplers")
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
-def _denoise(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float) -> torch.Tensor:
+def register_sampler(name: str):
+    """Decorator: ``@register_sampler("my_sampler")`` above a sampler function."""
+    return SAMPLERS.register(name)
+
+
+def denoise_at(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The denoiser's estimate of x0 from ``x`` at noise level ``sigma`` (a float, given to the
+    denoiser as a ``[B]`` tensor), checked to be shaped like ``x`` and cast to its dtype."""
     x0 = denoiser(x, x.new_full((x.shape[0],), sigma))
     if x0.shape != x.shape:
         raise ValueError(
@@ -50,7 +61,9 @@ def _denoise(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigma: floa
     return x0.to(x.dtype)
 
 
-def _randn(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+def noise_like(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` from ``generator``: one ``torch.Generator``, or a list
+    of them with one per batch row (what ``Model.sample`` passes), each row drawn from its own."""
     if isinstance(generator, (list, tuple)):  # one per row: a row's noise is its own, whatever the batch
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}; give one per row")
@@ -59,7 +72,8 @@ def _randn(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generato
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _levels(sigmas: torch.Tensor) -> list[float]:
+def sigma_levels(sigmas: torch.Tensor) -> list[float]:
+    """The sigma table as Python floats, checked to decrease strictly to 0."""
     levels = [float(s) for s in sigmas]
     if len(levels) < 2 or levels[-1] != 0 or any(b >= a for a, b in zip(levels, levels[1:])):
         raise ValueError(
@@ -69,13 +83,13 @@ def _levels(sigmas: torch.Tensor) -> list[float]:
     return levels
 
 
-@SAMPLERS.register("euler")
+@register_sampler("euler")
 def euler(denoiser, x, sigmas, *, generator=None, callback=None):
     """First-order Euler steps of the probability-flow ODE ``dx/dsigma = (x - D(x, sigma))/sigma``
     (Karras et al. 2022, eq. 1 with sigma(t) = t). Deterministic; ``generator`` is unused."""
-    levels = _levels(sigmas)
+    levels = sigma_levels(sigmas)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = _denoise(denoiser, x, s)
+        x0 = denoise_at(denoiser, x, s)
         if callback is not None:
             callback(i, s, x, x0)
         # x + (s_next - s) * (x - x0) / s, written so that s_next = 0 returns x0 exactly
@@ -83,7 +97,7 @@ def euler(denoiser, x, sigmas, *, generator=None, callback=None):
     return x
 
 
-@SAMPLERS.register("heun")
+@register_sampler("heun")
 def heun(denoiser, x, sigmas, *, generator=None, callback=None, S_churn=0.0, S_tmin=0.0,
          S_tmax=float("inf"), S_noise=1.0):
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2): optional churn, then an Euler step
@@ -91,15 +105,15 @@ def heun(denoiser, x, sigmas, *, generator=None, callback=None, S_churn=0.0, S_t
 
     ``S_churn = 0`` (default) is the deterministic 2nd-order ODE solver, ``2N - 1`` evaluations.
     """
-    levels = _levels(sigmas)
+    levels = sigma_levels(sigmas)
     n = len(levels) - 1
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         # Alg. 2 lines 4-6: raise the noise level by gamma, adding the matching fresh noise
         gamma = min(S_churn / n, math.sqrt(2.0) - 1.0) if S_tmin <= s <= S_tmax else 0.0
         s_hat = s * (1.0 + gamma)
         if gamma > 0:
-            x = x + math.sqrt(s_hat**2 - s**2) * S_noise * _randn(x, generator)
-        x0 = _denoise(denoiser, x, s_hat)
+            x = x + math.sqrt(s_hat**2 - s**2) * S_noise * noise_like(x, generator)
+        x0 = denoise_at(denoiser, x, s_hat)
         if callback is not None:
             callback(i, s_hat, x, x0)
         if s_next == 0:  # Alg. 2 line 8 (Euler) to sigma = 0 lands exactly on x0
@@ -108,12 +122,12 @@ def heun(denoiser, x, sigmas, *, generator=None, callback=None, S_churn=0.0, S_t
         d = (x - x0) / s_hat
         x_euler = x + (s_next - s_hat) * d
         # Heun correction, Alg. 2 lines 9-11: average the slopes at both ends of the step
-        d_next = (x_euler - _denoise(denoiser, x_euler, s_next)) / s_next
+        d_next = (x_euler - denoise_at(denoiser, x_euler, s_next)) / s_next
         x = x + (s_next - s_hat) * 0.5 * (d + d_next)
     return x
 
 
-@SAMPLERS.register("ddim")
+@register_sampler("ddim")
 def ddim(denoiser, x, sigmas, *, generator=None, callback=None, eta=0.0):
     """DDIM (Song et al. 2021, eq. 12) in sigma space: with ``eps_hat = (x - x0)/sigma``,
     ``x' = x0 + sqrt(s'^2 - c^2) eps_hat + c z`` and ``c = eta * s' * sqrt(1 - s'^2/s^2)``
@@ -121,9 +135,9 @@ def ddim(denoiser, x, sigmas, *, generator=None, callback=None, eta=0.0):
     DDPM posterior."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM), got eta={eta}")
-    levels = _levels(sigmas)
+    levels = sigma_levels(sigmas)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = _denoise(denoiser, x, s)
+        x0 = denoise_at(denoiser, x, s)
         if callback is not None:
             callback(i, s, x, x0)
         if s_next == 0:
@@ -133,11 +147,11 @@ def ddim(denoiser, x, sigmas, *, generator=None, callback=None, eta=0.0):
         eps = (x - x0) / s
         x = x0 + math.sqrt(s_next**2 - c**2) * eps
         if c > 0:
-            x = x + c * _randn(x, generator)
+            x = x + c * noise_like(x, generator)
     return x
 
 
-@SAMPLERS.register("ddpm")
+@register_sampler("ddpm")
 def ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) in sigma space: draw ``x'`` from the posterior
     ``q(x_{s'} | x_s, x0_hat)`` of the chain ``x_s = x_{s'} + sqrt(s^2 - s'^2) z``, i.e. mean
@@ -147,15 +161,15 @@ def ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
     return ddim(denoiser, x, sigmas, generator=generator, callback=callback, eta=1.0)
 
 
-@SAMPLERS.register("dpmpp_2m")
+@register_sampler("dpmpp_2m")
 def dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep 2nd order in log-sigma, one evaluation
     per step. With ``lambda = -log(sigma)`` and ``h`` the step in lambda, ``x' = (s'/s) x +
     (1 - s'/s) D`` where ``D`` extrapolates the last two x0 estimates by ``r = h_prev/h``."""
-    levels = _levels(sigmas)
+    levels = sigma_levels(sigmas)
     x0_prev, h_prev = None, None
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = _denoise(denoiser, x, s)
+        x0 = denoise_at(denoiser, x, s)
         if callback is not None:
             callback(i, s, x, x0)
         if s_next == 0:  # the final step is first order and lands on x0 (as in the paper's code)
