@@ -6,7 +6,8 @@ the same oracles the project's own tests use, instead of golden numbers.
 * :func:`gaussian_denoiser` - the exact denoiser for Gaussian data, so a sampler driven by it must
   return that Gaussian (mean and covariance) up to sampling error and its own discretisation error.
 * :func:`assert_roundtrip` - an adapter's promise that ``to_xarray(to_tensor(ds), cond)`` gives
-  back ``ds``: values to the tensor's precision, and coordinates, attributes and dimension order exactly.
+  back ``ds``: values to the tensor's precision, and coordinates, attributes and dimension order exactly;
+  and that ``to_tensor`` refuses a variable labelled in other units than the model's.
 * :func:`check_backbone` - the contract a registered backbone must keep for training, sampling,
   guidance and ensembles: shapes on odd grids, ``cond=None`` and ``drop_cond``, rows independent of
   each other, a gradient for every parameter, per-axis circular padding. The project's own tests
@@ -76,8 +77,12 @@ def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float 
     round-trip to float64 rounding; float32 ones to 1e-7); everything else -
     coordinates, attributes (of the Dataset and of each variable), dimension names and order -
     must be identical. ``cond`` holds the conditioning values the samples carry (``{}`` for none).
+    Each variable with units is then relabelled in units of another quantity (kg, or s), which
+    ``to_tensor`` must refuse with a ValueError rather than read as the model's units.
     """
     import xarray as xr
+
+    from sciddpm.data.units import read_units, same_units, says_nothing
 
     back = adapter.to_xarray(adapter.to_tensor(ds), dict(cond or {}))
     assert set(back.data_vars) == set(ds.data_vars), (
@@ -88,6 +93,18 @@ def assert_roundtrip(adapter, ds, cond=None, *, rtol: float = 1e-6, atol: float 
         np.testing.assert_equal(again.attrs, original.attrs, err_msg=f"{name}: attrs")  # values may be arrays
         np.testing.assert_allclose(again.values, original.values, rtol=rtol, atol=atol, err_msg=name)
     xr.testing.assert_identical(back.drop_vars(list(ds.data_vars)), ds.drop_vars(list(ds.data_vars)))
+    for name, original in ds.data_vars.items():  # values are never converted: other units are refused
+        units = original.attrs.get("units")
+        if says_nothing(units) or read_units(units) is None:
+            continue
+        other = "kg" if same_units(units, "kg") is False else "s"
+        relabelled = ds.assign({name: original.assign_attrs(units=other)})
+        try:
+            adapter.to_tensor(relabelled)
+        except ValueError:
+            continue
+        raise AssertionError(f"{name}: to_tensor took values labelled {other!r} as the model's {units!r}; refuse other "
+                             "units (sciddpm.data.units.check_units against the training data's attrs)")
 
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -193,7 +210,16 @@ def check_backbone(name: str, *, dims: int | None = None, shape: Sequence[int] |
                 f"{tuple(x.shape)}; it must be [B, out_channels, *grid] = {want} on any grid")
         require(torch.isfinite(y).all(), "returned NaN/Inf for finite inputs")
         require(differs(run(x, level + 0.5, cond), y), "the noise level does not change the output")
-        mixed = y
+        # rows first: a net that mixes the batch would fail the drop_cond checks below for that reason
+        for training in (False, True):
+            batch = run(x, level, cond, drop, training) if training else run(x, level, cond, drop)
+            for i in range(3):
+                row = slice(i, i + 1)
+                alone = run(x[row], level[row], None if cond is None else cond[row],
+                            None if drop is None else drop[row], training)
+                close(alone, batch[row], f"row {i} run alone differs from the same row in a batch of 3 "
+                      f"({'train' if training else 'eval'} mode): a row's output must not depend "
+                      "on the other rows (no BatchNorm or mixing over the batch dimension)")
         if cond_dim:
             y_none = run(x, level)
             require(differs(y, y_none), "leaving cond out gives the conditional output: the "
@@ -202,15 +228,6 @@ def check_backbone(name: str, *, dims: int | None = None, shape: Sequence[int] |
             close(mixed[drop], y_none[drop], f"rows with drop_cond=True (of {drop.tolist()}) must "
                   "give exactly the output without cond (classifier-free guidance relies on it)")
             close(mixed[~drop], y[~drop], "rows with drop_cond=False must give the conditional output")
-        for training in (False, True):
-            batch = run(x, level, cond, drop, training) if training else mixed
-            for i in range(3):
-                row = slice(i, i + 1)
-                alone = run(x[row], level[row], None if cond is None else cond[row],
-                            None if drop is None else drop[row], training)
-                close(alone, batch[row], f"row {i} run alone differs from the same row in a batch of 3 "
-                      f"({'train' if training else 'eval'} mode): a row's output must not depend "
-                      "on the other rows (no BatchNorm or mixing over the batch dimension)")
 
     net.zero_grad(set_to_none=True)
     y = run(x, level, cond, drop, training=True)

@@ -165,6 +165,9 @@ def test_normaliser_errors_and_dict():
         Normaliser([0.0, 0.0], [1.0, 0.0])
     with pytest.raises(ValueError, match="one mean and one std per channel"):
         Normaliser([0.0], [1.0, 2.0])
+    # statistics of data with gaps taken with np.mean: the channel and the fix are named
+    with pytest.raises(ValueError, match=r"channel 'ssh' has mean nan: the training data has NaN.*np\.nanmean.*mask"):
+        Normaliser([0.0, float("nan")], [1.0, 1.0], channels=["u", "ssh"])
     with pytest.raises(ValueError, match=r"expected \[B, 2, \*S\] or \[2, \*S\]"):
         Normaliser([0.0, 0.0], [1.0, 1.0]).normalise(torch.zeros(4, 3, 8))
     norm = Normaliser([0.5], [2.0])
@@ -382,11 +385,15 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
 
     from sciddpm.testing import assert_roundtrip
 
+    from sciddpm.data.units import check_units
+
     class Identity:  # an adapter whose round trip keeps everything, or changes one attribute
-        def __init__(self, change=False):
-            self.change = change
+        def __init__(self, change=False, checks_units=True):
+            self.change, self.checks_units = change, checks_units
 
         def to_tensor(self, ds):
+            if self.checks_units:
+                check_units(ds, {"t": {"units": "K"}})
             return torch.from_numpy(ds["t"].values)
 
         def to_xarray(self, x, cond):
@@ -397,6 +404,9 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
     assert_roundtrip(Identity(), ds)  # used to raise "truth value of an array is ambiguous"
     with pytest.raises(AssertionError, match="t: attrs"):
         assert_roundtrip(Identity(change=True), ds)
+    # an adapter that reads values in any units as the model's (degC filled as K) is caught
+    with pytest.raises(AssertionError, match=r"t: to_tensor took values labelled 'kg' as the model's 'K'; refuse"):
+        assert_roundtrip(Identity(checks_units=False), ds)
 
 
 def test_units_of_observations_are_compared_never_converted(caplog):

@@ -53,6 +53,7 @@ from sciddpm.data.audio_output import sample_rate_of, write_clips
 from sciddpm.data.base import Adapter, condition_coords, heldout_picks, register_adapter, split_indices
 from sciddpm.data.conditioning import CondSchema, CondVar
 from sciddpm.data.spec import DataSpec, Normaliser
+from sciddpm.data.units import check_units
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ class AudioAdapter(Adapter):
         rate = sample_rate_of(ds, self.sample_rate)
         if rate != self.sample_rate:
             raise ValueError(f"the Dataset is at {rate:g} Hz but the model works at {self.sample_rate} Hz; resample it first")
+        check_units(ds, {"waveform": {"units": spec.output.get("units", "1")}})
         da = ds["waveform"]
         tail = self._clip_dims()
         if da.ndim != len(tail) + 1 or da.dims[1:] != tail:
