@@ -263,6 +263,8 @@ class Model:
         ds.attrs.update({"sciddpm_run": self.name, "sciddpm_step": self.step, "sciddpm_version": __version__,
                          "sampler": settings["method"],
                          "sampler_steps": settings["steps"] or "default", "guidance": settings["guidance"],
+                         "sampler_schedule": str(settings["schedule"] or "default"),
+                         "sampler_opts": json.dumps(settings["opts"], sort_keys=True) if settings["opts"] else "none",
                          "seed": seed,
                          "network_dtype": self.network_dtype, "compiled": self.compiled})
         return netcdf_safe(ds)  # so that a user's ds.to_netcdf works as well as ds.to_zarr
@@ -318,7 +320,8 @@ def _trained_with_plugins(folder: RunDir) -> str:
     if not isinstance(plugins, dict) or not plugins:
         return ""
     listed = ", ".join(f"{what} from {dist}" for what, dist in plugins.items())
-    return f". The run was trained with {listed}: install that package here (pip install <name>==<version>)"
+    pins = " ".join(sorted({"==".join(str(dist).split(" ", 1)) for dist in plugins.values()}))
+    return f". The run was trained with {listed}: install that here (pip install {pins})"
 
 
 def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:

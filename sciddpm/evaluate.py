@@ -57,6 +57,11 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
                               "modality: physical units",
                      "channels": {}}
     spectra = {}
+    missing = {"heldout": int(np.isnan(truth).sum()), "samples": int(np.isnan(generated).sum())}
+    if any(missing.values()):  # a spectrum needs the whole grid
+        metrics["spectra_missing_values"] = (
+            f"{missing['heldout']} of {truth.size} held-out and {missing['samples']} of {generated.size} sample values "
+            "are missing (NaN); the spectra take them as the channel's training mean (0 in normalised units)")
     for c, channel in enumerate(model.spec.channels):
         t, g = truth[:, c], generated[:, c]
         valid_t, valid_g = t[np.isfinite(t)], g[np.isfinite(g)]

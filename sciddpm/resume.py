@@ -215,6 +215,7 @@ def _say_if_trainer_changed(previous: Mapping[str, Any], cfg: Mapping[str, Any],
 
 
 def _shown(changes: list[tuple[str, Any, Any]]) -> str:
+    changes = sorted(changes, key=lambda change: change[0].count("."))  # data.name before data.kwargs.*
     shown = "; ".join(f"{name}: {_short(old)} there, {_short(new)} now" for name, old, new in changes[:6])
     return shown + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
 

@@ -4,6 +4,7 @@ weights, ``--infill`` keeps the observed values and fills the gap, ``--out x.zar
 source's names, units and layout."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -196,6 +197,10 @@ def test_evaluate_scores_the_climate_ensemble_in_physical_units(run, tmp_path):
     assert t2m["crps_skill_score"] == pytest.approx(1 - t2m["crps"] / t2m["climatology"]["crps"])
     assert sum(t2m["rank_histogram"]) == sum(t2m["climatology"]["rank_histogram"]) > 0
     assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("*.png"))
+    # sea surface temperature is NaN over land in both: said, with the counts, not filled silently
+    counts = re.match(r"(\d+) of (\d+) held-out and (\d+) of (\d+) sample values are missing \(NaN\); the spectra "
+                      r"take them as the channel's training mean", metrics["spectra_missing_values"])
+    assert counts and int(counts[1]) == int(counts[3]) > 0 and counts[2] == counts[4]
 
 
 def test_observations_at_levels_the_model_does_not_take_are_said_to_be_left_out(caplog):

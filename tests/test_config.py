@@ -93,6 +93,11 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     _preset(mine, "data", "bad", "# @package _global_\ndefaults:\n  - override /nosuchgroup: x\n")
     with pytest.raises(ConfigError, match=r"In 'data/bad': Could not override 'nosuchgroup'"):
         compose(["data=bad"])
+    # the same preset without its '# @package _global_' line: Hydra's error, and what the line does
+    _preset(mine, "data", "unpackaged", "defaults:\n  - override /model: climate\nname: era5\n")
+    with pytest.raises(ConfigError, match=r"(?s)Could not override 'model@data\.model'.*must start with the line "
+                                          r"'# @package _global_'"):
+        compose(["data=unpackaged"])
     # a plugin preset package that fails to import is named and hides nothing else
     (tmp_path / "brokenplug" / "conf").mkdir(parents=True)
     (tmp_path / "brokenplug" / "__init__.py").write_text("")

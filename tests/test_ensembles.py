@@ -352,4 +352,7 @@ def test_a_run_without_a_sampler_is_refused_not_given_one(model, monkeypatch, tm
     monkeypatch.setattr(model, "config", {k: v for k, v in model.config.items() if k != "sampler"})
     with pytest.raises(ValueError, match=r"names no sampler in its config\.yaml; choose one, e\.g\. --sampler dpmpp_2m"):
         model.sample(1, {"pitch": 220.0})  # used to sample with heun, silently
-    assert model.sample(1, {"pitch": 220.0}, sampler="euler", steps=2).attrs["sampler"] == "euler"
+    drawn = model.sample(1, {"pitch": 220.0}, sampler="euler", steps=2)
+    assert (drawn.attrs["sampler"], drawn.attrs["sampler_steps"]) == ("euler", 2)
+    # the preset's schedule and options are recorded too: two sets drawn with other options differ in attrs
+    assert (drawn.attrs["sampler_schedule"], drawn.attrs["sampler_opts"]) == ("karras", "none")

@@ -178,6 +178,16 @@ def test_resume_with_different_model_is_refused(trained):
         sciddpm.train([*TINY, "model.kwargs.channels=16", "trainer.steps=30", f"runs_dir={trained}", "name=tiny"])
 
 
+def test_a_refusal_leads_with_the_top_level_change():
+    from sciddpm.resume import _shown, differences
+
+    before = {"kwargs": {f"option{k}": k for k in range(9)}, "name": "audio"}
+    after = {"kwargs": {"path": "ssh.nc"}, "name": "ssh_track"}  # another adapter: its kwargs differ too
+    shown = _shown(differences(before, after, "data"))
+    assert shown.startswith("data.name: 'audio' there, 'ssh_track' now; data.kwargs.")
+    assert shown.endswith("(and 5 more)")
+
+
 def test_resume_takes_statistics_equal_to_rounding_and_names_what_changed(trained, tmp_path):
     shutil.copytree(trained / "tiny", tmp_path / "tiny")
     spec_file = tmp_path / "tiny" / "data_spec.json"
@@ -435,7 +445,7 @@ def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_p
     save_file(tensors, copy / "model.safetensors",
               metadata={**metadata, "plugins": json.dumps({"adapter sst": "sciddpm-sst 0.3.1"})})
     with pytest.raises(UnknownNameError, match=r"unknown adapter 'sst'.*The run was trained with adapter sst from "
-                                               r"sciddpm-sst 0\.3\.1: install that package here"):
+                                               r"sciddpm-sst 0\.3\.1: install that here \(pip install sciddpm-sst==0\.3\.1\)"):
         sciddpm.load(copy, device="cpu")
     # a plugin sampler is resolved when sampling, with the same hint
     sampler_run = tmp_path / "sampler_plugin"

@@ -35,7 +35,7 @@ class Normaliser:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, channels: Sequence[str] | None = None):
         """``channels``: the channels' names, for the error about a constant one (not stored)."""
-        mean, std = [_finite_list(v, what) for v, what in ((mean, "mean"), (std, "std"))]
+        mean, std = [_finite_list(v, what, channels) for v, what in ((mean, "mean"), (std, "std"))]
         if len(mean) != len(std) or not mean:
             raise ValueError(f"Normaliser needs one mean and one std per channel, got {len(mean)} and {len(std)}")
         for i, s in enumerate(std):
@@ -86,13 +86,18 @@ class Normaliser:
         return cls(d["mean"], d["std"])
 
 
-def _finite_list(values: Any, what: str) -> list[float]:
+def _finite_list(values: Any, what: str, channels: Sequence[str] | None) -> list[float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
         raise ValueError(f"Normaliser {what} must be a list of numbers, got {_short(values)}")
     out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
-            raise ValueError(f"Normaliser {what} must hold finite numbers, got {_short(v)}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise ValueError(f"Normaliser {what} must hold numbers, got {_short(v)}")
+        if not math.isfinite(v):
+            name = f"{channels[i]!r}" if channels is not None and i < len(channels) else str(i)
+            raise ValueError(f"Normaliser: channel {name} has {what} {v}: the training data has NaN or Inf there. "
+                             "Measure the statistics over the valid values (np.nanmean / np.nanstd) and give the "
+                             "items a \"mask\" (False where a value is missing) so the loss leaves them out")
         out.append(float(v))
     return out
 
