@@ -148,25 +148,30 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
                          "choose another --out or remove it") from None
     expected = json.loads(json.dumps(fingerprint))
     if stored != expected:
-        changed = []
-        for key in sorted(k for k in expected if stored.get(k) != expected[k]):
-            before, now = stored.get(key), expected[key]
-            if isinstance(before, dict) and isinstance(now, dict):  # e.g. sampler.steps, not "sampler"
-                changed += [f"{key}.{sub} ({before.get(sub)!r} there, {now.get(sub)!r} now)"
-                            for sub in sorted(set(before) | set(now)) if before.get(sub) != now.get(sub)]
-            else:
-                changed.append(key)
-        hint = ""
-        if "network_dtype" in changed:  # bf16 follows the hardware (sciddpm.precision)
-            hint = (f" (its network ran in {stored.get('network_dtype')}, here it would run in "
-                    f"{expected['network_dtype']}: --fp32 / load(..., bf16=False) or the same kind of machine)")
-        elif "batch_size" in changed:  # a batch's kernels may round with its size: members stay bit for bit
-            hint = f" (it was begun with --batch-size {stored.get('batch_size')}; pass the same)"
-        elif "compiled" in changed:  # compiled kernels round differently (Model.compiled)
-            hint = (f" (it was begun {'with' if stored.get('compiled') else 'without'} --compile / "
-                    "load(..., compile=True); pass the same)")
-        raise ValueError(f"{out} holds an ensemble made with different {', '.join(changed)}{hint}; rerun "
-                         "with the same settings to complete it, or choose another --out")
+        changed = [_changed(key, stored.get(key), expected[key])
+                   for key in sorted(k for k in expected if stored.get(k) != expected[k])]
+        raise ValueError(f"{out} holds an ensemble made with different {'; '.join(changed)}; rerun with the same "
+                         "settings to complete it, or choose another --out")
+
+
+def _changed(key: str, before: Any, now: Any) -> str:
+    """One setting of an ensemble store that differs from this call's, with its value there."""
+    if isinstance(before, dict) and isinstance(now, dict) and key != "cases":  # sampler.steps, not "sampler"
+        return ", ".join(f"{key}.{sub} ({before.get(sub)!r} there, {now.get(sub)!r} now)"
+                         for sub in sorted(set(before) | set(now)) if before.get(sub) != now.get(sub))
+    if key == "network_dtype":  # bf16 follows the hardware (sciddpm.precision)
+        return (f"network_dtype (its network ran in {before}, here it would run in {now}: --fp32 / "
+                "load(..., bf16=False) or the same kind of machine)")
+    if key == "batch_size":  # a batch's kernels may round with its size: members stay bit for bit
+        return f"batch_size (it was begun with --batch-size {before}; pass the same)"
+    if key == "compiled":  # compiled kernels round differently (Model.compiled)
+        return f"compiled (it was begun {'with' if before else 'without'} --compile / load(..., compile=True); pass the same)"
+    if key == "seed":
+        return f"seed (it was begun with --seed {before}; this call has {now})"
+    if key == "cases":
+        count = lambda table: len(next(iter(table.values()), [])) if isinstance(table, dict) and table else 1  # noqa: E731
+        return f"cases (another case table: {count(before)} case(s) there, {count(now)} now)"
+    return f"{key} ({before!r} there, {now!r} now)"
 
 
 def _write_batch(model: Model, out: Path, table: dict, batch: list, samples: torch.Tensor, settings: dict,

@@ -150,12 +150,13 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
     for key in IDENTITY_KEYS:
         if identity(previous, key) != identity(cfg, key):
             changes = differences(identity(previous, key), identity(cfg, key), key)
-            moved = key == "data" and all(_is_path_argument(name, cfg) for name, _, _ in changes)
+            moved = key == "data" and all(_is_path_argument(name, cfg) and isinstance(old, str)
+                                          for name, old, _ in changes)  # (no link can stand in for None)
             raise RunError(
                 f"run directory {run.path} already holds a run with other '{key}' settings - {_shown(changes)}. "
                 + ("If the same data only moved, make its old path lead to it (ln -s NEW OLD) and resume with the "
-                   "old path; " if moved else "")
-                + "Resume it with the same settings, or start a new run with name=<new name>.")
+                   "old path; else resume" if moved else "Resume")
+                + " it with the same settings, or start a new run with name=<new name>.")
     # statistics agree to rounding: the same data summed in another order (a newer sciddpm) resumes;
     # a path named in the spec's notes counts as the place it leads to (the same data, another path)
     trained_on = _with_real_paths(run.load_data_spec(), previous)

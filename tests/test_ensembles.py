@@ -97,8 +97,11 @@ def test_write_ensemble_equals_model_ensemble(model, tmp_path):
     # the same command again has nothing to do
     assert write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=2, batch_size=2,
                           progress=False)["sampled"] == 0
-    with pytest.raises(ValueError, match="different seed"):
+    with pytest.raises(ValueError, match=r"different seed \(it was begun with --seed 2; this call has 3\)"):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=3, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"different cases \(another case table: 2 case\(s\) there, 3 now\); "
+                                         r"members \(3 there, 4 now\); rerun"):
+        write_ensemble(model, {"pitch": [220.0, 440.0, 660.0]}, 4, out, steps=3, seed=2, batch_size=2, progress=False)
     with pytest.raises(ValueError, match=r"different sampler\.steps \(3 there, 4 now\)"):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=4, seed=2, batch_size=2, progress=False)
     with pytest.raises(ValueError, match=r"different batch_size \(it was begun with --batch-size 2; pass the same\)"):

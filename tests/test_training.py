@@ -214,7 +214,8 @@ def test_a_run_on_moved_data_is_refused_with_the_way_to_resume_it(trained, cache
     sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'before'}", "trainer.steps=5"])
     (tmp_path / "before").rename(tmp_path / "after")
     with pytest.raises(RunError, match=r"other 'data' settings - data\.kwargs\.path: .*before' there, .*after' now\. "
-                                       r"If the same data only moved, make its old path lead to it \(ln -s NEW OLD\)"):
+                                       r"If the same data only moved, make its old path lead to it \(ln -s NEW OLD\) "
+                                       r"and resume with the old path; else resume it with the same settings"):
         sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'after'}", "trainer.steps=10"])
     (tmp_path / "before").symlink_to(tmp_path / "after")  # the way it names
     with caplog.at_level("WARNING", logger="sciddpm"):
@@ -231,6 +232,17 @@ def test_a_run_on_moved_data_is_refused_with_the_way_to_resume_it(trained, cache
     with pytest.raises(RunError, match=r"data\.kwargs\.clip_samples: 256 there, 128 now\. Resume it with the same"):
         sciddpm.train([*folder, f"data.kwargs.path={tmp_path / 'before'}", "trainer.steps=15", "trainer.batch_size=4",
                        "data.kwargs.clip_samples=128"])  # no moving hint for another change
+    # a run on an embedded sample (path None, as era5's synthetic store) given a path: no link can stand
+    # in for None, so no moving hint
+    from sciddpm.resume import _check_same_run
+
+    run = RunDir(tmp_path / "moved")
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    saved["data"]["kwargs"]["path"] = None
+    (run.path / "config.yaml").write_text(yaml.safe_dump(saved))
+    given = {**saved, "data": {**saved["data"], "kwargs": {**saved["data"]["kwargs"], "path": str(tmp_path / "after")}}}
+    with pytest.raises(RunError, match=r"data\.kwargs\.path: None there, .*after' now\. Resume it with the same settings"):
+        _check_same_run(run, given, spec=None)
 
 
 def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):
