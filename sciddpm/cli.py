@@ -43,8 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # one readable line for users; SCIDDPM_DEBUG=1 for the traceback
         if os.environ.get("SCIDDPM_DEBUG"):
             raise
-        print(f"sciddpm {args.command}: error: {error}", file=sys.stderr)
+        print(f"sciddpm {args.command}{_rank_label()}: error: {error}", file=sys.stderr)
         return 1
+
+
+def _rank_label() -> str:
+    """' [rank 2 of 4]' under torchrun, where every process prints its own error; else ''."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" [rank {os.environ.get('RANK', '?')} of {world}]" if world.isdigit() and int(world) > 1 else ""
 
 
 def _is_override(token: str) -> bool:

@@ -124,6 +124,10 @@ def test_the_command_line_takes_hydras_delete_overrides(tmp_path, monkeypatch, c
     assert "got unknown argument(s) 'nosuch'" in capsys.readouterr().err
     assert main(["sample", "~/runs/tones-1"]) == 1  # a path where model=... belongs: named, not a crash
     assert "takes model=<run name or path> and runs_dir=<dir>, not '~/runs/tones-1'" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun every process prints its error: each says which it is
+    monkeypatch.setenv("RANK", "2")
+    assert main(["sample", "~/runs/tones-1"]) == 1
+    assert capsys.readouterr().err.startswith("sciddpm sample [rank 2 of 4]: error: ")
 
 
 @pytest.mark.parametrize("preset", ["audio_folder", "volume_store"])
