@@ -19,6 +19,7 @@ must keep it as it was begun (both are recorded in each sample's attributes).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -117,6 +118,15 @@ class Model:
     def network_dtype(self) -> str:
         """What the network computes in here: "bfloat16" or "float32" (:mod:`sciddpm.precision`)."""
         return network_dtype_name(self.device, self.bf16)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the network's weights (names and values), which tells two models apart that
+        share a run name and step (a run trained again under its old name, a copy from elsewhere)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.denoiser.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def conditions(self) -> CondSchema:

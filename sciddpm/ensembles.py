@@ -33,7 +33,7 @@ from sciddpm.checks import as_count, as_seed
 from sciddpm.data.spec import plain_json
 from sciddpm.data.stores import consolidate
 from sciddpm.distributed import process_group
-from sciddpm.files import atomic_path
+from sciddpm.files import HeldElsewhere, atomic_path, hold
 
 log = logging.getLogger("sciddpm")
 
@@ -63,7 +63,8 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
     fingerprint = {"run": model.name, "step": model.step, "seed": int(seed), "members": int(members),
                    "batch_size": int(batch_size), "sampler": settings,
                    "cases": {k: v.tolist() for k, v in table.items()},
-                   "network_dtype": model.network_dtype, "compiled": model.compiled}
+                   "network_dtype": model.network_dtype, "compiled": model.compiled,
+                   "weights": model.weights_digest()}
 
     with process_group(model.device.type == "cuda") as (rank, world):
         return _fill(model, out, table, items, batches, int(members), int(seed), settings, fingerprint,
@@ -73,13 +74,36 @@ def write_ensemble(model: Model, cases: Any, members: int, out: str | Path, *, s
 def _fill(model: Model, out: Path, table: dict, items: list, batches: list, members: int, seed: int,
           settings: dict, fingerprint: dict, rank: int, world: int, progress: bool) -> dict:
     """Create the store (rank 0) or find it, then sample this rank's share of what is not done."""
-    # phase 1: rank 0 creates the store (or finds it); the all-reduce doubles as the barrier
-    failure = None
+    # phase 1: rank 0 holds the store for this job (one writer) and creates it or finds it; the
+    # all-reduce doubles as the barrier
+    failure, held = None, None
     if rank == 0:
         try:
+            held = _hold_store(out)
             _open_or_create(model, out, table, members, settings, seed, fingerprint)
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
             failure = err
+    try:
+        return _sample_pending(model, out, table, items, batches, seed, settings, fingerprint, rank, world,
+                               progress, failure)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _hold_store(out: Path) -> Any:
+    """The one-writer hold on an ensemble store (``sciddpm.files.hold``): a second job writing the
+    same store, begun before the first has finished, would mix its members into the first's."""
+    try:
+        return hold(out, "sciddpm sample")
+    except HeldElsewhere as error:
+        raise ValueError(f"{out} is being written by {error.holder}; wait for it to finish (the same command "
+                         "then has nothing left to do), or choose another --out") from None
+
+
+def _sample_pending(model: Model, out: Path, table: dict, items: list, batches: list, seed: int, settings: dict,
+                    fingerprint: dict, rank: int, world: int, progress: bool, failure: Exception | None) -> dict:
+    """Every rank samples its share of the items not yet done (after rank 0's ``failure``, if any)."""
     _agree(failure, world, model.device, f"creating {out} failed on rank 0")
 
     # phase 2: every rank samples its share of the unfinished batches
@@ -147,6 +171,8 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
         raise ValueError(f"{out} exists but is not an ensemble store written by sciddpm ({err}); "
                          "choose another --out or remove it") from None
     expected = json.loads(json.dumps(fingerprint))
+    if "weights" not in stored:  # begun by sciddpm before stores recorded the weights: run and step only
+        expected.pop("weights")
     if stored != expected:
         changed = [_changed(key, stored.get(key), expected[key])
                    for key in sorted(k for k in expected if stored.get(k) != expected[k])]
@@ -166,6 +192,9 @@ def _changed(key: str, before: Any, now: Any) -> str:
         return f"batch_size (it was begun with --batch-size {before}; pass the same)"
     if key == "compiled":  # compiled kernels round differently (Model.compiled)
         return f"compiled (it was begun {'with' if before else 'without'} --compile / load(..., compile=True); pass the same)"
+    if key == "weights":
+        return ("weights (the run has the same name and step but other weights: trained again under its name, or "
+                "a copy of another run)")
     if key == "seed":
         return f"seed (it was begun with --seed {before}; this call has {now})"
     if key == "cases":

@@ -1,6 +1,7 @@
 """Writing files so that nobody sees half of one: the temporary-then-rename pattern every writer
 in sciddpm goes through (run directories, stores, caches, pictures), with the permissions a plain
-``open`` would give and the clean-up of what a killed writer left behind."""
+``open`` would give and the clean-up of what a killed writer left behind; and ``hold``, the one
+writer of a run directory or an ensemble store."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +157,38 @@ def fsync_file(path: Path) -> None:
     complete-looking name over empty blocks)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+class HeldElsewhere(Exception):
+    """Another process holds the lock; ``holder`` says which (as it wrote it: "sciddpm train, pid 12")."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold(target: str | Path, holder: str) -> IO | None:
+    """Hold ``target`` (a run directory, a store) for this process: an exclusive ``flock`` on
+    ``.<name>.lock`` beside it, so taking it creates nothing at ``target``. Released when the
+    returned file is closed or the process ends, a kill included. ``holder`` ("sciddpm train") is
+    written into the lock with this pid, for the error another process gets: ``HeldElsewhere``.
+    None where there is no flock (Windows): one writer is then the user's to ensure."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    real = Path(target).resolve()  # one lock per target, however it is reached (a symlink, ".")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(real.with_name(f".{real.name}.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        found = handle.read().strip() or "another process"
+        handle.close()
+        raise HeldElsewhere(found) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder}, pid {os.getpid()}")
+    handle.flush()
+    return handle

@@ -36,7 +36,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sciddpm.files import atomic_path, atomic_write_text, follow_umask, fsync_file
+from sciddpm.files import HeldElsewhere, atomic_path, atomic_write_text, follow_umask, fsync_file, hold
 
 CONFIG = "config.yaml"
 DATA_SPEC = "data_spec.json"
@@ -193,30 +193,13 @@ class RunDir:
 
     # one writer --------------------------------------------------------------------------------
     def lock(self) -> Any:
-        """Hold the run for this process: an exclusive ``flock`` on ``.<name>.lock`` beside the run
-        directory (so taking it creates no run directory), released when the returned file is
-        closed or the process ends (a kill included). A second ``sciddpm train`` into the same run
-        gets an error naming the first one's pid."""
+        """Hold the run for this process (``sciddpm.files.hold``): a second ``sciddpm train`` into the
+        same run gets an error naming the first one's pid."""
         try:
-            import fcntl
-        except ImportError:  # no flock (Windows): one writer is the user's to ensure
-            return None
-        real = self.path.resolve()  # one lock per directory, however it is reached (a symlink, "."))
-        real.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(real.with_name(f".{real.name}.lock"), "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunError(f"run directory {self.path} is in use by {holder}; wait for it to finish (or stop it), "
-                           "or train under another name=") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"sciddpm train, pid {os.getpid()}")
-        handle.flush()
-        return handle
+            return hold(self.path, "sciddpm train")
+        except HeldElsewhere as error:
+            raise RunError(f"run directory {self.path} is in use by {error.holder}; wait for it to finish (or stop "
+                           "it), or train under another name=") from None
 
     # checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(
@@ -299,6 +282,8 @@ class RunDir:
         for leftover in root.glob(".step_*") if root.is_dir() else ():
             if not leftover.name.endswith(UNREADABLE):  # kept for inspection (usable_checkpoint)
                 shutil.rmtree(leftover, ignore_errors=True)
+                log.warning("removed %s, a checkpoint left half-written by a process killed while writing it",
+                            leftover)
         for leftover in self.path.glob(".*.tmp"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -108,6 +108,31 @@ def test_write_ensemble_equals_model_ensemble(model, tmp_path):
         write_ensemble(model, {"pitch": [220.0, 440.0]}, 3, out, steps=3, seed=2, batch_size=3, progress=False)
 
 
+def test_store_has_one_writer_and_refuses_another_models_members(model, tmp_path):
+    from sciddpm.files import hold
+
+    out = tmp_path / "ens.zarr"
+    other_job = hold(out, "sciddpm sample")  # a job begun before this one and still writing
+    try:
+        with pytest.raises(ValueError, match=r"ens\.zarr is being written by sciddpm sample, pid \d+; wait for it"):
+            write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+        assert not out.exists()  # refused before anything was created
+    finally:
+        other_job.close()
+    write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+    # the same run name and step, other weights (trained again under its name): not completed with them
+    weight = next(model.denoiser.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1e-3)
+    try:
+        with pytest.raises(ValueError, match=r"different weights \(the run has the same name and step but other"):
+            write_ensemble(model, {"pitch": [220.0]}, 2, out, steps=2, batch_size=1, progress=False)
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)  # the model is shared with the other tests
+
+
 def test_store_refuses_members_in_another_precision(model, tmp_path, monkeypatch):
     # A store begun with the network in bf16 is not completed in float32 (or the reverse).
     from sciddpm import precision
