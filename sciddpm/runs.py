@@ -227,6 +227,12 @@ class RunDir:
             if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
+        except (OSError, RuntimeError) as error:  # torch.save says a full disk as "unexpected pos ..."
+            shutil.rmtree(staging, ignore_errors=True)
+            free = shutil.disk_usage(root).free
+            raise RunError(f"writing the checkpoint of step {step} into {root} failed ({error}); {free / 2**20:.0f} MiB "
+                           "are free there: make room (or set runs_dir= elsewhere) and run the same command again to "
+                           "resume from the last complete checkpoint") from error
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -32,6 +32,21 @@ def test_checkpoints_keep_last_two_and_publish_weights(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step_00000030", "step_00000040"]
 
 
+def test_a_full_disk_while_checkpointing_is_named_and_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "r")
+    run.save_checkpoint(10, _state(10), _state(-10), {"step": 10})
+
+    def full_disk(obj, path):  # what torch.save raises when the disk fills under it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 72832 vs 72724")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(RunError, match=r"writing the checkpoint of step 20 into .*checkpoints failed \(.*unexpected pos"
+                                       r".*\); \d+ MiB are free there: make room .* run the same command again"):
+        run.save_checkpoint(20, _state(20), _state(-20), {"step": 20})
+    assert run.checkpoint_steps() == [10] and run.load_weights()[2] == 10
+    assert [p.name for p in (tmp_path / "r" / "checkpoints").iterdir()] == ["step_00000010"]  # nothing half-written
+
+
 def test_weights_and_checkpoints_follow_the_umask(tmp_path):
     # safetensors and mkdtemp write private files; a run must be as readable as its config.yaml
     import os
