@@ -79,7 +79,10 @@ def main() -> None:
     args = parser.parse_args()
     if any("=" not in item for item in args.cond):
         parser.error(f"--cond takes NAME=VALUE, got {[item for item in args.cond if '=' not in item]}")
-    args.cond = {k.strip(): parse_number(v) for k, v in (item.split("=", 1) for item in args.cond)}
+    try:
+        args.cond = {k.strip(): parse_number(v) for k, v in (item.split("=", 1) for item in args.cond)}
+    except ValueError as error:
+        parser.error(f"--cond: {error}")
     date = datetime.date.today().isoformat()
     lines = []
     for run in args.runs:

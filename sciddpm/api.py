@@ -331,7 +331,7 @@ def _trained_with_plugins(folder: RunDir) -> str:
         return ""
     listed = ", ".join(f"{what} from {dist}" for what, dist in plugins.items())
     pins = " ".join(sorted({"==".join(str(dist).split(" ", 1)) for dist in plugins.values()}))
-    return f". The run was trained with {listed}: install that here (pip install {pins})"
+    return f". The run was trained with {listed}: install that here (pip install {pins}, or its source checkout)"
 
 
 def _compiled(denoiser: torch.nn.Module, device: torch.device) -> Callable:

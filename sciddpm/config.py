@@ -29,8 +29,8 @@ WHERE_PRESETS_GO = (f"(sciddpm's presets live in {CONFIG_DIR}; your own go in a 
                     f"e.g. <folder>/data/<name>.yaml, or in a plugin package's '{CONFIG_ENTRY_POINTS}' entry point)")
 # Hydra's error for "defaults: - override /model: x" in a preset that is not at the top level
 PACKAGE_GLOBAL = ("A preset that sets other groups (defaults: - override /model: ...) or keys outside its own group "
-                  "must start with the line '# @package _global_' and give its own group's keys under it (data: "
-                  "name: ...); see 'Presets of your own' in docs/architecture.md")
+                  "must start with the line '# @package _global_' and give its own group's keys under the group's name "
+                  "(data:, model:, ...); see 'Presets of your own' in docs/architecture.md")
 
 
 def preset_folders(*, check: bool = True) -> list[Path]:
@@ -111,7 +111,9 @@ def compose(overrides: Iterable[str] = ()) -> dict[str, Any]:
         quoting = ("\nA value with characters such as ( ) [ ] { } , or non-ASCII letters needs quotes inside the "
                    "override, e.g. 'name=\"a(b)\"'" if isinstance(error, OverrideParseException) else "")
         where = f"\n{WHERE_PRESETS_GO}" if "Could not find" in str(error) else ""  # a preset that is not there
-        package = (f"\n{PACKAGE_GLOBAL}" if re.search(r"Could not override '\w+@\w+\.", str(error)) else "")
+        # a preset of group G that overrides /M without '@package _global_': Hydra reads it as M@G.M
+        package = (f"\n{PACKAGE_GLOBAL}" if re.search(r"In '(\w+)/[^']*': Could not override '(\w+)@\1\.\2'",
+                                                       str(error)) else "")
         raise ConfigError(f"{error}{why}{hint}{quoting}{where}{package}") from None
     _check_argument_blocks(resolved)
     return resolved

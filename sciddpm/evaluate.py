@@ -51,22 +51,23 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
     generated = adapter.to_tensor(samples).numpy()
     metrics: dict = {"run": model.name, "step": model.step, "n": n, "seed": seed,
                      "sampler": samples.attrs.get("sampler"), "steps": samples.attrs.get("sampler_steps"),
-                     "guidance": samples.attrs.get("guidance"),
+                     "guidance": samples.attrs.get("guidance"), "sampler_schedule": samples.attrs.get("sampler_schedule"),
+                     "sampler_opts": samples.attrs.get("sampler_opts"),
                      "units": "channels and ensemble: normalised, (x - mean) / std with each channel's training "
                               "mean and std (given with it), so that channels of different units compare; "
                               "modality: physical units",
                      "channels": {}}
     spectra = {}
-    missing = {"heldout": int(np.isnan(truth).sum()), "samples": int(np.isnan(generated).sum())}
+    missing = {"heldout": int((~np.isfinite(truth)).sum()), "samples": int((~np.isfinite(generated)).sum())}
     if any(missing.values()):  # a spectrum needs the whole grid
         metrics["spectra_missing_values"] = (
             f"{missing['heldout']} of {truth.size} held-out and {missing['samples']} of {generated.size} sample values "
-            "are missing (NaN); the spectra take them as the channel's training mean (0 in normalised units)")
+            "are missing (NaN or infinite); the spectra take them as the channel's training mean (0 in normalised units)")
     for c, channel in enumerate(model.spec.channels):
         t, g = truth[:, c], generated[:, c]
         valid_t, valid_g = t[np.isfinite(t)], g[np.isfinite(g)]
-        k, p_true = power_spectrum(np.nan_to_num(t), dims=model.spec.dims)
-        _, p_gen = power_spectrum(np.nan_to_num(g), dims=model.spec.dims)
+        k, p_true = power_spectrum(np.where(np.isfinite(t), t, 0.0), dims=model.spec.dims)
+        _, p_gen = power_spectrum(np.where(np.isfinite(g), g, 0.0), dims=model.spec.dims)
         spectra[channel] = (k, p_true, p_gen)
         # statistics in normalised units, so channels of different units compare
         metrics["channels"][channel] = {

@@ -150,8 +150,8 @@ def _check_same_run(run: RunDir, cfg: dict, spec: DataSpec) -> None:
     for key in IDENTITY_KEYS:
         if identity(previous, key) != identity(cfg, key):
             changes = differences(identity(previous, key), identity(cfg, key), key)
-            moved = key == "data" and all(_is_path_argument(name, cfg) and isinstance(old, str)
-                                          for name, old, _ in changes)  # (no link can stand in for None)
+            moved = key == "data" and all(_is_path_argument(name, cfg) and isinstance(old, str) and isinstance(new, str)
+                                          for name, old, new in changes)  # (no link stands in for None)
             raise RunError(
                 f"run directory {run.path} already holds a run with other '{key}' settings - {_shown(changes)}. "
                 + ("If the same data only moved, make its old path lead to it (ln -s NEW OLD) and resume with the "

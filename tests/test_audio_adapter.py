@@ -177,7 +177,7 @@ def test_from_spec_needs_no_data(tones_adapter, tmp_path, monkeypatch):
 def test_write_wavs_png_and_store_without_clipping(tones_adapter, tmp_path, caplog):
     ds, cond = tones_adapter.heldout(3, seed=1)
     ds["waveform"][2] = ds.waveform[2] * (1.5 / float(np.abs(ds.waveform[2]).max()))  # over full scale
-    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio"):
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio_output"):
         paths = tones_adapter.write(ds, tmp_path / "a440.nc")
     names = [p.name for p in paths]
     assert names == ["a440_member000.wav", "a440_member001.wav", "a440_member002.wav", "a440_spectrogram.png", "a440.nc"]
@@ -203,7 +203,7 @@ def test_write_wavs_png_and_store_without_clipping(tones_adapter, tmp_path, capl
     assert [p.name for p in epaths[:2]] == ["case000_member000.wav", "case000_member001.wav"] and len(epaths) == 8
     np.testing.assert_array_equal(sf.read(epaths[4], dtype="float32")[0], ds.waveform[1].values)  # case001_member001
     (tmp_path / "ens" / "my_take.wav").write_bytes(b"not ours")
-    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio"):
+    with caplog.at_level(logging.WARNING, logger="sciddpm.data.audio_output"):
         fewer = tones_adapter.write(ds.isel(member=[0]), tmp_path / "ens")  # a smaller set, same folder
     # the previous set's other clips go (no 440 Hz WAV left beside a 220 Hz samples.nc); others stay
     assert sorted(p.name for p in (tmp_path / "ens").iterdir()) == ["member000.wav", "my_take.wav", "samples.nc",

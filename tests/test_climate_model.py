@@ -198,8 +198,8 @@ def test_evaluate_scores_the_climate_ensemble_in_physical_units(run, tmp_path):
     assert sum(t2m["rank_histogram"]) == sum(t2m["climatology"]["rank_histogram"]) > 0
     assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("*.png"))
     # sea surface temperature is NaN over land in both: said, with the counts, not filled silently
-    counts = re.match(r"(\d+) of (\d+) held-out and (\d+) of (\d+) sample values are missing \(NaN\); the spectra "
-                      r"take them as the channel's training mean", metrics["spectra_missing_values"])
+    counts = re.match(r"(\d+) of (\d+) held-out and (\d+) of (\d+) sample values are missing \(NaN or infinite\); the "
+                      r"spectra take them as the channel's training mean", metrics["spectra_missing_values"])
     assert counts and int(counts[1]) == int(counts[3]) > 0 and counts[2] == counts[4]
 
 

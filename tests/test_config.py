@@ -98,6 +98,9 @@ def test_your_own_presets_come_from_a_folder_or_a_plugin(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match=r"(?s)Could not override 'model@data\.model'.*must start with the line "
                                           r"'# @package _global_'"):
         compose(["data=unpackaged"])
+    with pytest.raises(ConfigError) as elsewhere:  # a package of one's own choosing is not that slip
+        compose(["data=mine", "model@foo.bar=climate"])
+    assert "# @package _global_" not in str(elsewhere.value)
     # a plugin preset package that fails to import is named and hides nothing else
     (tmp_path / "brokenplug" / "conf").mkdir(parents=True)
     (tmp_path / "brokenplug" / "__init__.py").write_text("")

@@ -385,7 +385,7 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
 
     from sciddpm.testing import assert_roundtrip
 
-    from sciddpm.data.units import check_units
+    from sciddpm.data.units import check_units, read_units
 
     class Identity:  # an adapter whose round trip keeps everything, or changes one attribute
         def __init__(self, change=False, checks_units=True):
@@ -407,6 +407,28 @@ def test_assert_roundtrip_compares_array_attributes_and_catches_a_changed_one():
     # an adapter that reads values in any units as the model's (degC filled as K) is caught
     with pytest.raises(AssertionError, match=r"t: to_tensor took values labelled 'kg' as the model's 'K'; refuse"):
         assert_roundtrip(Identity(checks_units=False), ds)
+
+    class DimensionOnly:  # compares the quantity, not the scale: cm would pass as m
+        def to_tensor(self, ds):
+            if read_units(ds["h"].attrs["units"])[0] != read_units("m")[0]:
+                raise ValueError("another quantity")
+            return torch.from_numpy(ds["h"].values)
+
+        def to_xarray(self, x, cond):
+            return xr.Dataset({"h": (("x",), x.numpy(), {"units": "m"})})
+
+    heights = xr.Dataset({"h": (("x",), np.arange(3.0), {"units": "m"})})
+    with pytest.raises(AssertionError, match=r"h: to_tensor took values labelled '1000 m' as the model's 'm'"):
+        assert_roundtrip(DimensionOnly(), heights)
+
+    class WithAFixedField(Identity):  # carries a field it does not read: its units are not its to check
+        def to_xarray(self, x, cond):
+            return super().to_xarray(x, cond).assign(land=("x", np.ones(3), {"units": "1"}))
+
+    with_land = ds.assign(land=("x", np.ones(3), {"units": "1"}))
+    with pytest.raises(AssertionError, match="land: to_tensor took values labelled 'kg'"):
+        assert_roundtrip(WithAFixedField(), with_land)
+    assert_roundtrip(WithAFixedField(), with_land, read=["t"])
 
 
 def test_units_of_observations_are_compared_never_converted(caplog):

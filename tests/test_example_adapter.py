@@ -18,6 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "track_ada
 @pytest.fixture(scope="module")
 def track_adapter():
     """The example module, imported (which registers "ssh_track") for these tests only."""
+    ADAPTERS.names()  # plugins loaded first, so that restoring the table loses none
     before = dict(ADAPTERS._builders)
     spec = importlib.util.spec_from_file_location("track_adapter_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
@@ -57,12 +58,16 @@ def test_the_example_adapter_keeps_the_contract(track_adapter, tracks):
         adapter.to_tensor(in_cm)
 
 
-def test_the_example_adapter_trains_and_samples_in_its_units(track_adapter, tracks, tmp_path):
-    sciddpm.train(["data.name=ssh_track", "~data.kwargs", f"+data.kwargs={{path: '{tracks}'}}", "model=tiny1d",
-                   "trainer=quick", "trainer.steps=20", "trainer.batch_size=16", "trainer.device=cpu",
-                   "trainer.warmup_steps=2", "trainer.checkpoint_every=20", f"runs_dir={tmp_path}", "name=ssh"])
-    samples = sciddpm.load("ssh", runs_dir=tmp_path, device="cpu").sample(3, {"wind_speed": 8.0}, steps=4)
+def test_the_example_adapter_trains_and_samples_in_its_units(track_adapter, tracks, tmp_path, monkeypatch):
+    monkeypatch.chdir(tracks.parent)  # the module docstring's overrides, word for word, then the test's own
+    sciddpm.train(["data.name=ssh_track", "~data.kwargs", "+data.kwargs={path: tracks.nc}", "model=tiny1d",
+                   "name=ssh", "trainer=quick", "trainer.steps=20", "trainer.batch_size=16", "trainer.device=cpu",
+                   "trainer.warmup_steps=2", "trainer.checkpoint_every=20", f"runs_dir={tmp_path}"])
+    model = sciddpm.load("ssh", runs_dir=tmp_path, device="cpu")
+    samples = model.sample(3, {"wind_speed": 8.0}, steps=4)
     assert samples["ssh"].dims == ("member", "x") and samples["ssh"].attrs["units"] == "m"
     np.testing.assert_array_equal(samples["x"].values, np.arange(64) * 7.0)
     assert float(samples["wind_speed"]) == 8.0 and samples["wind_speed"].attrs["units"] == "m s-1"
     assert np.isfinite(samples["ssh"].values).all()
+    with pytest.raises(ValueError, match="rebuilt from a run's DataSpec and has no data"):
+        model.adapter.heldout(2)

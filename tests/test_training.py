@@ -243,6 +243,11 @@ def test_a_run_on_moved_data_is_refused_with_the_way_to_resume_it(trained, cache
     given = {**saved, "data": {**saved["data"], "kwargs": {**saved["data"]["kwargs"], "path": str(tmp_path / "after")}}}
     with pytest.raises(RunError, match=r"data\.kwargs\.path: None there, .*after' now\. Resume it with the same settings"):
         _check_same_run(run, given, spec=None)
+    saved["data"]["kwargs"]["path"] = str(tmp_path / "after")  # and the other way: a path there, None now
+    (run.path / "config.yaml").write_text(yaml.safe_dump(saved))
+    given["data"]["kwargs"]["path"] = None
+    with pytest.raises(RunError, match=r"data\.kwargs\.path: .*after' there, None now\. Resume it with the same settings"):
+        _check_same_run(run, given, spec=None)
 
 
 def test_asking_for_fewer_steps_than_done_changes_nothing(trained, caplog):
@@ -457,7 +462,7 @@ def test_a_run_records_what_trained_it_and_names_a_missing_plugin(trained, tmp_p
     save_file(tensors, copy / "model.safetensors",
               metadata={**metadata, "plugins": json.dumps({"adapter sst": "sciddpm-sst 0.3.1"})})
     with pytest.raises(UnknownNameError, match=r"unknown adapter 'sst'.*The run was trained with adapter sst from "
-                                               r"sciddpm-sst 0\.3\.1: install that here \(pip install sciddpm-sst==0\.3\.1\)"):
+                                               r"sciddpm-sst 0\.3\.1: install that here \(pip install sciddpm-sst==0\.3\.1, or its source"):
         sciddpm.load(copy, device="cpu")
     # a plugin sampler is resolved when sampling, with the same hint
     sampler_run = tmp_path / "sampler_plugin"

@@ -6,8 +6,11 @@ with units, the condition. Each time is one training example; the model learns t
 speed gives, and samples come back on the same ``x`` coordinate in the same units.
 
     import sciddpm, track_adapter                      # the import registers "ssh_track"
-    sciddpm.train(["data.name=ssh_track", "+data.kwargs.path=tracks.nc", "model=tiny1d", "name=ssh"])
+    sciddpm.train(["data.name=ssh_track", "~data.kwargs", "+data.kwargs={path: tracks.nc}", "model=tiny1d",
+                   "name=ssh"])                        # ~data.kwargs: not the default audio data's options
     sciddpm.load("ssh").sample(16, {"wind_speed": 8.0})   # Dataset: ssh(member, x) in m
+
+(From the command line the adapter must be installed as a plugin: docs/architecture.md, "Plugins".)
 
 Shipped as documentation (docs/architecture.md, "Adding an adapter") and run by
 tests/test_example_adapter.py, so it stays true.
@@ -52,6 +55,8 @@ class TrackAdapter(Adapter):
 
     # ------------------------------------------------------------------ training side
     def _read(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.path is None:
+            raise ValueError("this adapter was rebuilt from a run's DataSpec and has no data; build it with path=")
         ds = open_store(self.path, what="track store")
         for name in ("ssh", "wind_speed"):
             if name not in ds.data_vars:
@@ -71,7 +76,8 @@ class TrackAdapter(Adapter):
                       "ssh_attrs": plain_json(dict(ds["ssh"].attrs))}
             self._spec = DataSpec(adapter="ssh_track", dims=1, channels=["ssh"], shape=[ssh.shape[1]],
                                   padding=["zeros"], cond=cond, sigma_data=1.0, output=output,
-                                  normaliser=Normaliser([float(ssh.mean())], [float(ssh.std())], channels=["ssh"]),
+                                  normaliser=Normaliser([float(ssh.mean(dtype=np.float64))],
+                                                        [float(ssh.std(dtype=np.float64))], channels=["ssh"]),
                                   notes=[f"trained on {ssh.shape[0]} tracks from {self.path}"])
         return self._spec
 
@@ -91,7 +97,7 @@ class TrackAdapter(Adapter):
     @classmethod
     def from_spec(cls, spec: DataSpec) -> TrackAdapter:
         self = cls.__new__(cls)
-        self.path, self._spec = None, spec
+        self.path, self.val_fraction, self.split_seed, self._spec = None, 0.1, 0, spec
         return self
 
     def to_xarray(self, x: torch.Tensor, cond: Mapping[str, Any]) -> xr.Dataset:

@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 DEFAULT_VARIABLES = ("2m_temperature", "geopotential@500", "temperature@850")
 
 
-
 @register_adapter("era5")
 class Era5Adapter(Adapter):
     """ERA5 fields from a WeatherBench2/ARCO store or the synthetic sample (see the module docstring)."""
