@@ -134,6 +134,10 @@ def test_round_trip_to_tensor_to_xarray(tones_adapter):
     x = tones_adapter.to_tensor(ds)
     assert x.shape == (4, 1, 2048) and x.dtype == torch.float64  # the network is given .float()
     assert_roundtrip(tones_adapter, ds, cond)
+    calibrated = ds.assign(waveform=ds.waveform.assign_attrs(units="Pa"))  # a measurement microphone's recording
+    with pytest.raises(ValueError, match=r"in 'Pa' but the model was trained on it in '1'.*fraction of full scale.*"
+                                         r"divide calibrated values by your recorder's full-scale level"):
+        tones_adapter.to_tensor(calibrated)
     one = tones_adapter.to_xarray(x[:2], {"pitch": 440.0})  # a single value: a scalar coordinate
     assert one.pitch.dims == () and float(one.pitch) == 440.0
     xr.testing.assert_allclose(tones_adapter.to_xarray(tones_adapter.to_tensor(one), {"pitch": 440.0}), one)

@@ -332,7 +332,11 @@ class AudioAdapter(Adapter):
         rate = sample_rate_of(ds, self.sample_rate)
         if rate != self.sample_rate:
             raise ValueError(f"the Dataset is at {rate:g} Hz but the model works at {self.sample_rate} Hz; resample it first")
-        check_units(ds, {"waveform": {"units": spec.output.get("units", "1")}})
+        try:
+            check_units(ds, {"waveform": {"units": spec.output.get("units", "1")}})
+        except ValueError as error:  # a calibrated recording (Pa) is not converted by a unit table
+            raise ValueError(f"{error}. A waveform here is a fraction of full scale (units '1'): divide calibrated "
+                             "values by your recorder's full-scale level first") from None
         da = ds["waveform"]
         tail = self._clip_dims()
         if da.ndim != len(tail) + 1 or da.dims[1:] != tail:
