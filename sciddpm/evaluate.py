@@ -58,16 +58,17 @@ def evaluate(model: Model, out: str | Path, *, n: int = 16, steps: int | None = 
                               "modality: physical units",
                      "channels": {}}
     spectra = {}
-    missing = {"heldout": int((~np.isfinite(truth)).sum()), "samples": int((~np.isfinite(generated)).sum())}
+    finite_truth, finite_generated = np.isfinite(truth), np.isfinite(generated)
+    missing = {"heldout": int(truth.size - finite_truth.sum()), "samples": int(generated.size - finite_generated.sum())}
     if any(missing.values()):  # a spectrum needs the whole grid
         metrics["spectra_missing_values"] = (
             f"{missing['heldout']} of {truth.size} held-out and {missing['samples']} of {generated.size} sample values "
             "are missing (NaN or infinite); the spectra take them as the channel's training mean (0 in normalised units)")
     for c, channel in enumerate(model.spec.channels):
-        t, g = truth[:, c], generated[:, c]
-        valid_t, valid_g = t[np.isfinite(t)], g[np.isfinite(g)]
-        k, p_true = power_spectrum(np.where(np.isfinite(t), t, 0.0), dims=model.spec.dims)
-        _, p_gen = power_spectrum(np.where(np.isfinite(g), g, 0.0), dims=model.spec.dims)
+        t, g, t_ok, g_ok = truth[:, c], generated[:, c], finite_truth[:, c], finite_generated[:, c]
+        valid_t, valid_g = t[t_ok], g[g_ok]
+        k, p_true = power_spectrum(np.where(t_ok, t, 0.0), dims=model.spec.dims)
+        _, p_gen = power_spectrum(np.where(g_ok, g, 0.0), dims=model.spec.dims)
         spectra[channel] = (k, p_true, p_gen)
         # statistics in normalised units, so channels of different units compare
         metrics["channels"][channel] = {

@@ -54,7 +54,8 @@ class TrackAdapter(Adapter):
         self._spec: DataSpec | None = None
 
     # ------------------------------------------------------------------ training side
-    def _read(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, split: str) -> tuple[xr.Dataset, np.ndarray, np.ndarray]:
+        """The store (lazy) and the tracks and wind speeds of ``split``, read once per call."""
         if self.path is None:
             raise ValueError("this adapter was rebuilt from a run's DataSpec and has no data; build it with path=")
         ds = open_store(self.path, what="track store")
@@ -62,12 +63,11 @@ class TrackAdapter(Adapter):
             if name not in ds.data_vars:
                 raise ValueError(f"{self.path} has no variable {name!r}; it has {sorted(map(str, ds.data_vars))}")
         rows = split_indices(ds.sizes["time"], split, self.val_fraction, self.split_seed)
-        return ds["ssh"].transpose("time", "x").values[rows], ds["wind_speed"].values[rows]
+        return ds, ds["ssh"].transpose("time", "x").values[rows], ds["wind_speed"].values[rows]
 
     def spec(self) -> DataSpec:
         if self._spec is None:
-            ssh, wind = self._read("train")
-            ds = open_store(self.path, what="track store")
+            ds, ssh, wind = self._read("train")
             if not ds["wind_speed"].attrs.get("units"):  # a condition is a number in its units
                 raise ValueError(f"wind_speed in {self.path} has no units attribute; set one (e.g. 'm s-1')")
             cond = CondSchema([CondVar("wind_speed", units=ds["wind_speed"].attrs["units"], min=float(wind.min()),
@@ -82,12 +82,12 @@ class TrackAdapter(Adapter):
         return self._spec
 
     def dataset(self, split: str = "train") -> TrackItems:
-        ssh, wind = self._read(split)
+        _, ssh, wind = self._read(split)
         normalised = self.spec().normaliser.normalise(torch.from_numpy(ssh[:, None]), channel_axis=1)
         return TrackItems(normalised[:, 0].numpy(), wind)
 
     def heldout(self, n: int, seed: int = 0) -> tuple[xr.Dataset, dict]:
-        ssh, wind = self._read("val")
+        _, ssh, wind = self._read("val")
         pick = heldout_picks(n, len(ssh), seed, "tracks", "train with a larger data.kwargs.val_fraction")
         cond = {"wind_speed": wind[pick].tolist()}
         x = self.spec().normaliser.normalise(torch.from_numpy(ssh[pick, None]), channel_axis=1)

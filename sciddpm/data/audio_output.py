@@ -117,8 +117,9 @@ def spectrogram_png(values: np.ndarray, lead: tuple, labels: list[str], rate: in
 
 def sample_rate_of(ds: xr.Dataset, default: int) -> float:
     """The rate of ``ds``'s clips: its ``sample_rate`` attribute and its ``time`` coordinate (in
-    seconds, or in the time unit its ``units`` attribute names) must agree - a Dataset subsampled with ``isel(time=slice(None, None, 2))`` keeps the
-    attribute and would be written at twice its speed. Without either, the model's ``default``."""
+    seconds, or in the time unit its ``units`` attribute names) must agree - a Dataset subsampled
+    with ``isel(time=slice(None, None, 2))`` keeps the attribute and would be written at twice its
+    speed. Without either, the model's ``default``."""
     said = ds.attrs.get("sample_rate")
     if said is not None and (isinstance(said, bool) or not isinstance(said, (int, float, np.number))):
         raise ValueError(f"the Dataset's sample_rate attribute is {said!r}, not a number of Hz")
